@@ -1,0 +1,127 @@
+"""GAN with multilayer perceptrons — Goodfellow et al. 2014, "Generative Adversarial Nets".
+
+Architecture of the paper's MNIST model: a ReLU MLP generator (100 → 1200 → 1200 → D, sigmoid output) and a
+maxout discriminator (240 units × 5 pieces, twice) with dropout. Generator loss: the non-saturating −log D(G(z))
+the paper recommends in practice (section 3). Optimiser: Adam(2e-4, β=(0.5, 0.999)) from Radford et al. 2016
+instead of the paper's hand-tuned SGD with momentum schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from baselines.common import to_uint8
+
+
+@dataclass(frozen=True)
+class Config:
+    latent_dim: int = 100
+    g_hidden: int = 1200
+    d_hidden: int = 240
+    d_pieces: int = 5  # maxout pieces per unit
+    d_dropout_input: float = 0.2
+    d_dropout_hidden: float = 0.5
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+
+
+class Maxout(nn.Module):
+    def __init__(self, d_in: int, d_out: int, pieces: int):
+        super().__init__()
+        self.d_out, self.pieces = d_out, pieces
+        self.linear = nn.Linear(d_in, d_out * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).view(-1, self.d_out, self.pieces).max(dim=-1).values  # (B, d_out)
+
+
+class Generator(nn.Module):
+    def __init__(self, c: Config, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.image_shape = image_shape
+        self.net = nn.Sequential(
+            nn.Linear(c.latent_dim, c.g_hidden), nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.g_hidden, c.g_hidden), nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.g_hidden, math.prod(image_shape)),  # (B, C*H*W) logits
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(z)).view(-1, *self.image_shape)  # (B, C, H, W) in [0, 1]
+
+
+class Discriminator(nn.Module):
+    def __init__(self, c: Config, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Dropout(c.d_dropout_input),  # (B, C*H*W)
+            Maxout(math.prod(image_shape), c.d_hidden, c.d_pieces), nn.Dropout(c.d_dropout_hidden),  # (B, 240)
+            Maxout(c.d_hidden, c.d_hidden, c.d_pieces), nn.Dropout(c.d_dropout_hidden),  # (B, 240)
+            nn.Linear(c.d_hidden, 1),  # (B, 1) logit of "real"
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)  # (B,)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """−log D(x) − log(1 − D(G(z))) (Goodfellow et al. 2014, eq. 1)."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
+        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))  # fmt: skip
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating −log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+class GANMLP(nn.Module):
+    family = "gan"
+    Config = Config
+
+    def __init__(self, config: Config, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config, image_shape)
+        self.discriminator = Discriminator(config, image_shape)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        betas = (c.beta1, c.beta2)
+        return {
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
+            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
+        }
+
+    def _noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(n, self.config.latent_dim, device=device, generator=generator)
+
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W)."""
+        fake = self.generator(self._noise(len(x)))
+        real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
+        d_loss = discriminator_loss(real_logits, fake_logits)
+        optimizers["d"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers["d"].step()
+
+        g_loss = generator_loss(self.discriminator(fake))
+        optimizers["g"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers["g"].step()
+        return {
+            "d_loss": d_loss.item(),
+            "g_loss": g_loss.item(),
+            "d_real": torch.sigmoid(real_logits).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits).mean().item(),
+        }
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return to_uint8(self.generator(self._noise(n, generator)))  # (n, C, H, W) uint8

@@ -1,0 +1,156 @@
+"""The `bench` command line: run, list, report, ui."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from bench.config import DEFAULT_CONFIG, ConfigError
+
+EXIT_USAGE = 2  # bad input: nothing was started
+EXIT_FAILED_CELLS = 1  # the suite ran, some cells FAILED (the summary says which)
+
+
+def _results() -> Path:
+    return Path(os.environ.get("BENCH_RESULTS", "results"))
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _load(config_path: str, overrides: tuple[str, ...] = (), suite: str | None = None):
+    from bench import config
+
+    try:
+        cfg = config.load(config_path, overrides, suite)
+        if suite is not None:
+            cfg.suite(suite)
+        return cfg
+    except ConfigError as e:
+        _fail(str(e))
+
+
+config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+                             help="The suite configuration file.")  # fmt: skip
+uri_option = click.option("--tracking-uri", default=None,
+                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db).")  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """genbench: train and evaluate GAN and VAE baselines over a matrix of datasets × models × seeds, with every
+    number logged to MLflow alongside its evaluation protocol."""
+
+
+@main.command()
+@click.option("--suite", required=True, help="Suite name from bench.toml (see `bench list`).")
+@uri_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.steps=500 --set seeds=[0] --set models.gan-mlp.lr=1e-4.")
+@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+@config_option
+def run(suite: str, tracking_uri: str | None, overrides: tuple[str, ...], executor: str, no_progress: bool,
+        config_path: str) -> None:  # fmt: skip
+    """Train and evaluate every cell of a suite; log everything to MLflow."""
+    cfg = _load(config_path, overrides, suite)
+    from bench.data import DataError
+    from bench.features import ExtractorError
+    from bench.runner import run_suite
+    from bench.tracking import TrackingError
+
+    try:
+        outcomes = run_suite(cfg, suite, tracking_uri=tracking_uri, results=_results(), overrides=overrides,
+                             executor=executor, progress=not no_progress, echo=click.echo)  # fmt: skip
+    except (DataError, ExtractorError, TrackingError, RuntimeError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        click.echo("interrupted: the running cell is marked KILLED; run the same command again to resume", err=True)
+        sys.exit(130)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "SKIPPED", "FAILED")}
+    click.echo(f"done: {counts['FINISHED']} finished, {counts['SKIPPED']} skipped (already finished), "
+               f"{counts['FAILED']} failed")  # fmt: skip
+    for o in outcomes:
+        if o.status == "FAILED":
+            click.echo(f"  FAILED {o.cell.name} (run {o.run_id}): {o.error}", err=True)
+    click.echo(f"report: bench report --suite {suite}")
+    if counts["FAILED"]:
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+@main.command(name="list")
+@config_option
+def list_(config_path: str) -> None:
+    """Show the suites, models and datasets."""
+    cfg = _load(config_path)
+    import baselines
+    from bench.data import DATASETS
+
+    click.echo("suites:")
+    for name, s in cfg.suites.items():
+        n = len(s.datasets) * len(s.models) * len(s.seeds)
+        click.echo(f"  {name:<12} {n:>3} cells  datasets={','.join(s.datasets)}  models={','.join(s.models)}  "
+                   f"seeds={','.join(map(str, s.seeds))}  steps={s.train.steps}  extractor={s.eval.extractor}")  # fmt: skip
+        if s.description:
+            click.echo(f"  {'':<12} {s.description}")
+    click.echo("models:")
+    for name, cls in baselines.MODELS.items():
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        click.echo(f"  {name:<12} {cls.family}  {doc}")
+    click.echo("datasets:")
+    for name, loader in DATASETS.items():
+        click.echo(f"  {name:<14} {(loader.__doc__ or '').strip().splitlines()[0] if loader.__doc__ else ''}")
+
+
+@main.command()
+@click.option("--suite", required=True, help="Suite (= MLflow experiment) to report on.")
+@uri_option
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
+@config_option
+def report(suite: str, tracking_uri: str | None, out: str | None, config_path: str) -> None:
+    """Write the suite's leaderboard (markdown and CSV) from the tracking store."""
+    _load(config_path, suite=suite)
+    from bench import tracking
+    from bench.report import write_report
+
+    uri = tracking.resolve_uri(tracking_uri, _results())
+    out_dir = Path(out) if out else _results() / "reports" / suite
+    try:
+        paths = write_report(uri, suite, out_dir)
+        parent = tracking.attach_report(uri, suite, list(paths.values()))
+    except tracking.TrackingError as e:
+        _fail(str(e))
+    click.echo(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        click.echo(f"wrote {path}")
+    if parent:
+        click.echo(f"attached to parent run {parent}")
+
+
+@main.command()
+@uri_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Serve the MLflow UI on the suite's tracking store."""
+    from bench import tracking
+
+    uri = tracking.resolve_uri(tracking_uri, _results())
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        _fail(f"no tracking store at {uri}; run `bench run --suite quick` first or pass --tracking-uri")
+    with socket.socket() as s:
+        if s.connect_ex((host, port)) == 0:
+            _fail(f"port {port} on {host} is in use; choose another with --port")
+    proc = tracking.serve_ui(uri, host, port)
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()

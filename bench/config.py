@@ -1,0 +1,382 @@
+"""bench.toml → frozen, typed dataclasses.
+
+One dataclass per table; defaults live on the fields; unknown keys, wrong types and out-of-range values are
+errors that name the file, the table and the key. Model hyperparameter tables are validated against the config
+dataclass that sits beside each model in baselines/.
+
+    [suites.NAME]            SuiteConfig  (datasets, models, seeds)
+    [suites.NAME.train]      TrainConfig
+    [suites.NAME.eval]       EvalConfig
+    [models.NAME]            the model's own Config dataclass
+    [features.domain]        DomainConfig (the recipe of the `domain` feature extractor)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "bench.toml"
+EXTRACTORS = ("domain",)  # `inception` arrives with the standard-protocol work
+REFERENCE_SPLITS = ("train", "test")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line that says what to fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training schedule, owned by the runner (bench/train.py)."""
+
+    steps: int = 2000  # optimisation steps (generator steps for GANs)
+    batch_size: int = 64
+    log_every: int = 50  # steps between logged training metrics
+    sample_every: int = 500  # steps between sample grids
+    checkpoint_every: int = 500  # steps between resumable checkpoints
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every")
+        _one_of(self, "device", DEVICES)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol; every field here is part of the protocol fingerprint."""
+
+    extractor: str = "domain"  # feature extractor for fid/is/kid/precision/recall
+    reference_split: str = "train"  # real images the samples are compared with
+    num_samples: int = 2000  # generated images per evaluation
+    batch_size: int = 500
+    iwae_k: int = 1000  # importance samples for nll_iwae (Burda et al. use 5000)
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    prc_neighborhood: int = 3  # k of the k-NN balls (Kynkäänniemi et al. 2019)
+    isc_splits: int = 10
+    seed: int = 0  # evaluation seed: samples, binarisation of the test split, KID subsets
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_samples", "batch_size", "iwae_k", "kid_subsets", "kid_subset_size",
+                  "prc_neighborhood", "isc_splits")  # fmt: skip
+        _one_of(self, "extractor", EXTRACTORS)
+        _one_of(self, "reference_split", REFERENCE_SPLITS)
+        if self.kid_subset_size > self.num_samples:
+            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) must not exceed num_samples ({self.num_samples})")
+        if self.isc_splits > self.num_samples:
+            raise ValueError(f"isc_splits ({self.isc_splits}) must not exceed num_samples ({self.num_samples})")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """Fixed recipe of the `domain` extractor: a small CNN trained on the dataset's own training labels."""
+
+    steps: int = 1000  # optimisation steps (a fixed count, so tiny and large datasets get comparable training)
+    batch_size: int = 128
+    lr: float = 1e-3
+    feature_dim: int = 64  # width of the feature layer used for FID/KID/precision/recall
+    seed: int = 0
+    min_test_accuracy: float = 0.9  # below this the extractor is not trusted and evaluation stops
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "lr", "feature_dim")
+        if not 0.0 <= self.min_test_accuracy <= 1.0:
+            raise ValueError(f"min_test_accuracy must be in [0, 1], got {self.min_test_accuracy}")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """A benchmark matrix: datasets × models × seeds, with one training schedule and one evaluation protocol."""
+
+    name: str
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("datasets", "models", "seeds"):
+            values = getattr(self, key)
+            if not values:
+                raise ValueError(f"{key} must not be empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} has duplicates: {list(values)}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    path: Path
+    suites: dict[str, SuiteConfig]
+    models: dict[str, Any]  # model name -> that model's Config instance
+    domain: DomainConfig
+
+    def suite(self, name: str) -> SuiteConfig:
+        if name not in self.suites:
+            raise ConfigError(f"unknown suite {name!r} in {self.path.name}; known suites: {', '.join(self.suites)}")
+        return self.suites[name]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (model, dataset, seed) of a suite with everything that defines its result."""
+
+    suite: str
+    model: str
+    dataset: str
+    seed: int
+    model_config: Any
+    train: TrainConfig
+    eval: EvalConfig
+    domain: DomainConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.dataset}/seed{self.seed}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Nested plain dict of everything that defines the cell (also what `config.toml` holds)."""
+        return {
+            "cell": {"suite": self.suite, "model": self.model, "dataset": self.dataset, "seed": self.seed},
+            "model": dataclasses.asdict(self.model_config),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "features": {"domain": dataclasses.asdict(self.domain)},
+        }
+
+    def key(self, dataset_digest: str, *, with_seed: bool = True) -> str:
+        """Hash of everything that defines the result: the `bench.cell` tag (or, without the seed, the variant)."""
+        spec = self.as_dict()
+        del spec["cell"]["suite"]  # the same cell in two suites is the same experiment
+        if not with_seed:
+            del spec["cell"]["seed"]
+        spec["dataset_digest"] = dataset_digest
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def expand(config: BenchConfig, suite: SuiteConfig) -> list[Cell]:
+    """The suite's matrix in a stable order: dataset, then model, then seed."""
+    return [
+        Cell(suite.name, m, d, s, config.models[m], suite.train, suite.eval, config.domain)
+        for d in suite.datasets
+        for m in suite.models
+        for s in suite.seeds
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = (), suite: str | None = None):
+    """Read and validate bench.toml; `overrides` are `--set KEY=VALUE` strings applied to `suite` first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; run bench from the project root or pass --config PATH")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path.name} is not valid TOML: {e}") from None
+    origin = path.name
+    if overrides:
+        raw = apply_overrides(raw, overrides, suite)
+        origin = f"{path.name} (with --set {' '.join(overrides)})"
+    return _build_config(raw, path, origin)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: str | None) -> dict:
+    """Apply `KEY=VALUE` overrides to the raw TOML document.
+
+    KEY is a suite field (`seeds`, `models`, `datasets`, `train.steps`, `eval.num_samples`, …) applied to the
+    selected suite, or a full path (`models.gan-mlp.lr`, `features.domain.epochs`). VALUE is a TOML value;
+    a bare word is a string. Types are checked when the result is validated.
+    """
+    raw = copy.deepcopy(raw)
+    suite_fields = {f.name for f in dataclasses.fields(SuiteConfig)} - {"name"}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; for example --set train.steps=500")
+        parts = key.split(".")
+        if parts[0] in suite_fields and not (parts[0] == "models" and len(parts) > 1):
+            if suite is None:
+                raise ConfigError(f"--set {key} applies to a suite; choose one with --suite")
+            parts = ["suites", suite, *parts]
+        elif parts[0] not in ("models", "features", "suites"):
+            allowed = sorted(suite_fields - {"train", "eval"}) + ["train.KEY", "eval.KEY", "models.MODEL.KEY",
+                                                                    "features.domain.KEY"]  # fmt: skip
+            raise ConfigError(f"--set {key}: unknown key {parts[0]!r}; allowed: {', '.join(allowed)}")
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a table")
+        table[parts[-1]] = _parse_value(text.strip())
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
+    from baselines import MODELS  # the registry knows each model's Config dataclass
+    from bench.data import DATASETS
+
+    _check_keys(raw, {"suites", "models", "features"}, origin, "top level")
+    model_tables = _table(raw, "models", origin, "models")
+    for name in model_tables:
+        if name not in MODELS:
+            raise ConfigError(f"{origin}: [models.{name}] unknown model; known models: {', '.join(MODELS)}")
+    models = {
+        name: _build(cls.Config, _table(model_tables, name, origin, f"models.{name}"), origin, f"models.{name}")
+        for name, cls in MODELS.items()
+    }
+    features = _table(raw, "features", origin, "features")
+    _check_keys(features, {"domain"}, origin, "features")
+    domain = _build(DomainConfig, _table(features, "domain", origin, "features.domain"), origin, "features.domain")
+
+    suites = {}
+    for name, table in _table(raw, "suites", origin, "suites").items():
+        where = f"suites.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{where}] must be a table")
+        table = dict(table)
+        table["train"] = _build(TrainConfig, _table(table, "train", origin, f"{where}.train"), origin, f"{where}.train")
+        table["eval"] = _build(EvalConfig, _table(table, "eval", origin, f"{where}.eval"), origin, f"{where}.eval")
+        suite = _build(SuiteConfig, {**table, "name": name}, origin, where)
+        for key, known in (("datasets", DATASETS), ("models", MODELS)):
+            for value in getattr(suite, key):
+                if value not in known:
+                    raise ConfigError(
+                        f"{origin}: [{where}] {key}: unknown {key[:-1]} {value!r}; known: {', '.join(known)}"
+                    )
+        suites[name] = suite
+    if not suites:
+        raise ConfigError(f"{origin}: no [suites.NAME] table; define at least one suite")
+    return BenchConfig(path=path, suites=suites, models=models, domain=domain)
+
+
+def _table(raw: dict, key: str, origin: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: {where} must be a table, got {value!r}")
+    return value
+
+
+def _check_keys(table: dict, allowed: set[str], origin: str, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{origin}: [{where}] unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _build(cls: type, table: dict, origin: str, where: str):
+    """Instantiate dataclass `cls` from a TOML table, checking keys and types, naming file/table/key on error."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(table, set(names), origin, where)
+    kwargs = {}
+    for key, value in table.items():
+        if dataclasses.is_dataclass(value):  # nested table already built
+            kwargs[key] = value
+            continue
+        try:
+            kwargs[key] = _coerce(value, hints[key])
+        except TypeError as e:
+            raise ConfigError(f"{origin}: [{where}] {key} {e}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required field
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and _required(f)]
+        raise ConfigError(f"{origin}: [{where}] missing key(s): {', '.join(missing) or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{origin}: [{where}] {e}") from None
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation `hint`; returns the value in the field's type or raises TypeError."""
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        args = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError(f"must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0]) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError(f"has the wrong type: {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in _TYPE_WORDS:
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise TypeError(f"must be {_TYPE_WORDS[hint]}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _positive(obj: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+
+
+def _one_of(obj: Any, key: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, key)
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars/lists as TOML (for the `config.toml` artifact)."""
+    lines: list[str] = []
+
+    def emit(table: dict, prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
+
+    emit(data, "")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))

@@ -1,0 +1,188 @@
+"""Datasets: uint8 image tensors (N, C, H, W) with a fixed train/test split, labels and a content digest.
+
+Registry names: digits (scikit-learn's bundled 8×8 digits, offline), mnist, fashion-mnist, cifar10 (torchvision's
+loaders and on-disk layouts). Sources for the torchvision datasets, in order: the data root (`BENCH_DATA`, default
+~/.cache/genbench/data) in torchvision's layout; for Fashion-MNIST Debian's `dataset-fashion-mnist` package, staged
+into the root; then torchvision's download (skipped when `BENCH_OFFLINE=1`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+# The torchvision classes behind the datasets; tests swap in subclasses that accept fixture files.
+TORCHVISION = {
+    "mnist": torchvision.datasets.MNIST,
+    "fashion-mnist": torchvision.datasets.FashionMNIST,
+    "cifar10": torchvision.datasets.CIFAR10,
+}
+
+
+class DataError(RuntimeError):
+    """The data could not be provided; the message says every way to provide it."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train_images: torch.Tensor  # (N, C, H, W) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    source: str  # where the arrays came from, for the logged dataset input
+    digest: str  # sha256 over all four arrays
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name == "train":
+            return self.train_images, self.train_labels
+        if name == "test":
+            return self.test_images, self.test_labels
+        raise ValueError(f"unknown split {name!r}; known splits: train, test")
+
+
+def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source: str) -> Dataset:
+    """Build a Dataset from (images, labels) pairs, checking shapes and dtypes and computing the digest."""
+    arrays = [torch.as_tensor(a) for a in (*train, *test)]
+    train_images, train_labels, test_images, test_labels = arrays
+    for images in (train_images, test_images):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"{name}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(f"{name}: train and test images differ in shape")
+    h = hashlib.sha256()
+    for a in (train_images, train_labels.long(), test_images, test_labels.long()):
+        h.update(str(tuple(a.shape)).encode())
+        h.update(a.contiguous().numpy().tobytes())
+    return Dataset(name, train_images.contiguous(), train_labels.long(), test_images.contiguous(),
+                   test_labels.long(), num_classes, source, h.hexdigest())  # fmt: skip
+
+
+def data_root() -> Path:
+    if os.environ.get("BENCH_DATA"):
+        return Path(os.environ["BENCH_DATA"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "genbench" / "data"
+
+
+def load(name: str, root: Path | None = None) -> Dataset:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name](root or data_root())
+
+
+# ---------------------------------------------------------------------------------------------------------- loaders
+
+
+def load_digits(root: Path) -> Dataset:
+    """scikit-learn's 1,797 real 8×8 digits (values 0..16), upscaled to 20×20 and centred in 28×28 like MNIST.
+
+    Deterministic stratified split: 1,437 train / 360 test (test_size=0.2, random_state=0).
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    x = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)  # (1797, 1, 20, 20)
+    x = torch.nn.functional.pad(x, (4, 4, 4, 4))  # (1797, 1, 28, 28)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    idx_train, idx_test = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=bunch.target)
+    return make_dataset("digits", (images[idx_train], labels[idx_train]), (images[idx_test], labels[idx_test]),
+                        10, "sklearn.datasets.load_digits")  # fmt: skip
+
+
+def load_mnist(root: Path) -> Dataset:
+    """MNIST, 60,000 train / 10,000 test 1×28×28 (torchvision layout under the data root, or download)."""
+    return _load_torchvision("mnist", root)
+
+
+def load_fashion_mnist(root: Path) -> Dataset:
+    """Fashion-MNIST, 60,000 train / 10,000 test 1×28×28 (data root, Debian's dataset-fashion-mnist, or download)."""
+    _stage_debian_fashion_mnist(root)
+    return _load_torchvision("fashion-mnist", root)
+
+
+def load_cifar10(root: Path) -> Dataset:
+    """CIFAR-10, 50,000 train / 10,000 test 3×32×32 (torchvision's python pickles under the data root, or download)."""
+    return _load_torchvision("cifar10", root)
+
+
+DATASETS: dict[str, Callable[[Path], Dataset]] = {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
+}
+
+
+def _stage_debian_fashion_mnist(root: Path) -> None:
+    """Gunzip Debian's Fashion-MNIST files into torchvision's layout (their .gz md5s differ from torchvision's)."""
+    raw = root / "FashionMNIST" / "raw"
+    if all((raw / f).is_file() for f in MNIST_FILES):
+        return
+    if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in MNIST_FILES):
+        return
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in MNIST_FILES:
+        tmp = raw / f"{f}.partial"
+        with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tmp.replace(raw / f)  # atomic: an interrupted copy never looks like a finished file
+
+
+def _load_torchvision(name: str, root: Path) -> Dataset:
+    cls = TORCHVISION[name]
+    try:
+        train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
+    except RuntimeError:  # torchvision: "Dataset not found" (or, for CIFAR-10, corrupted)
+        train = test = None
+    except Exception as e:  # a file that exists but cannot be parsed
+        raise DataError(f"{name}: the files under {root} could not be read ({type(e).__name__}: {e}); "
+                        f"delete them and provide the dataset again") from None  # fmt: skip
+    if train is None:
+        problem = "BENCH_OFFLINE=1 is set"
+        if os.environ.get("BENCH_OFFLINE") != "1":
+            try:
+                train, test = cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
+            except Exception as e:
+                problem = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if train is None:
+            raise DataError(_missing_message(name, root, problem))
+    return make_dataset(name, _arrays(train), _arrays(test), len(train.classes), f"torchvision.datasets.{cls.__name__}")
+
+
+def _arrays(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    data = torch.as_tensor(ds.data)
+    images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)  # MNIST (N,H,W); CIFAR (N,H,W,C)
+    return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def _missing_message(name: str, root: Path, problem: str) -> str:
+    layout = {
+        "mnist": f"{root}/MNIST/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte (uncompressed)",
+        "fashion-mnist": f"{root}/FashionMNIST/raw/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte (uncompressed)",
+        "cifar10": f"{root}/cifar-10-batches-py/ (the python pickles, md5-checked)",
+    }[name]
+    ways = [f"put the files at {layout}", "or set BENCH_DATA to a directory that holds them in that layout"]
+    if name == "fashion-mnist":
+        ways.append(f"or `apt-get install dataset-fashion-mnist` (files in {DEBIAN_FASHION_MNIST})")
+    ways.append("or allow torchvision's download (network access, BENCH_OFFLINE unset)")
+    return f"dataset {name!r} is not available ({problem}); to provide it: " + "; ".join(ways)

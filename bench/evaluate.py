@@ -1,0 +1,102 @@
+"""Evaluation of one trained model: samples → features → sample metrics; VAEs also likelihood metrics.
+
+Returns the metrics by their MLflow names and the protocol: everything that changes the numbers, whose
+fingerprint (tag `bench.protocol`) decides which numbers may share a leaderboard table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from bench.config import EvalConfig
+from bench.data import Dataset
+from bench.features import Extractor, reference_features
+from bench.likelihood import vae_likelihood
+from bench.metrics import sample_metrics
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    protocol: dict
+    fingerprint: str
+    samples: torch.Tensor  # uint8 (N, C, H, W), the evaluated samples
+    seconds: float
+
+
+def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """n uint8 samples from the model, reproducible for a seed."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model.sample(min(batch_size, n - i), generator=g).cpu() for i in range(0, n, batch_size)])
+
+
+def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_digest: str, device) -> dict:
+    """Everything that changes an evaluation's numbers (DESIGN.md, Evaluation)."""
+    return {
+        "extractor": extractor.name,
+        "extractor_weights_digest": extractor.weights_digest,
+        "preprocessing": extractor.preprocessing,
+        "resize": "none",
+        "reference": {"dataset": dataset.name, "dataset_digest": dataset.digest, "split": cfg.reference_split,
+                      "features_digest": reference_digest},  # fmt: skip
+        "num_samples": cfg.num_samples,
+        "kid": {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "kernel": "poly3"},
+        "precision_recall": {"neighborhood": cfg.prc_neighborhood},
+        "inception_score": {"splits": cfg.isc_splits},
+        "likelihood": {"split": "test", "iwae_k": cfg.iwae_k},
+        "precision": "fp32",
+        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if torch.device(device).type == "cuda" else False,
+        "seed": cfg.seed,
+        "versions": {"torch": torch.__version__, "torch-fidelity": version("torch-fidelity")},
+    }
+
+
+def fingerprint(proto: dict) -> str:
+    return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path) -> Evaluation:
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    real, ref_digest = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
+    metrics = sample_metrics(extractor(samples, cfg.batch_size), real, cfg)
+    if model.family == "vae":
+        metrics.update(vae_likelihood(model, dataset.test_images, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
+    proto = protocol(cfg, dataset, extractor, ref_digest, device)
+    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start)
+
+
+def environment(device) -> dict:
+    """Versions, device and git commit: the `environment.json` artifact."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    device = torch.device(device)
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "torch-fidelity": version("torch-fidelity"),
+        "mlflow": version("mlflow"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "cpu_threads": torch.get_num_threads(),
+        "git_commit": commit,
+    }

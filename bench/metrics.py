@@ -1,0 +1,72 @@
+"""Sample-quality metrics on extractor features, computed with torch-fidelity's metric functions.
+
+Layered as in torch-fidelity: features → statistics → metric. Inputs are the dicts an Extractor returns:
+{"features": (N, d) float64, "logits": (N, K)}; "generated" first, "real" second, as torch-fidelity expects.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+
+from bench.config import EvalConfig
+
+# Result keys: the MLflow metric names.
+FID = "fid"
+IS_MEAN, IS_STD = "is_mean", "is_std"
+KID_MEAN, KID_STD = "kid_mean", "kid_std"
+PRECISION, RECALL = "precision", "recall"
+
+
+class MetricError(RuntimeError):
+    """A metric cannot be computed meaningfully from these features; the message says why."""
+
+
+def fid(generated: torch.Tensor, real: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017)."""
+    stats_gen, stats_real = fid_features_to_statistics(generated.double()), fid_features_to_statistics(real.double())
+    return fid_statistics_to_metric(stats_gen, stats_real, verbose=False)["frechet_inception_distance"]
+
+
+def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float, float]:
+    """exp E_x KL(p(y|x) || p(y)) over `splits` chunks (Salimans et al. 2016): mean and std over chunks."""
+    out = isc_features_to_metric(logits.double(), splits=splits, shuffle=True, rng_seed=seed)
+    return out["inception_score_mean"], out["inception_score_std"]
+
+
+def kid(generated: torch.Tensor, real: torch.Tensor, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
+    """Unbiased MMD² with the cubic polynomial kernel over random subsets (Bińkowski et al. 2018)."""
+    out = kid_features_to_metric(generated, real, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
+                                 kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
+                                 kid_kernel_poly_coef0=1, verbose=False)  # fmt: skip
+    return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
+
+
+def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighborhood: int) -> tuple[float, float]:
+    """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019)."""
+    out = prc_features_to_metric(generated, real, prc_neighborhood=neighborhood, prc_batch_size=10000,
+                                 save_cpu_ram=False, verbose=False)  # fmt: skip
+    return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
+
+
+def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
+    """All sample-quality metrics of one evaluation, by their MLflow names."""
+    n_gen, n_real = len(generated["features"]), len(real["features"])
+    dim = generated["features"].shape[1]
+    if min(n_gen, n_real) <= dim:
+        raise MetricError(f"FID needs more samples than feature dimensions: {n_gen} generated and {n_real} real "
+                          f"images for {dim}-d features; raise eval.num_samples or use a larger reference split")  # fmt: skip
+    subset = min(cfg.kid_subset_size, n_gen, n_real)
+    out = {FID: fid(generated["features"], real["features"])}
+    out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
+    out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
+    out[PRECISION], out[RECALL] = precision_recall(generated["features"], real["features"], cfg.prc_neighborhood)
+    bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+    if bad:
+        raise MetricError(f"non-finite metric values {bad}: the samples or features are degenerate")
+    return out

@@ -1,0 +1,215 @@
+"""Runs a suite: expand the matrix into cells, check everything they need before training starts, skip cells
+already FINISHED with the same `bench.cell` hash, and run each remaining cell data → train → evaluate → tracking.
+A failing cell is recorded FAILED with its error and the suite goes on."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid
+
+import baselines
+from bench import tracking
+from bench.config import BenchConfig, Cell, expand, to_toml
+from bench.data import Dataset
+from bench.data import load as load_dataset
+from bench.evaluate import environment, evaluate
+from bench.executors import EXECUTORS
+from bench.features import Extractor, build_extractor
+from bench.train import train
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    status: str  # FINISHED | FAILED | SKIPPED | KILLED
+    run_id: str | None = None
+    error: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """What every cell of one `bench run` shares."""
+
+    tracker: tracking.Tracker
+    parent: tracking.Run
+    datasets: dict[str, Dataset]
+    extractors: dict[tuple[str, str], Extractor]
+    finished: dict[str, str]
+    results: Path
+    device: torch.device
+    progress: bool
+    echo: Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def run_suite(config: BenchConfig, suite_name: str, *, tracking_uri: str | None = None, results: Path = Path("results"),
+              overrides: tuple[str, ...] = (), executor: str = "local", progress: bool = True,
+              echo: Callable[[str], None] = print) -> list[Outcome]:  # fmt: skip
+    """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED)."""
+    suite = config.suite(suite_name)
+    cells = expand(config, suite)
+    results = Path(results)
+    device = resolve_device(suite.train.device)
+    uri = tracking.resolve_uri(tracking_uri, results)
+
+    # Preflight: data, feature extractors and the tracking store, before any training starts.
+    datasets = {}
+    for name in suite.datasets:
+        echo(f"loading dataset {name} ...")
+        datasets[name] = load_dataset(name)
+    extractors = {}
+    for name in suite.datasets:
+        echo(f"feature extractor {suite.eval.extractor} for {name} ...")
+        ex = build_extractor(suite.eval.extractor, datasets[name], config.domain, results / "cache", device)
+        extractors[(name, suite.eval.extractor)] = ex
+        if "test_accuracy" in ex.info:
+            echo(f"  test accuracy {ex.info['test_accuracy']:.4f}")
+    tracker = tracking.Tracker(uri, suite.name, results / "artifacts")
+    finished = tracker.finished_cells()
+    echo(f"suite {suite.name}: {len(cells)} cells on {device}; tracking at {uri}")
+
+    parent = tracker.start_run(f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                               {"bench.suite": suite.name, "bench.parent": "true"})  # fmt: skip
+    parent.log_params({"suite": suite.name, "overrides": " ".join(overrides) or "-", "executor": executor,
+                       "cells": len(cells)})  # fmt: skip
+    ctx = Context(tracker, parent, datasets, extractors, finished, results, device, progress, echo)
+    outcomes: list[Outcome] = []
+    try:
+        jobs = [(i, len(cells), cell, ctx) for i, cell in enumerate(cells, 1)]
+        outcomes = EXECUTORS[executor]().map(_run_cell_job, jobs)
+    except KeyboardInterrupt:
+        parent.end("KILLED")
+        raise
+    failed = sum(o.status == "FAILED" for o in outcomes)
+    parent.log_metrics({"cells/finished": sum(o.status == "FINISHED" for o in outcomes),
+                        "cells/skipped": sum(o.status == "SKIPPED" for o in outcomes), "cells/failed": failed})  # fmt: skip
+    parent.end("FAILED" if failed else "FINISHED")
+    return outcomes
+
+
+def _run_cell_job(job: tuple) -> Outcome:
+    index, total, cell, ctx = job
+    return run_cell(cell, ctx, f"[{index}/{total}]")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
+    dataset = ctx.datasets[cell.dataset]
+    key = cell.key(dataset.digest)
+    if key in ctx.finished:
+        ctx.echo(f"{label} {cell.name}: already FINISHED (run {ctx.finished[key]}), skipped")
+        return Outcome(cell, "SKIPPED", ctx.finished[key])
+    ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
+    model_cls = baselines.MODELS[cell.model]
+    run = ctx.tracker.start_run(cell.name, {
+        "bench.suite": cell.suite, "bench.model": cell.model, "bench.family": model_cls.family,
+        "bench.dataset": cell.dataset, "bench.seed": cell.seed, "bench.cell": key,
+        "bench.variant": cell.key(dataset.digest, with_seed=False),
+    }, parent=ctx.parent)  # fmt: skip
+    start = time.perf_counter()
+    try:
+        metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
+    except KeyboardInterrupt:
+        run.set_tags({"bench.error": "interrupted (KeyboardInterrupt)"})
+        run.end("KILLED")
+        raise
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        run.set_tags({"bench.error": message})
+        run.log_text(traceback.format_exc(), "error.txt")
+        run.end("FAILED")
+        ctx.echo(f"{label} {cell.name}: FAILED — {message}")
+        return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+    run.end("FINISHED")
+    seconds = time.perf_counter() - start
+    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "is_mean", "elbo", "nll_iwae") if k in metrics)
+    ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
+    return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
+
+
+def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls) -> dict:
+    cell_dict = cell.as_dict()
+    run.log_params(flatten(cell_dict))
+    run.log_text(to_toml(cell_dict), "config.toml")
+    run.log_dict(environment(ctx.device), "environment.json")
+    run.log_dataset(dataset.name, dataset.digest, dataset.source)
+
+    torch.manual_seed(cell.seed)
+    model = model_cls(cell.model_config, dataset.image_shape).to(ctx.device)
+    images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
+    checkpoint = ctx.results / "checkpoints" / key / "last.pt"
+    logger = _CellLogger(run)
+    result = train(model, images, cell.train, seed=cell.seed, logger=logger, checkpoint=checkpoint,
+                   config=cell_dict, progress=ctx.progress)  # fmt: skip
+    if result.resumed_from:
+        run.set_tags({"bench.resumed_from_step": result.resumed_from})
+
+    ctx.echo("    evaluating ...")
+    extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
+    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache")
+    metrics = dict(ev.metrics)
+    metrics.update({"time/train_s": result.seconds, "time/eval_s": ev.seconds,
+                    "throughput/train_images_per_s": result.images_per_s,
+                    "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan"))})  # fmt: skip
+    metrics["time/tracking_s"] = run.seconds
+    run.set_tags({"bench.protocol": ev.fingerprint})
+    run.log_dict(ev.protocol, "protocol.json")
+    run.log_metrics(metrics, step=result.steps)
+    run.log_image(_grid(ev.samples[:64]), "samples/final.png")
+    if model_cls.family == "vae":
+        x = dataset.test_images[:32].to(ctx.device).float() / 255.0
+        recon = model.reconstruct(x).cpu()
+        pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
+        run.log_image(_grid(pairs), "reconstructions.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        final = Path(tmp) / "final.pt"
+        torch.save({"model": model.state_dict(), "config": cell_dict, "step": result.steps}, final)
+        run.log_file(final, "checkpoints")
+    checkpoint.unlink(missing_ok=True)  # the finished run holds the final checkpoint
+    return metrics
+
+
+def _grid(images: torch.Tensor) -> "np.ndarray":  # noqa: F821
+    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, 8 per row."""
+    grid = make_grid(images, nrow=8, padding=2, pad_value=128)  # (C, H', W') uint8
+    return grid.permute(1, 2, 0).numpy()
+
+
+@dataclasses.dataclass
+class _CellLogger:
+    """The training loop's logger: step metrics and periodic sample grids into the cell's run."""
+
+    run: tracking.Run
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.run.log_metrics(metrics, step)
+
+    def log_samples(self, images: torch.Tensor, step: int) -> None:
+        self.run.log_image(_grid(images), f"samples/step_{step:07d}.png")

@@ -1,0 +1,212 @@
+"""Everything that talks to MLflow (the only module that imports it).
+
+Layout (DESIGN.md, Tracking): experiment = suite name; one parent run per `bench run`; one child run per cell with
+tags bench.suite/model/family/dataset/seed/cell/variant/protocol, the cell's flattened config as params, step
+metrics `train/...`, final metrics by name, timings, and artifacts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+CELL_TAG = "bench.cell"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which store and what to do."""
+
+
+def default_uri(results: Path) -> str:
+    return f"sqlite:///{(Path(results) / 'mlflow.db').resolve()}"
+
+
+def resolve_uri(uri: str | None, results: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded sqlite store under results/."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
+
+
+def _client(uri: str):
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+class Tracker:
+    """One suite's experiment in one tracking store."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+        self.uri = uri
+        try:
+            self.client = _client(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = None
+                if uri.startswith("sqlite:") or uri.startswith("file:"):  # embedded store: artifacts beside it
+                    location = (Path(artifact_root).resolve() / experiment).as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            else:
+                if exp.lifecycle_stage == "deleted":
+                    raise TrackingError(f"experiment {experiment!r} is deleted in {uri}; restore it in the MLflow "
+                                        f"UI or `mlflow gc` it first")  # fmt: skip
+                self.experiment_id = exp.experiment_id
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(f"cannot use tracking store {uri}: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                                f"check --tracking-uri / MLFLOW_TRACKING_URI (is the server up?)") from None  # fmt: skip
+        self.experiment = experiment
+
+    def finished_cells(self) -> dict[str, str]:
+        """bench.cell hash → run id of every FINISHED cell run in the experiment."""
+        runs = _search(self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{CELL_TAG}` != ''")
+        return {run.data.tags[CELL_TAG]: run.info.run_id for run in runs}
+
+    def start_run(self, name: str, tags: dict[str, str], parent: Run | None = None) -> Run:
+        tags = dict(tags)
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return Run(self.client, run.info.run_id, run.info.artifact_uri)
+
+
+class Run:
+    """A handle on one MLflow run: batched metrics, params, tags and artifacts."""
+
+    def __init__(self, client, run_id: str, artifact_uri: str):
+        self.client, self.run_id, self.artifact_uri = client, run_id, artifact_uri
+        self.seconds = 0.0  # time spent inside MLflow calls (tracking overhead)
+
+    def _timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(entries), 1000):
+            self._timed(self.client.log_batch, self.run_id, metrics=entries[i : i + 1000])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        entries = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(entries), 100):
+            self._timed(self.client.log_batch, self.run_id, params=entries[i : i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._timed(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, path: str) -> None:
+        self._timed(self.client.log_text, self.run_id, text, path)
+
+    def log_dict(self, data: dict, path: str) -> None:
+        self._timed(self.client.log_text, self.run_id, json.dumps(data, indent=2, sort_keys=True), path)
+
+    def log_file(self, local_path: Path, artifact_dir: str | None = None) -> None:
+        self._timed(self.client.log_artifact, self.run_id, str(local_path), artifact_dir)
+
+    def log_image(self, image: np.ndarray, path: str) -> None:
+        """An (H, W, C) uint8 image as a PNG artifact."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(buf, format="PNG")
+        self._timed(self._log_bytes, buf.getvalue(), path)
+
+    def _log_bytes(self, data: bytes, path: str) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            local.write_bytes(data)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """The dataset as an MLflow input (`mlflow.log_input`), with genbench's sha256 digest."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = MetaDataset(CodeDatasetSource({"loader": source, "sha256": digest}), name=name, digest=digest[:36])
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
+
+    def end(self, status: str = "FINISHED") -> None:
+        assert status in STATUSES, status
+        self._timed(self.client.set_terminated, self.run_id, status)
+
+
+def _search(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_runs(uri: str, experiment: str) -> pd.DataFrame:
+    """Every cell run of an experiment as one row: run_id, status, start_time, tags (bench.*), params, metrics."""
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as e:
+        raise TrackingError(f"cannot read tracking store {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if exp is None:
+        return pd.DataFrame()
+    rows = []
+    for run in _search(client, [exp.experiment_id], f"tags.`{CELL_TAG}` != ''"):
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+               "start_time": run.info.start_time, "artifact_uri": run.info.artifact_uri}  # fmt: skip
+        row.update({k: v for k, v in run.data.tags.items() if k.startswith("bench.")})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
+    """Attach report files to the experiment's most recent parent run; returns its id (None if there is none)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    parents = client.search_runs([exp.experiment_id], "tags.`bench.parent` = 'true'", max_results=1,
+                                 order_by=["attributes.start_time DESC"])  # fmt: skip
+    if not parents:
+        return None
+    for f in files:
+        client.log_artifact(parents[0].info.run_id, str(f), "report")
+    return parents[0].info.run_id
+
+
+def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:
+    """Start the MLflow UI on the same store (a child process)."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--workers", "1"]  # fmt: skip
+    return subprocess.Popen(cmd)

@@ -1,0 +1,122 @@
+"""The one training loop: random index batches from a device-resident dataset, periodic logs, sample grids and
+resumable checkpoints. The model owns its math (`train_step`); this loop owns the schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from bench.config import TrainConfig
+
+GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+class TrainLogger(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_samples(self, images: torch.Tensor, step: int) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float  # wall time of this process's training (excludes time before a resume)
+    images_per_s: float
+    last: dict[str, float]  # the last logged training metrics
+    resumed_from: int  # 0 unless resumed from a checkpoint
+
+
+def save_checkpoint(path: Path, model, optimizers: dict, step: int, batch_rng: torch.Generator, config: dict) -> None:
+    """A plain dict {model, optimizers, config, step, rng}, written atomically."""
+    state = {
+        "model": model.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "config": config,
+        "step": step,
+        "rng": {"torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},  # fmt: skip
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(model, images: torch.Tensor, cfg: TrainConfig, *, seed: int, logger: TrainLogger,
+          checkpoint: Path | None = None, config: dict | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
+    """Train `model` for cfg.steps on uint8 `images` (N, C, H, W), already on the model's device.
+
+    If `checkpoint` exists, training resumes from it (model, optimisers, step and RNG state); checkpoints are
+    written there every cfg.checkpoint_every steps and at the end.
+    """
+    device = images.device
+    optimizers = model.optimizers()
+    batch_rng = torch.Generator().manual_seed(seed)  # batch indices are drawn on the CPU: same batches on any device
+    step = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        batch_rng.set_state(state["rng"]["batches"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    resumed_from = step
+
+    model.train()
+    running: dict[str, float] = defaultdict(float)
+    count, last = 0, {}
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    while step < cfg.steps:
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=batch_rng).to(device)
+        x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
+        logs = model.train_step(x, optimizers)
+        step += 1
+        bar.update(1)
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise DivergenceError(f"training diverged at step {step}: non-finite loss {logs}")
+        for k, v in logs.items():
+            running[k] += v
+        count += 1
+        final = step == cfg.steps
+        if step % cfg.log_every == 0 or final:
+            last = {k: v / count for k, v in running.items()}
+            logger.log_metrics({f"train/{k}": v for k, v in last.items()}, step)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
+            running.clear()
+            count = 0
+        if step % cfg.sample_every == 0 or final:
+            logger.log_samples(sample_grid(model, seed), step)
+        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
+            save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {})
+    bar.close()
+    seconds = time.perf_counter() - start
+    done = step - resumed_from
+    return TrainResult(step, seconds, done * cfg.batch_size / seconds if seconds > 0 else 0.0, last, resumed_from)
+
+
+def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:
+    """The same latent draws at every call (fixed seed), so grids over training are comparable."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    images = model.sample(n, generator=torch.Generator(device=device).manual_seed(seed + 10_000))
+    model.train(was_training)
+    return images.cpu()
+
+
+def load_final_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)
