@@ -2,8 +2,10 @@
 
 Architecture of the paper's MNIST model: a ReLU MLP generator (100 → 1200 → 1200 → D, sigmoid output) and a
 maxout discriminator (240 units × 5 pieces, twice) with dropout. Generator loss: the non-saturating −log D(G(z))
-the paper recommends in practice (section 3). Optimiser: Adam(2e-4, β=(0.5, 0.999)) from Radford et al. 2016
-instead of the paper's hand-tuned SGD with momentum schedule.
+the paper recommends in practice (section 3). Two deviations, both from Radford et al. 2016: Adam(2e-4,
+β=(0.5, 0.999)) instead of the paper's hand-tuned SGD-with-momentum schedule, and batch normalisation in the
+generator's hidden layers (`g_batchnorm`): without it this MLP collapsed to a few blurry modes within the quick
+suite's budget (digits, 1,500 steps: domain FID 62.4 without, 3.2 with).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from baselines.common import to_uint8
 class Config:
     latent_dim: int = 100
     g_hidden: int = 1200
+    g_batchnorm: bool = True  # BatchNorm1d before each hidden ReLU of the generator (Radford et al. 2016)
     d_hidden: int = 240
     d_pieces: int = 5  # maxout pieces per unit
     d_dropout_input: float = 0.2
@@ -45,9 +48,12 @@ class Generator(nn.Module):
     def __init__(self, c: Config, image_shape: tuple[int, int, int]):
         super().__init__()
         self.image_shape = image_shape
+        def norm() -> nn.Module:
+            return nn.BatchNorm1d(c.g_hidden) if c.g_batchnorm else nn.Identity()
+
         self.net = nn.Sequential(
-            nn.Linear(c.latent_dim, c.g_hidden), nn.ReLU(),  # (B, 1200)
-            nn.Linear(c.g_hidden, c.g_hidden), nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.latent_dim, c.g_hidden), norm(), nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.g_hidden, c.g_hidden), norm(), nn.ReLU(),  # (B, 1200)
             nn.Linear(c.g_hidden, math.prod(image_shape)),  # (B, C*H*W) logits
         )  # fmt: skip
 

@@ -152,18 +152,18 @@ def _load_torchvision(name: str, root: Path) -> Dataset:
     cls = TORCHVISION[name]
     try:
         train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
-    except RuntimeError:  # torchvision: "Dataset not found" (or, for CIFAR-10, corrupted)
-        train = test = None
-    except Exception as e:  # a file that exists but cannot be parsed
-        raise DataError(f"{name}: the files under {root} could not be read ({type(e).__name__}: {e}); "
-                        f"delete them and provide the dataset again") from None  # fmt: skip
+    except Exception as e:
+        if not (isinstance(e, RuntimeError) and "not found" in str(e)):  # files that exist but cannot be parsed
+            raise DataError(f"{name}: the files under {root} could not be read ({type(e).__name__}: {e}); "
+                            f"delete them and provide the dataset again") from None  # fmt: skip
+        train = test = None  # torchvision: "Dataset not found" (CIFAR-10: "not found or corrupted", md5 checks)
     if train is None:
-        problem = "BENCH_OFFLINE=1 is set"
+        problem = "files missing or failing their checksums; BENCH_OFFLINE=1 is set"
         if os.environ.get("BENCH_OFFLINE") != "1":
             try:
                 train, test = cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
             except Exception as e:
-                problem = f"download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                problem = f"files missing; download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if train is None:
             raise DataError(_missing_message(name, root, problem))
     return make_dataset(name, _arrays(train), _arrays(test), len(train.classes), f"torchvision.datasets.{cls.__name__}")

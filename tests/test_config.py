@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from bench import config
+from bench.cli import main
+from bench.config import ConfigError
+from tests.conftest import BENCH_TOML, REPO
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "bench.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+[suites.s]
+datasets = ["digits"]
+models = ["gan-mlp"]
+seeds = [0]
+"""
+
+
+def test_repository_config_loads_and_expands():
+    cfg = config.load(BENCH_TOML)
+    cells = config.expand(cfg, cfg.suite("quick"))
+    assert [c.name for c in cells] == ["gan-mlp/digits/seed0", "gan-mlp/digits/seed1",
+                                       "vae-mlp/digits/seed0", "vae-mlp/digits/seed1"]  # fmt: skip
+
+
+def test_defaults_live_on_the_fields(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL))
+    assert cfg.suite("s").train == config.TrainConfig()
+    assert cfg.models["gan-mlp"].latent_dim == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL.replace('"gan-mlp"', '"gan-nope"'), "[suites.s] models: unknown model 'gan-nope'; known: gan-mlp, vae-mlp"),
+        (MINIMAL.replace('"digits"', '"imagenet"'), "unknown dataset 'imagenet'; known: digits, mnist, fashion-mnist, cifar10"),
+        (MINIMAL + "[suites.s.train]\nstepz = 3\n", "[suites.s.train] unknown key 'stepz'; allowed: batch_size"),
+        (MINIMAL + "[suites.s.train]\nsteps = 'many'\n", "[suites.s.train] steps must be an integer, got 'many' (str)"),
+        (MINIMAL + "[suites.s.train]\nsteps = 0\n", "[suites.s.train] steps must be > 0, got 0"),
+        (MINIMAL + "[suites.s.train]\nbatch_size = true\n", "batch_size must be an integer, got True"),
+        (MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n", "extractor must be one of domain; got 'vgg'"),
+        (MINIMAL + "[models.gan-mlp]\nlr = '1e-4'\n", "[models.gan-mlp] lr must be a number"),
+        (MINIMAL + "[models.dcgan9]\nlr = 1\n", "[models.dcgan9] unknown model; known models: gan-mlp, vae-mlp"),
+        (MINIMAL.replace("seeds = [0]", "seeds = [0, 0]"), "seeds has duplicates"),
+        (MINIMAL.replace("seeds = [0]", "seeds = []"), "seeds must not be empty"),
+        (MINIMAL + "[extra]\na = 1\n", "[top level] unknown key 'extra'"),
+        ("[suites.s]\nmodels = ['gan-mlp']\n", "[suites.s] missing key(s): datasets"),
+        ("[suites.s\n", "bench.toml is not valid TOML"),
+    ],
+)
+def test_config_errors_name_file_table_and_key(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text))
+    assert expected in str(e.value)
+    assert str(e.value).startswith("bench.toml")
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_suite_lists_known_suites():
+    with pytest.raises(ConfigError, match="unknown suite 'nope' in bench.toml; known suites: quick"):
+        config.load(BENCH_TOML).suite("nope")
+
+
+def test_overrides_apply_to_the_suite_and_models():
+    cfg = config.load(BENCH_TOML, ["train.steps=7", "seeds=[3, 4]", "models.gan-mlp.lr=0.1",
+                                   "eval.extractor=domain", "features.domain.steps=5"], "quick")  # fmt: skip
+    suite = cfg.suite("quick")
+    assert suite.train.steps == 7 and suite.seeds == (3, 4) and suite.eval.extractor == "domain"
+    assert cfg.models["gan-mlp"].lr == 0.1 and cfg.domain.steps == 5
+    assert config.load(BENCH_TOML).suite("quick").train.steps != 7  # the file is untouched
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.steps", "--set 'train.steps' is not KEY=VALUE"),
+        ("train.steps=abc", "(with --set train.steps=abc): [suites.quick.train] steps must be an integer, got 'abc'"),
+        ("train.steps=-5", "steps must be > 0, got -5"),
+        ("nokey.x=1", "--set nokey.x: unknown key 'nokey'"),
+        ("train.nokey=1", "[suites.quick.train] unknown key 'nokey'"),
+        ("models.gan-mlp.nokey=1", "[models.gan-mlp] unknown key 'nokey'"),
+        ("seeds=0", "seeds must be a list, got 0"),
+    ],
+)
+def test_bad_overrides(override, expected):
+    with pytest.raises(ConfigError) as e:
+        config.load(BENCH_TOML, [override], "quick")
+    assert expected in str(e.value)
+
+
+def test_cell_key_covers_config_and_seed_but_not_suite():
+    cfg = config.load(BENCH_TOML)
+    a, b = config.expand(cfg, cfg.suite("quick"))[:2]  # gan-mlp seeds 0 and 1
+    assert a.key("d") == a.key("d") and a.key("d") != b.key("d")
+    assert a.key("d", with_seed=False) == b.key("d", with_seed=False)
+    assert a.key("d") != a.key("other-digest")
+    changed = config.expand(config.load(BENCH_TOML, ["models.gan-mlp.lr=0.5"], "quick"), cfg.suite("quick"))[0]
+    assert changed.key("d") != a.key("d")
+    import dataclasses
+
+    assert dataclasses.replace(a, suite="other").key("d") == a.key("d")
+
+
+def test_to_toml_round_trips():
+    cfg = config.load(BENCH_TOML)
+    cell = config.expand(cfg, cfg.suite("quick"))[0]
+    assert tomllib.loads(config.to_toml(cell.as_dict())) == _lists(cell.as_dict())
+
+
+def _lists(d):
+    return {k: _lists(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def test_cli_unknown_suite_exits_2_with_one_line(monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(main, ["run", "--suite", "no-such-suite"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: unknown suite 'no-such-suite' in bench.toml; known suites: quick"
+
+
+def test_cli_bad_set_exits_2(monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "train.steps=0"])
+    assert result.exit_code == 2
+    assert "steps must be > 0" in result.output and "Traceback" not in result.output
+
+
+def test_cli_list(monkeypatch):
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for word in ("quick", "gan-mlp", "vae-mlp", "digits", "fashion-mnist", "cifar10", "mnist"):
+        assert word in result.output
