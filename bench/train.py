@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -62,6 +62,7 @@ def train(model, images: torch.Tensor, cfg: TrainConfig, *, seed: int, logger: T
     device = images.device
     optimizers = model.optimizers()
     batch_rng = torch.Generator().manual_seed(seed)  # batch indices are drawn on the CPU: same batches on any device
+    torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
     step = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
@@ -116,7 +117,3 @@ def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:
     images = model.sample(n, generator=torch.Generator(device=device).manual_seed(seed + 10_000))
     model.train(was_training)
     return images.cpu()
-
-
-def load_final_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)

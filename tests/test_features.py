@@ -1,0 +1,61 @@
+"""The domain extractor (trained, cached, gated) and the reference-features cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import features
+from bench.config import DomainConfig
+from bench.data import load
+
+CPU = torch.device("cpu")
+RECIPE = DomainConfig(steps=40, min_test_accuracy=0.3)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits")
+
+
+def test_domain_extractor_is_cached_by_dataset_and_recipe(tmp_path, digits, monkeypatch):
+    first = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
+    assert 0.3 <= first.info["test_accuracy"] <= 1.0
+    monkeypatch.setattr(features, "_train_domain", lambda *a: pytest.fail("retrained despite a cache hit"))
+    again = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
+    assert again.weights_digest == first.weights_digest
+    # the gate is not part of the key; the recipe is
+    features.domain_extractor(digits, DomainConfig(steps=40, min_test_accuracy=0.1), tmp_path, CPU)
+    with pytest.raises(pytest.fail.Exception):
+        features.domain_extractor(digits, DomainConfig(steps=41, min_test_accuracy=0.3), tmp_path, CPU)
+
+
+def test_domain_extractor_is_deterministic(tmp_path, digits):
+    a = features.domain_extractor(digits, RECIPE, tmp_path / "a", CPU)
+    b = features.domain_extractor(digits, RECIPE, tmp_path / "b", CPU)
+    assert a.weights_digest == b.weights_digest
+
+
+def test_domain_extractor_floor(tmp_path, digits):
+    with pytest.raises(features.ExtractorError, match=r"below the floor 0.99 \(\[features.domain\] min_test_accuracy\)"):
+        features.domain_extractor(digits, DomainConfig(steps=2, min_test_accuracy=0.99), tmp_path, CPU)
+
+
+def test_features_are_standardised_on_the_training_split(tmp_path, digits):
+    ex = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
+    f = ex(digits.train_images)["features"]
+    assert f.shape == (len(digits.train_images), RECIPE.feature_dim)
+    assert torch.allclose(f.mean(0), torch.zeros(RECIPE.feature_dim, dtype=f.dtype), atol=1e-3)
+
+
+def test_reference_features_cache_is_keyed(tmp_path, digits, monkeypatch):
+    ex = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
+    train, d_train = features.reference_features(ex, digits, "train", tmp_path)
+    test, d_test = features.reference_features(ex, digits, "test", tmp_path)
+    assert len(train["features"]) == 1437 and len(test["features"]) == 360 and d_train != d_test
+    calls = []
+    original = ex.__call__
+    monkeypatch.setattr(features.Extractor, "__call__", lambda self, *a, **k: calls.append(1) or original(*a, **k))
+    assert features.reference_features(ex, digits, "train", tmp_path)[1] == d_train and not calls  # a hit
+    other = features.Extractor(ex.name, "another-digest", ex.preprocessing, ex.net, ex.info)
+    assert features.reference_features(other, digits, "train", tmp_path)[1] == d_train and calls  # recomputed

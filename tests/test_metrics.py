@@ -1,0 +1,100 @@
+"""Metrics against reference implementations (scipy, numpy) and closed-form cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from bench import metrics
+from bench.config import EvalConfig
+
+
+def fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
+    """The textbook formula with scipy's matrix square root (Heusel et al. 2017)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def kid_numpy(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD² with k(x, y) = (x·y/d + 1)³ (Bińkowski et al. 2018), all samples, no subsets."""
+    d, m = a.shape[1], len(a)
+    kxx, kyy, kxy = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                 - 2 * kxy.mean())  # fmt: skip
+
+
+def features(n, d, shift=0.0, scale=1.0, seed=0):
+    """n draws of one correlated Gaussian (a fixed mixing matrix), shifted and scaled; seed picks the draws."""
+    mixing = torch.randn(d, d, generator=torch.Generator().manual_seed(1234), dtype=torch.float64) / math.sqrt(d)
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) @ mixing) * scale + shift
+
+
+@pytest.mark.parametrize(("shift", "scale"), [(0.0, 1.0), (0.5, 1.0), (0.0, 2.0), (1.0, 0.5)])
+def test_fid_matches_scipy(shift, scale):
+    a, b = features(600, 16, seed=1), features(500, 16, shift, scale, seed=2)
+    ours, ref = metrics.fid(a, b), fid_scipy(a.numpy(), b.numpy())
+    assert ours == pytest.approx(ref, rel=1e-6, abs=1e-8)
+
+
+def test_fid_of_identical_sets_is_zero_and_closed_form_for_shifted_gaussians():
+    a = features(1000, 8, seed=3)
+    assert abs(metrics.fid(a, a)) < 1e-8
+    # same covariance, mean shifted by v: FID = |v|² exactly
+    v = torch.linspace(-1, 1, 8, dtype=torch.float64)
+    assert metrics.fid(a, a + v) == pytest.approx((v**2).sum().item(), rel=1e-8)
+
+
+def test_kid_matches_numpy_reference():
+    a, b = features(120, 10, seed=4), features(120, 10, 0.3, seed=5)
+    mean, std = metrics.kid(a, b, subsets=1, subset_size=120, seed=0)  # one subset of all: a permutation
+    assert mean == pytest.approx(kid_numpy(a.numpy(), b.numpy()), rel=1e-6)
+    assert std == 0.0
+
+
+def test_kid_is_near_zero_for_the_same_distribution():
+    mean, _ = metrics.kid(features(500, 10, seed=6), features(500, 10, seed=7), subsets=20, subset_size=200, seed=0)
+    far, _ = metrics.kid(features(500, 10, seed=6), features(500, 10, 1.0, seed=7), subsets=20, subset_size=200, seed=0)
+    assert abs(mean) < 0.01 < far
+
+
+def test_inception_score_closed_forms():
+    k = 10
+    uniform = torch.zeros(1000, k, dtype=torch.float64)
+    assert metrics.inception_score(uniform, splits=1, seed=0)[0] == pytest.approx(1.0)
+    confident = 100.0 * torch.eye(k, dtype=torch.float64).repeat(100, 1)  # balanced, certain
+    assert metrics.inception_score(confident, splits=1, seed=0)[0] == pytest.approx(k, rel=1e-6)
+
+
+def test_precision_recall_extremes():
+    a = features(300, 8, seed=8)
+    assert metrics.precision_recall(a, a.clone(), neighborhood=3) == (1.0, 1.0)
+    assert metrics.precision_recall(a + 100.0, a, neighborhood=3) == (0.0, 0.0)
+
+
+def test_sample_metrics_names_and_too_few_samples():
+    cfg = EvalConfig(num_samples=300, kid_subset_size=100, kid_subsets=5)
+    gen = {"features": features(300, 8, seed=9), "logits": torch.randn(300, 10, dtype=torch.float64)}
+    real = {"features": features(400, 8, seed=10), "logits": torch.randn(400, 10, dtype=torch.float64)}
+    out = metrics.sample_metrics(gen, real, cfg)
+    assert set(out) == {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"}
+    assert all(math.isfinite(v) for v in out.values())
+    few = {"features": features(8, 8, seed=11), "logits": torch.randn(8, 10, dtype=torch.float64)}
+    with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):
+        metrics.sample_metrics(few, real, cfg)
+
+
+def test_metrics_are_batch_size_independent_through_the_extractor():
+    from bench.features import DomainNet, Extractor
+
+    torch.manual_seed(0)
+    ex = Extractor("domain", "x", "uint8/255", DomainNet((1, 28, 28), 10, 16), {})
+    images = torch.randint(0, 256, (70, 1, 28, 28), dtype=torch.uint8)
+    a, b = ex(images, batch_size=7), ex(images, batch_size=70)
+    assert torch.allclose(a["features"], b["features"], atol=1e-5)
