@@ -59,9 +59,10 @@ def test_kid_matches_numpy_reference():
 
 
 def test_kid_is_near_zero_for_the_same_distribution():
-    mean, _ = metrics.kid(features(500, 10, seed=6), features(500, 10, seed=7), subsets=20, subset_size=200, seed=0)
+    # unbiased: zero within its spread over subsets for one distribution, far above it for shifted features
+    mean, std = metrics.kid(features(500, 10, seed=6), features(500, 10, seed=7), subsets=20, subset_size=200, seed=0)
     far, _ = metrics.kid(features(500, 10, seed=6), features(500, 10, 1.0, seed=7), subsets=20, subset_size=200, seed=0)
-    assert abs(mean) < 0.01 < far
+    assert abs(mean) < 2 * std and far > 20 * std
 
 
 def test_inception_score_closed_forms():
