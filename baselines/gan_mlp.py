@@ -48,14 +48,19 @@ class Generator(nn.Module):
     def __init__(self, c: Config, image_shape: tuple[int, int, int]):
         super().__init__()
         self.image_shape = image_shape
+
         def norm() -> nn.Module:
             return nn.BatchNorm1d(c.g_hidden) if c.g_batchnorm else nn.Identity()
 
         self.net = nn.Sequential(
-            nn.Linear(c.latent_dim, c.g_hidden), norm(), nn.ReLU(),  # (B, 1200)
-            nn.Linear(c.g_hidden, c.g_hidden), norm(), nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.latent_dim, c.g_hidden),
+            norm(),
+            nn.ReLU(),  # (B, 1200)
+            nn.Linear(c.g_hidden, c.g_hidden),
+            norm(),
+            nn.ReLU(),  # (B, 1200)
             nn.Linear(c.g_hidden, math.prod(image_shape)),  # (B, C*H*W) logits
-        )  # fmt: skip
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.net(z)).view(-1, *self.image_shape)  # (B, C, H, W) in [0, 1]
@@ -65,11 +70,14 @@ class Discriminator(nn.Module):
     def __init__(self, c: Config, image_shape: tuple[int, int, int]):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Dropout(c.d_dropout_input),  # (B, C*H*W)
-            Maxout(math.prod(image_shape), c.d_hidden, c.d_pieces), nn.Dropout(c.d_dropout_hidden),  # (B, 240)
-            Maxout(c.d_hidden, c.d_hidden, c.d_pieces), nn.Dropout(c.d_dropout_hidden),  # (B, 240)
+            nn.Flatten(),
+            nn.Dropout(c.d_dropout_input),  # (B, C*H*W)
+            Maxout(math.prod(image_shape), c.d_hidden, c.d_pieces),
+            nn.Dropout(c.d_dropout_hidden),  # (B, 240)
+            Maxout(c.d_hidden, c.d_hidden, c.d_pieces),
+            nn.Dropout(c.d_dropout_hidden),  # (B, 240)
             nn.Linear(c.d_hidden, 1),  # (B, 1) logit of "real"
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)  # (B,)
@@ -77,8 +85,9 @@ class Discriminator(nn.Module):
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """−log D(x) − log(1 − D(G(z))) (Goodfellow et al. 2014, eq. 1)."""
-    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)) + \
-        F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))  # fmt: skip
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:

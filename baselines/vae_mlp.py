@@ -35,13 +35,17 @@ class VAEMLP(nn.Module):
         self.config, self.image_shape = config, image_shape
         d = math.prod(image_shape)
         self.encoder = nn.Sequential(
-            nn.Flatten(), nn.Linear(d, config.hidden), nn.Tanh(),  # (B, 500)
+            nn.Flatten(),
+            nn.Linear(d, config.hidden),
+            nn.Tanh(),  # (B, 500)
             nn.Linear(config.hidden, 2 * config.latent_dim),  # (B, 2L): mu, logvar
-        )  # fmt: skip
+        )
         self.decoder = nn.Sequential(
-            nn.Linear(config.latent_dim, config.hidden), nn.Tanh(),  # (B, 500)
-            nn.Linear(config.hidden, d), nn.Unflatten(-1, image_shape),  # (B, C, H, W) Bernoulli logits
-        )  # fmt: skip
+            nn.Linear(config.latent_dim, config.hidden),
+            nn.Tanh(),  # (B, 500)
+            nn.Linear(config.hidden, d),
+            nn.Unflatten(-1, image_shape),  # (B, C, H, W) Bernoulli logits
+        )
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}

@@ -36,10 +36,14 @@ def _load(config_path: str, overrides: tuple[str, ...] = (), suite: str | None =
         _fail(str(e))
 
 
-config_option = click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
-                             help="The suite configuration file.")  # fmt: skip
-uri_option = click.option("--tracking-uri", default=None,
-                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db).")  # fmt: skip
+config_option = click.option(
+    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="The suite configuration file."
+)
+uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,13 +55,19 @@ def main() -> None:
 @main.command()
 @click.option("--suite", required=True, help="Suite name from bench.toml (see `bench list`).")
 @uri_option
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.steps=500 --set seeds=[0] --set models.gan-mlp.lr=1e-4.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.steps=500 --set seeds=[0] --set models.gan-mlp.lr=1e-4.",
+)
 @click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
 @config_option
-def run(suite: str, tracking_uri: str | None, overrides: tuple[str, ...], executor: str, no_progress: bool,
-        config_path: str) -> None:  # fmt: skip
+def run(
+    suite: str, tracking_uri: str | None, overrides: tuple[str, ...], executor: str, no_progress: bool, config_path: str
+) -> None:
     """Train and evaluate every cell of a suite; log everything to MLflow."""
     cfg = _load(config_path, overrides, suite)
     from bench.data import DataError
@@ -66,16 +76,26 @@ def run(suite: str, tracking_uri: str | None, overrides: tuple[str, ...], execut
     from bench.tracking import TrackingError
 
     try:
-        outcomes = run_suite(cfg, suite, tracking_uri=tracking_uri, results=_results(), overrides=overrides,
-                             executor=executor, progress=not no_progress, echo=click.echo)  # fmt: skip
+        outcomes = run_suite(
+            cfg,
+            suite,
+            tracking_uri=tracking_uri,
+            results=_results(),
+            overrides=overrides,
+            executor=executor,
+            progress=not no_progress,
+            echo=click.echo,
+        )
     except (DataError, ExtractorError, TrackingError, RuntimeError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo("interrupted: the running cell is marked KILLED; run the same command again to resume", err=True)
         sys.exit(130)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "SKIPPED", "FAILED")}
-    click.echo(f"done: {counts['FINISHED']} finished, {counts['SKIPPED']} skipped (already finished), "
-               f"{counts['FAILED']} failed")  # fmt: skip
+    click.echo(
+        f"done: {counts['FINISHED']} finished, {counts['SKIPPED']} skipped (already finished), "
+        f"{counts['FAILED']} failed"
+    )
     for o in outcomes:
         if o.status == "FAILED":
             click.echo(f"  FAILED {o.cell.name} (run {o.run_id}): {o.error}", err=True)
@@ -95,8 +115,10 @@ def list_(config_path: str) -> None:
     click.echo("suites:")
     for name, s in cfg.suites.items():
         n = len(s.datasets) * len(s.models) * len(s.seeds)
-        click.echo(f"  {name:<12} {n:>3} cells  datasets={','.join(s.datasets)}  models={','.join(s.models)}  "
-                   f"seeds={','.join(map(str, s.seeds))}  steps={s.train.steps}  extractor={s.eval.extractor}")  # fmt: skip
+        click.echo(
+            f"  {name:<12} {n:>3} cells  datasets={','.join(s.datasets)}  models={','.join(s.models)}  "
+            f"seeds={','.join(map(str, s.seeds))}  steps={s.train.steps}  extractor={s.eval.extractor}"
+        )
         if s.description:
             click.echo(f"  {'':<12} {s.description}")
     click.echo("models:")
@@ -127,7 +149,7 @@ def report(suite: str, tracking_uri: str | None, out: str | None, config_path: s
     except tracking.TrackingError as e:
         _fail(str(e))
     click.echo(paths["markdown"].read_text())
-    for kind, path in paths.items():
+    for path in paths.values():
         click.echo(f"wrote {path}")
     if parent:
         click.echo(f"attached to parent run {parent}")

@@ -17,12 +17,13 @@ import copy
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 DEFAULT_CONFIG = "bench.toml"
 EXTRACTORS = ("domain",)  # `inception` arrives with the standard-protocol work
@@ -66,12 +67,22 @@ class EvalConfig:
     seed: int = 0  # evaluation seed: samples, binarisation of the test split, KID subsets
 
     def __post_init__(self) -> None:
-        _positive(self, "num_samples", "batch_size", "iwae_k", "kid_subsets", "kid_subset_size",
-                  "prc_neighborhood", "isc_splits")  # fmt: skip
+        _positive(
+            self,
+            "num_samples",
+            "batch_size",
+            "iwae_k",
+            "kid_subsets",
+            "kid_subset_size",
+            "prc_neighborhood",
+            "isc_splits",
+        )
         _one_of(self, "extractor", EXTRACTORS)
         _one_of(self, "reference_split", REFERENCE_SPLITS)
         if self.kid_subset_size > self.num_samples:
-            raise ValueError(f"kid_subset_size ({self.kid_subset_size}) must not exceed num_samples ({self.num_samples})")
+            raise ValueError(
+                f"kid_subset_size ({self.kid_subset_size}) must not exceed num_samples ({self.num_samples})"
+            )
         if self.isc_splits > self.num_samples:
             raise ValueError(f"isc_splits ({self.isc_splits}) must not exceed num_samples ({self.num_samples})")
 
@@ -213,8 +224,12 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: st
                 raise ConfigError(f"--set {key} applies to a suite; choose one with --suite")
             parts = ["suites", suite, *parts]
         elif parts[0] not in ("models", "features", "suites"):
-            allowed = sorted(suite_fields - {"train", "eval"}) + ["train.KEY", "eval.KEY", "models.MODEL.KEY",
-                                                                    "features.domain.KEY"]  # fmt: skip
+            allowed = sorted(suite_fields - {"train", "eval"}) + [
+                "train.KEY",
+                "eval.KEY",
+                "models.MODEL.KEY",
+                "features.domain.KEY",
+            ]
             raise ConfigError(f"--set {key}: unknown key {parts[0]!r}; allowed: {', '.join(allowed)}")
         table = raw
         for i, part in enumerate(parts[:-1]):

@@ -70,8 +70,16 @@ def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source:
     for a in (train_images, train_labels.long(), test_images, test_labels.long()):
         h.update(str(tuple(a.shape)).encode())
         h.update(a.contiguous().numpy().tobytes())
-    return Dataset(name, train_images.contiguous(), train_labels.long(), test_images.contiguous(),
-                   test_labels.long(), num_classes, source, h.hexdigest())  # fmt: skip
+    return Dataset(
+        name,
+        train_images.contiguous(),
+        train_labels.long(),
+        test_images.contiguous(),
+        test_labels.long(),
+        num_classes,
+        source,
+        h.hexdigest(),
+    )
 
 
 def data_root() -> Path:
@@ -105,8 +113,13 @@ def load_digits(root: Path) -> Dataset:
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     labels = torch.tensor(bunch.target, dtype=torch.int64)
     idx_train, idx_test = train_test_split(range(len(labels)), test_size=0.2, random_state=0, stratify=bunch.target)
-    return make_dataset("digits", (images[idx_train], labels[idx_train]), (images[idx_test], labels[idx_test]),
-                        10, "sklearn.datasets.load_digits")  # fmt: skip
+    return make_dataset(
+        "digits",
+        (images[idx_train], labels[idx_train]),
+        (images[idx_test], labels[idx_test]),
+        10,
+        "sklearn.datasets.load_digits",
+    )
 
 
 def load_mnist(root: Path) -> Dataset:
@@ -154,8 +167,10 @@ def _load_torchvision(name: str, root: Path) -> Dataset:
         train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
     except Exception as e:
         if not (isinstance(e, RuntimeError) and "not found" in str(e)):  # files that exist but cannot be parsed
-            raise DataError(f"{name}: the files under {root} could not be read ({type(e).__name__}: {e}); "
-                            f"delete them and provide the dataset again") from None  # fmt: skip
+            raise DataError(
+                f"{name}: the files under {root} could not be read ({type(e).__name__}: {e}); "
+                f"delete them and provide the dataset again"
+            ) from None
         train = test = None  # torchvision: "Dataset not found" (CIFAR-10: "not found or corrupted", md5 checks)
     if train is None:
         problem = "files missing or failing their checksums; BENCH_OFFLINE=1 is set"
@@ -163,7 +178,9 @@ def _load_torchvision(name: str, root: Path) -> Dataset:
             try:
                 train, test = cls(str(root), train=True, download=True), cls(str(root), train=False, download=True)
             except Exception as e:
-                problem = f"files missing; download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                problem = (
+                    f"files missing; download failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                )
         if train is None:
             raise DataError(_missing_message(name, root, problem))
     return make_dataset(name, _arrays(train), _arrays(test), len(train.classes), f"torchvision.datasets.{cls.__name__}")

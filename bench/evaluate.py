@@ -48,8 +48,12 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
         "extractor_weights_digest": extractor.weights_digest,
         "preprocessing": extractor.preprocessing,
         "resize": "none",
-        "reference": {"dataset": dataset.name, "dataset_digest": dataset.digest, "split": cfg.reference_split,
-                      "features_digest": reference_digest},  # fmt: skip
+        "reference": {
+            "dataset": dataset.name,
+            "dataset_digest": dataset.digest,
+            "split": cfg.reference_split,
+            "features_digest": reference_digest,
+        },
         "num_samples": cfg.num_samples,
         "kid": {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "kernel": "poly3"},
         "precision_recall": {"neighborhood": cfg.prc_neighborhood},
@@ -83,8 +87,12 @@ def environment(device) -> dict:
     import subprocess
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None  # fmt: skip
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     device = torch.device(device)

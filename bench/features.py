@@ -59,10 +59,15 @@ class DomainNet(nn.Module):
         super().__init__()
         c, h, w = image_shape
         self.body = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
-            nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), feature_dim),  # (B, d): the features
-        )  # fmt: skip
+            nn.Conv2d(c, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
+            nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), feature_dim),  # (B, d): the features
+        )
         self.head = nn.Linear(feature_dim, num_classes)  # (B, K)
         # Per-dimension standardisation of the features with training-split statistics, set once after training
         # (buffers, so they are in the weights digest): KID's cubic kernel k(x, y) = (x·y/d + 1)³ assumes
@@ -111,8 +116,13 @@ def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, de
             f"Raise [features.domain] steps or check the dataset"
         )
     net.to(device).eval()
-    return Extractor("domain", weights_digest(net), "uint8/255, native resolution", net,
-                     {"test_accuracy": accuracy, "cache": str(path)})  # fmt: skip
+    return Extractor(
+        "domain",
+        weights_digest(net),
+        "uint8/255, native resolution",
+        net,
+        {"test_accuracy": accuracy, "cache": str(path)},
+    )
 
 
 def _train_domain(net: DomainNet, dataset: Dataset, recipe: DomainConfig, device: torch.device) -> float:
@@ -157,8 +167,14 @@ def reference_features(
     Returns the features and their digest (logged in the protocol). The key is stored in the file and checked on
     load, so a cache file can never be used for another key.
     """
-    key = {"dataset": dataset.name, "dataset_digest": dataset.digest, "split": split, "extractor": extractor.name,
-           "weights_digest": extractor.weights_digest, "preprocessing": extractor.preprocessing}  # fmt: skip
+    key = {
+        "dataset": dataset.name,
+        "dataset_digest": dataset.digest,
+        "split": split,
+        "extractor": extractor.name,
+        "weights_digest": extractor.weights_digest,
+        "preprocessing": extractor.preprocessing,
+    }
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"ref-{dataset.name}-{split}-{extractor.name}-{key_hash}.pt"
     if path.is_file():

@@ -41,16 +41,26 @@ def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float
 
 def kid(generated: torch.Tensor, real: torch.Tensor, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
     """Unbiased MMD² with the cubic polynomial kernel over random subsets (Bińkowski et al. 2018)."""
-    out = kid_features_to_metric(generated, real, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=seed,
-                                 kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
-                                 kid_kernel_poly_coef0=1, verbose=False)  # fmt: skip
+    out = kid_features_to_metric(
+        generated,
+        real,
+        kid_subsets=subsets,
+        kid_subset_size=subset_size,
+        rng_seed=seed,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+        verbose=False,
+    )
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
 
 
 def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighborhood: int) -> tuple[float, float]:
     """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019)."""
-    out = prc_features_to_metric(generated, real, prc_neighborhood=neighborhood, prc_batch_size=10000,
-                                 save_cpu_ram=False, verbose=False)  # fmt: skip
+    out = prc_features_to_metric(
+        generated, real, prc_neighborhood=neighborhood, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
@@ -59,8 +69,10 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
     n_gen, n_real = len(generated["features"]), len(real["features"])
     dim = generated["features"].shape[1]
     if min(n_gen, n_real) <= dim:
-        raise MetricError(f"FID needs more samples than feature dimensions: {n_gen} generated and {n_real} real "
-                          f"images for {dim}-d features; raise eval.num_samples or use a larger reference split")  # fmt: skip
+        raise MetricError(
+            f"FID needs more samples than feature dimensions: {n_gen} generated and {n_real} real "
+            f"images for {dim}-d features; raise eval.num_samples or use a larger reference split"
+        )
     subset = min(cfg.kid_subset_size, n_gen, n_real)
     out = {FID: fid(generated["features"], real["features"])}
     out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)

@@ -53,8 +53,13 @@ def build(runs: pd.DataFrame) -> list[Section]:
     for (dataset, protocol), group in runs.groupby(["bench.dataset", "bench.protocol"], sort=True):
         rows, notes = [], []
         for (model, variant), cell_runs in group.groupby(["bench.model", "bench.variant"], sort=True):
-            row = {"model": model, "family": cell_runs["bench.family"].iloc[0], "variant": variant,
-                   "n": len(cell_runs), "seeds": ",".join(sorted(cell_runs["bench.seed"].astype(str)))}  # fmt: skip
+            row = {
+                "model": model,
+                "family": cell_runs["bench.family"].iloc[0],
+                "variant": variant,
+                "n": len(cell_runs),
+                "seeds": ",".join(sorted(cell_runs["bench.seed"].astype(str))),
+            }
             for m in METRICS:
                 values = pd.to_numeric(cell_runs.get(f"metrics.{m}", pd.Series(dtype=float)), errors="coerce").dropna()
                 row[f"{m}_mean"] = values.mean() if len(values) else math.nan
@@ -63,9 +68,13 @@ def build(runs: pd.DataFrame) -> list[Section]:
         table = pd.DataFrame(rows)
         multi = table["model"].duplicated(keep=False)
         if multi.any():
-            notes.append("Models with several configurations in this table are listed once per variant "
-                         "(bench.variant tag); compare their params in the MLflow UI.")  # fmt: skip
-        table["label"] = [f"{m} ({v[:8]})" if dup else m for m, v, dup in zip(table["model"], table["variant"], multi)]
+            notes.append(
+                "Models with several configurations in this table are listed once per variant "
+                "(bench.variant tag); compare their params in the MLflow UI."
+            )
+        table["label"] = [
+            f"{m} ({v[:8]})" if dup else m for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
+        ]
         table = table.sort_values("fid_mean", na_position="last").reset_index(drop=True)
         table.insert(0, "rank", range(1, len(table) + 1))
         sections.append(Section(dataset, protocol, _describe(group.iloc[-1]), table, notes))
@@ -76,9 +85,11 @@ def _describe(run: pd.Series) -> str:
     def p(key: str) -> str:
         return str(run.get(f"params.{key}", "?"))
 
-    return (f"extractor `{p('eval.extractor')}`, {p('eval.num_samples')} generated samples vs the "
-            f"`{p('eval.reference_split')}` split, IWAE k = {p('eval.iwae_k')} on the test split, "
-            f"eval seed {p('eval.seed')}")  # fmt: skip
+    return (
+        f"extractor `{p('eval.extractor')}`, {p('eval.num_samples')} generated samples vs the "
+        f"`{p('eval.reference_split')}` split, IWAE k = {p('eval.iwae_k')} on the test split, "
+        f"eval seed {p('eval.seed')}"
+    )
 
 
 def _cell(mean: float, std: float, decimals: int) -> str:
@@ -98,13 +109,19 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0) -> str:
     lines = [f"# Leaderboard — suite `{suite}`", ""]
     if not sections:
         lines.append(f"No finished runs in experiment `{suite}` yet: run `bench run --suite {suite}` first.")
-    lines += ["Mean ± sample standard deviation over seeds (n = number of seeds); **bold** = best in column. "
-              "Ranked by FID. Numbers are comparable only within one table (same dataset and protocol).", ""]  # fmt: skip
+    lines += [
+        "Mean ± sample standard deviation over seeds (n = number of seeds); **bold** = best in column. "
+        "Ranked by FID. Numbers are comparable only within one table (same dataset and protocol).",
+        "",
+    ]
     for s in sections:
         metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
         lines += [f"## {s.dataset} — protocol `{s.protocol}`", "", s.description, ""]
         header = ["rank", "model", "n"] + [METRICS[m][0] for m in metrics]
-        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * len(metrics)) + "|"]
+        lines += [
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * len(metrics)) + "|",
+        ]
         best = {m: _best(s.table, m) for m in metrics}
         for i, row in s.table.iterrows():
             cells = [str(row["rank"]), row["label"], str(row["n"])]
@@ -134,8 +151,10 @@ def write_report(uri: str, suite: str, out: Path) -> dict[str, Path]:
     sections = build(runs)
     failed = 0
     if not runs.empty:  # cells whose runs all failed (a failure later re-run successfully is not counted)
-        failed = len(set(runs.loc[runs["status"] == "FAILED", "bench.cell"]) -
-                     set(runs.loc[runs["status"] == "FINISHED", "bench.cell"]))  # fmt: skip
+        failed = len(
+            set(runs.loc[runs["status"] == "FAILED", "bench.cell"])
+            - set(runs.loc[runs["status"] == "FINISHED", "bench.cell"])
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv"}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
@@ -59,9 +60,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_suite(config: BenchConfig, suite_name: str, *, tracking_uri: str | None = None, results: Path = Path("results"),
-              overrides: tuple[str, ...] = (), executor: str = "local", progress: bool = True,
-              echo: Callable[[str], None] = print) -> list[Outcome]:  # fmt: skip
+def run_suite(
+    config: BenchConfig,
+    suite_name: str,
+    *,
+    tracking_uri: str | None = None,
+    results: Path = Path("results"),
+    overrides: tuple[str, ...] = (),
+    executor: str = "local",
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[Outcome]:
     """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED)."""
     suite = config.suite(suite_name)
     cells = expand(config, suite)
@@ -85,10 +94,12 @@ def run_suite(config: BenchConfig, suite_name: str, *, tracking_uri: str | None 
     finished = tracker.finished_cells()
     echo(f"suite {suite.name}: {len(cells)} cells on {device}; tracking at {uri}")
 
-    parent = tracker.start_run(f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               {"bench.suite": suite.name, "bench.parent": "true"})  # fmt: skip
-    parent.log_params({"suite": suite.name, "overrides": " ".join(overrides) or "-", "executor": executor,
-                       "cells": len(cells)})  # fmt: skip
+    parent = tracker.start_run(
+        f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", {"bench.suite": suite.name, "bench.parent": "true"}
+    )
+    parent.log_params(
+        {"suite": suite.name, "overrides": " ".join(overrides) or "-", "executor": executor, "cells": len(cells)}
+    )
     ctx = Context(tracker, parent, datasets, extractors, finished, results, device, progress, echo)
     outcomes: list[Outcome] = []
     try:
@@ -98,8 +109,13 @@ def run_suite(config: BenchConfig, suite_name: str, *, tracking_uri: str | None 
         parent.end("KILLED")
         raise
     failed = sum(o.status == "FAILED" for o in outcomes)
-    parent.log_metrics({"cells/finished": sum(o.status == "FINISHED" for o in outcomes),
-                        "cells/skipped": sum(o.status == "SKIPPED" for o in outcomes), "cells/failed": failed})  # fmt: skip
+    parent.log_metrics(
+        {
+            "cells/finished": sum(o.status == "FINISHED" for o in outcomes),
+            "cells/skipped": sum(o.status == "SKIPPED" for o in outcomes),
+            "cells/failed": failed,
+        }
+    )
     parent.end("FAILED" if failed else "FINISHED")
     return outcomes
 
@@ -128,11 +144,19 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
         return Outcome(cell, "SKIPPED", ctx.finished[key])
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     model_cls = baselines.MODELS[cell.model]
-    run = ctx.tracker.start_run(cell.name, {
-        "bench.suite": cell.suite, "bench.model": cell.model, "bench.family": model_cls.family,
-        "bench.dataset": cell.dataset, "bench.seed": cell.seed, "bench.cell": key,
-        "bench.variant": cell.key(dataset.digest, with_seed=False),
-    }, parent=ctx.parent)  # fmt: skip
+    run = ctx.tracker.start_run(
+        cell.name,
+        {
+            "bench.suite": cell.suite,
+            "bench.model": cell.model,
+            "bench.family": model_cls.family,
+            "bench.dataset": cell.dataset,
+            "bench.seed": cell.seed,
+            "bench.cell": key,
+            "bench.variant": cell.key(dataset.digest, with_seed=False),
+        },
+        parent=ctx.parent,
+    )
     start = time.perf_counter()
     try:
         metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
@@ -166,8 +190,16 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
     checkpoint = ctx.results / "checkpoints" / key / "last.pt"
     logger = _CellLogger(run)
-    result = train(model, images, cell.train, seed=cell.seed, logger=logger, checkpoint=checkpoint,
-                   config=cell_dict, progress=ctx.progress)  # fmt: skip
+    result = train(
+        model,
+        images,
+        cell.train,
+        seed=cell.seed,
+        logger=logger,
+        checkpoint=checkpoint,
+        config=cell_dict,
+        progress=ctx.progress,
+    )
     if result.resumed_from:
         run.set_tags({"bench.resumed_from_step": result.resumed_from})
 
@@ -175,9 +207,14 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
     ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache")
     metrics = dict(ev.metrics)
-    metrics.update({"time/train_s": result.seconds, "time/eval_s": ev.seconds,
-                    "throughput/train_images_per_s": result.images_per_s,
-                    "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan"))})  # fmt: skip
+    metrics.update(
+        {
+            "time/train_s": result.seconds,
+            "time/eval_s": ev.seconds,
+            "throughput/train_images_per_s": result.images_per_s,
+            "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan")),
+        }
+    )
     metrics["time/tracking_s"] = run.seconds
     run.set_tags({"bench.protocol": ev.fingerprint})
     run.log_dict(ev.protocol, "protocol.json")
@@ -196,7 +233,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     return metrics
 
 
-def _grid(images: torch.Tensor) -> "np.ndarray":  # noqa: F821
+def _grid(images: torch.Tensor) -> np.ndarray:
     """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, 8 per row."""
     grid = make_grid(images, nrow=8, padding=2, pad_value=128)  # (C, H', W') uint8
     return grid.permute(1, 2, 0).numpy()

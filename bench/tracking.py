@@ -62,14 +62,18 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 if exp.lifecycle_stage == "deleted":
-                    raise TrackingError(f"experiment {experiment!r} is deleted in {uri}; restore it in the MLflow "
-                                        f"UI or `mlflow gc` it first")  # fmt: skip
+                    raise TrackingError(
+                        f"experiment {experiment!r} is deleted in {uri}; restore it in the MLflow "
+                        f"UI or `mlflow gc` it first"
+                    )
                 self.experiment_id = exp.experiment_id
         except TrackingError:
             raise
         except Exception as e:
-            raise TrackingError(f"cannot use tracking store {uri}: {type(e).__name__}: {str(e).splitlines()[0]}; "
-                                f"check --tracking-uri / MLFLOW_TRACKING_URI (is the server up?)") from None  # fmt: skip
+            raise TrackingError(
+                f"cannot use tracking store {uri}: {type(e).__name__}: {str(e).splitlines()[0]}; "
+                f"check --tracking-uri / MLFLOW_TRACKING_URI (is the server up?)"
+            ) from None
         self.experiment = experiment
 
     def finished_cells(self) -> dict[str, str]:
@@ -181,8 +185,13 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for run in _search(client, [exp.experiment_id], f"tags.`{CELL_TAG}` != ''"):
-        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-               "start_time": run.info.start_time, "artifact_uri": run.info.artifact_uri}  # fmt: skip
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "artifact_uri": run.info.artifact_uri,
+        }
         row.update({k: v for k, v in run.data.tags.items() if k.startswith("bench.")})
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
@@ -196,8 +205,9 @@ def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
-    parents = client.search_runs([exp.experiment_id], "tags.`bench.parent` = 'true'", max_results=1,
-                                 order_by=["attributes.start_time DESC"])  # fmt: skip
+    parents = client.search_runs(
+        [exp.experiment_id], "tags.`bench.parent` = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     if not parents:
         return None
     for f in files:
@@ -207,6 +217,18 @@ def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
 
 def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:
     """Start the MLflow UI on the same store (a child process)."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     return subprocess.Popen(cmd)

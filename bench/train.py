@@ -43,8 +43,11 @@ def save_checkpoint(path: Path, model, optimizers: dict, step: int, batch_rng: t
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "config": config,
         "step": step,
-        "rng": {"torch": torch.get_rng_state(), "batches": batch_rng.get_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},  # fmt: skip
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "batches": batch_rng.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
@@ -52,8 +55,17 @@ def save_checkpoint(path: Path, model, optimizers: dict, step: int, batch_rng: t
     tmp.replace(path)
 
 
-def train(model, images: torch.Tensor, cfg: TrainConfig, *, seed: int, logger: TrainLogger,
-          checkpoint: Path | None = None, config: dict | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
+def train(
+    model,
+    images: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    logger: TrainLogger,
+    checkpoint: Path | None = None,
+    config: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train `model` for cfg.steps on uint8 `images` (N, C, H, W), already on the model's device.
 
     If `checkpoint` exists, training resumes from it (model, optimisers, step and RNG state); checkpoints are

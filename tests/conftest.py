@@ -14,10 +14,18 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_TOML = REPO / "bench.toml"
 
 TINY = (
-    "train.steps=20", "train.batch_size=32", "train.log_every=10", "train.sample_every=10",
-    "train.checkpoint_every=10", "eval.num_samples=200", "eval.kid_subset_size=100", "eval.kid_subsets=10",
-    "eval.iwae_k=16", "features.domain.steps=150", "features.domain.min_test_accuracy=0.5",
-)  # fmt: skip
+    "train.steps=20",
+    "train.batch_size=32",
+    "train.log_every=10",
+    "train.sample_every=10",
+    "train.checkpoint_every=10",
+    "eval.num_samples=200",
+    "eval.kid_subset_size=100",
+    "eval.kid_subsets=10",
+    "eval.iwae_k=16",
+    "features.domain.steps=150",
+    "features.domain.min_test_accuracy=0.5",
+)
 
 torch.set_num_threads(2)
 

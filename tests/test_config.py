@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from bench import config
@@ -28,8 +27,12 @@ seeds = [0]
 def test_repository_config_loads_and_expands():
     cfg = config.load(BENCH_TOML)
     cells = config.expand(cfg, cfg.suite("quick"))
-    assert [c.name for c in cells] == ["gan-mlp/digits/seed0", "gan-mlp/digits/seed1",
-                                       "vae-mlp/digits/seed0", "vae-mlp/digits/seed1"]  # fmt: skip
+    assert [c.name for c in cells] == [
+        "gan-mlp/digits/seed0",
+        "gan-mlp/digits/seed1",
+        "vae-mlp/digits/seed0",
+        "vae-mlp/digits/seed1",
+    ]
 
 
 def test_defaults_live_on_the_fields(tmp_path):
@@ -41,8 +44,14 @@ def test_defaults_live_on_the_fields(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (MINIMAL.replace('"gan-mlp"', '"gan-nope"'), "[suites.s] models: unknown model 'gan-nope'; known: gan-mlp, vae-mlp"),
-        (MINIMAL.replace('"digits"', '"imagenet"'), "unknown dataset 'imagenet'; known: digits, mnist, fashion-mnist, cifar10"),
+        (
+            MINIMAL.replace('"gan-mlp"', '"gan-nope"'),
+            "[suites.s] models: unknown model 'gan-nope'; known: gan-mlp, vae-mlp",
+        ),
+        (
+            MINIMAL.replace('"digits"', '"imagenet"'),
+            "unknown dataset 'imagenet'; known: digits, mnist, fashion-mnist, cifar10",
+        ),
         (MINIMAL + "[suites.s.train]\nstepz = 3\n", "[suites.s.train] unknown key 'stepz'; allowed: batch_size"),
         (MINIMAL + "[suites.s.train]\nsteps = 'many'\n", "[suites.s.train] steps must be an integer, got 'many' (str)"),
         (MINIMAL + "[suites.s.train]\nsteps = 0\n", "[suites.s.train] steps must be > 0, got 0"),
@@ -71,8 +80,11 @@ def test_unknown_suite_lists_known_suites():
 
 
 def test_overrides_apply_to_the_suite_and_models():
-    cfg = config.load(BENCH_TOML, ["train.steps=7", "seeds=[3, 4]", "models.gan-mlp.lr=0.1",
-                                   "eval.extractor=domain", "features.domain.steps=5"], "quick")  # fmt: skip
+    cfg = config.load(
+        BENCH_TOML,
+        ["train.steps=7", "seeds=[3, 4]", "models.gan-mlp.lr=0.1", "eval.extractor=domain", "features.domain.steps=5"],
+        "quick",
+    )
     suite = cfg.suite("quick")
     assert suite.train.steps == 7 and suite.seeds == (3, 4) and suite.eval.extractor == "domain"
     assert cfg.models["gan-mlp"].lr == 0.1 and cfg.domain.steps == 5

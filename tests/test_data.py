@@ -105,7 +105,10 @@ def test_missing_data_offline_names_every_way_to_provide_it(tmp_path, monkeypatc
     with pytest.raises(DataError) as e:
         data.load(name, tmp_path)
     message = str(e.value)
-    assert f"dataset {name!r} is not available (files missing or failing their checksums; BENCH_OFFLINE=1 is set)" in message
+    assert (
+        f"dataset {name!r} is not available (files missing or failing their checksums; BENCH_OFFLINE=1 is set)"
+        in message
+    )
     assert str(tmp_path) in message and "BENCH_DATA" in message and "download" in message
     assert ("apt-get install dataset-fashion-mnist" in message) == (name == "fashion-mnist")
 

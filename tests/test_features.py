@@ -37,7 +37,9 @@ def test_domain_extractor_is_deterministic(tmp_path, digits):
 
 
 def test_domain_extractor_floor(tmp_path, digits):
-    with pytest.raises(features.ExtractorError, match=r"below the floor 0.99 \(\[features.domain\] min_test_accuracy\)"):
+    with pytest.raises(
+        features.ExtractorError, match=r"below the floor 0.99 \(\[features.domain\] min_test_accuracy\)"
+    ):
         features.domain_extractor(digits, DomainConfig(steps=2, min_test_accuracy=0.99), tmp_path, CPU)
 
 

@@ -25,8 +25,9 @@ def kid_numpy(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased MMD² with k(x, y) = (x·y/d + 1)³ (Bińkowski et al. 2018), all samples, no subsets."""
     d, m = a.shape[1], len(a)
     kxx, kyy, kxy = ((a @ a.T) / d + 1) ** 3, ((b @ b.T) / d + 1) ** 3, ((a @ b.T) / d + 1) ** 3
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                 - 2 * kxy.mean())  # fmt: skip
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+    )
 
 
 def features(n, d, shift=0.0, scale=1.0, seed=0):

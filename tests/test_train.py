@@ -63,8 +63,15 @@ def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path, name):
 
     ckpt = tmp_path / "last.pt"
     first = fresh(name)
-    train(first, IMAGES, TrainConfig(steps=5, batch_size=8, log_every=2, sample_every=4, checkpoint_every=5),
-          seed=1, logger=Recorder(), checkpoint=ckpt, progress=False)  # fmt: skip
+    train(
+        first,
+        IMAGES,
+        TrainConfig(steps=5, batch_size=8, log_every=2, sample_every=4, checkpoint_every=5),
+        seed=1,
+        logger=Recorder(),
+        checkpoint=ckpt,
+        progress=False,
+    )
     torch.manual_seed(123)  # the resumed process starts with other RNG state
     resumed = fresh(name)
     result = train(resumed, IMAGES, cfg, seed=1, logger=Recorder(), checkpoint=ckpt, progress=False)

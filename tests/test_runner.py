@@ -1,0 +1,160 @@
+"""End to end: the tiny quick suite into a fresh MLflow store — layout, skipping, failure isolation, report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import baselines
+from bench import report, tracking
+from bench.cli import main
+from bench.runner import run_suite
+from tests.conftest import REPO, TINY, tiny_config
+
+CHILD_TAGS = (
+    "bench.suite",
+    "bench.model",
+    "bench.family",
+    "bench.dataset",
+    "bench.seed",
+    "bench.cell",
+    "bench.protocol",
+)
+SAMPLE_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+
+
+def child_runs(uri: str) -> pd.DataFrame:
+    """mlflow.search_runs as a user would call it; set_tracking_uri also exports MLFLOW_TRACKING_URI, so restore."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=["quick"])
+    finally:
+        mlflow.set_tracking_uri(previous or "")
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return runs[runs["tags.bench.cell"].notna()]
+
+
+def test_four_finished_child_runs_with_the_design_layout(quick_run):
+    assert [o.status for o in quick_run["outcomes"]] == ["FINISHED"] * 4
+    runs = child_runs(quick_run["uri"])
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    for tag in CHILD_TAGS:
+        assert runs[f"tags.{tag}"].notna().all(), tag
+    assert sorted(runs["tags.mlflow.runName"]) == [
+        "gan-mlp/digits/seed0",
+        "gan-mlp/digits/seed1",
+        "vae-mlp/digits/seed0",
+        "vae-mlp/digits/seed1",
+    ]
+    assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    assert runs["tags.bench.protocol"].nunique() == 1  # one protocol: one leaderboard table
+    for m in SAMPLE_METRICS + ("time/train_s", "time/eval_s", "throughput/train_images_per_s"):
+        assert runs[f"metrics.{m}"].notna().all(), m
+    vae = runs[runs["tags.bench.family"] == "vae"]
+    assert (-vae["metrics.elbo"] >= vae["metrics.nll_iwae"]).all()
+    assert runs["params.train.steps"].eq("20").all() and runs["params.model.latent_dim"].notna().all()
+
+
+def test_artifacts_inputs_and_step_metrics(quick_run):
+    client = mlflow.MlflowClient(quick_run["uri"])
+    runs = child_runs(quick_run["uri"])
+    for _, row in runs.iterrows():
+        run_id = row["run_id"]
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"config.toml", "protocol.json", "environment.json", "samples", "checkpoints"} <= names
+        samples = {a.path for a in client.list_artifacts(run_id, "samples")}
+        assert {"samples/step_0000010.png", "samples/step_0000020.png", "samples/final.png"} <= samples
+        assert ("reconstructions.png" in names) == (row["tags.bench.family"] == "vae")
+        local = Path(client.download_artifacts(run_id, "protocol.json"))
+        protocol = json.loads(local.read_text())
+        assert protocol["extractor"] == "domain" and protocol["num_samples"] == 200
+        assert protocol["reference"]["split"] == "train" and len(protocol["reference"]["dataset_digest"]) == 64
+        history = client.get_metric_history(run_id, "fid")
+        assert len(history) == 1
+        train_metric = "train/d_loss" if row["tags.bench.family"] == "gan" else "train/loss"
+        assert [m.step for m in client.get_metric_history(run_id, train_metric)] == [10, 20]
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert inputs[0].dataset.name == "digits" and len(inputs[0].dataset.digest) > 8
+
+
+def test_second_run_skips_finished_cells(quick_run):
+    lines = []
+    outcomes = run_suite(
+        quick_run["config"], "quick", results=quick_run["results"], overrides=TINY, progress=False, echo=lines.append
+    )
+    assert [o.status for o in outcomes] == ["SKIPPED"] * 4
+    assert len(child_runs(quick_run["uri"])) == 4
+    assert any("already FINISHED" in line for line in lines)
+
+
+def test_report_from_the_store(quick_run, tmp_path):
+    paths = report.write_report(quick_run["uri"], "quick", tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## digits — protocol" in md
+    for model in ("gan-mlp", "vae-mlp"):
+        assert f"| {model} | 2 |" in md
+    assert "±" in md and "NLL (IWAE)" in md
+    csv = pd.read_csv(paths["csv"])
+    assert set(csv["model"]) == {"gan-mlp", "vae-mlp"} and (csv["n"] == 2).all()
+    runs = child_runs(quick_run["uri"])
+    gan = runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.fid"]
+    row = csv[csv["model"] == "gan-mlp"].iloc[0]
+    assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
+    assert pd.isna(row["elbo_mean"])
+
+
+def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
+    def explode(self, x, optimizers):
+        raise RuntimeError("boom in train_step")
+
+    monkeypatch.setattr(baselines.MODELS["gan-mlp"], "train_step", explode)
+    extra = ("seeds=[0]",)
+    outcomes = run_suite(
+        tiny_config(*extra), "quick", results=tmp_path, overrides=TINY + extra, progress=False, echo=lambda s: None
+    )
+    assert [(o.cell.model, o.status) for o in outcomes] == [("gan-mlp", "FAILED"), ("vae-mlp", "FINISHED")]
+    uri = tracking.default_uri(tmp_path)
+    runs = child_runs(uri)
+    failed = runs[runs["status"] == "FAILED"].iloc[0]
+    assert failed["tags.bench.error"] == "RuntimeError: boom in train_step"
+    client = mlflow.MlflowClient(uri)
+    assert "boom in train_step" in Path(client.download_artifacts(failed["run_id"], "error.txt")).read_text()
+    md = report.write_report(uri, "quick", tmp_path / "report")["markdown"].read_text()
+    assert "| vae-mlp | 1 |" in md and "gan-mlp" not in md.split("## digits")[1].split("\n\n1 cell")[0]
+    assert "1 cell run(s) FAILED" in md
+
+
+def test_cli_run_exit_code_and_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(baselines.MODELS["vae-mlp"], "train_step", lambda *a: {"loss": float("nan")})
+    args = ["run", "--suite", "quick", "--no-progress", "--set", "seeds=[0]"] + [a for t in TINY for a in ("--set", t)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "done: 1 finished, 0 skipped (already finished), 1 failed" in result.output
+    assert "FAILED vae-mlp/digits/seed0" in result.output and "training diverged at step 1" in result.output
+    result = CliRunner().invoke(main, ["report", "--suite", "quick"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "quick" / "leaderboard.md").is_file()
+    assert "attached to parent run" in result.output
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    args = ["run", "--suite", "quick", "--tracking-uri", "http://127.0.0.1:9", "--no-progress"]
+    args += [a for t in TINY for a in ("--set", t)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "error: cannot use tracking store http://127.0.0.1:9" in result.output
+    assert "training" not in result.output
