@@ -174,5 +174,4 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     try:
         sys.exit(proc.wait())
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+        tracking.stop_ui(proc)

@@ -216,7 +216,7 @@ def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
 
 
 def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:
-    """Start the MLflow UI on the same store (a child process)."""
+    """Start the MLflow UI on the same store, in its own process group (the server forks workers)."""
     cmd = [
         sys.executable,
         "-m",
@@ -231,4 +231,18 @@ def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:
         "--workers",
         "1",
     ]
-    return subprocess.Popen(cmd)
+    return subprocess.Popen(cmd, start_new_session=True)
+
+
+def stop_ui(proc: subprocess.Popen) -> None:
+    """End the UI server and every worker it started."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

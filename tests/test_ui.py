@@ -1,0 +1,54 @@
+"""`bench ui` serves the MLflow UI on the suite's store (a real server on a free loopback port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+
+from bench import tracking
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, data: dict | None = None) -> bytes:
+    request = urllib.request.Request(
+        url, data=json.dumps(data).encode() if data else None, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return response.read()
+
+
+def test_ui_serves_the_suite_runs(quick_run):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = tracking.serve_ui(quick_run["uri"], "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if get(f"{base}/health") == b"OK":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the MLflow server exited"
+            assert time.monotonic() < deadline, "the MLflow UI did not come up in 90 s"
+            time.sleep(0.5)
+        assert b"<html" in get(base + "/").lower()
+        exp = json.loads(get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quick"))
+        runs = json.loads(
+            get(
+                f"{base}/api/2.0/mlflow/runs/search",
+                {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100},
+            )
+        )
+        names = {r["info"]["run_name"] for r in runs["runs"]}
+        assert {"gan-mlp/digits/seed0", "vae-mlp/digits/seed1"} <= names
+    finally:
+        tracking.stop_ui(proc)
+    assert proc.poll() is not None
