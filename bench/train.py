@@ -92,7 +92,14 @@ def train(
     running: dict[str, float] = defaultdict(float)
     count, last = 0, {}
     start = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=step,
+        disable=None if progress else True,  # None: off when not a TTY
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
     while step < cfg.steps:
         idx = torch.randint(len(images), (cfg.batch_size,), generator=batch_rng).to(device)
         x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
