@@ -86,7 +86,7 @@ def run(
             progress=not no_progress,
             echo=click.echo,
         )
-    except (DataError, ExtractorError, TrackingError, RuntimeError) as e:
+    except (ConfigError, DataError, ExtractorError, TrackingError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         click.echo("interrupted: the running cell is marked KILLED; run the same command again to resume", err=True)

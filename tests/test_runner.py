@@ -56,7 +56,7 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
     ]
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
     assert runs["tags.bench.protocol"].nunique() == 1  # one protocol: one leaderboard table
-    for m in SAMPLE_METRICS + ("time/train_s", "time/eval_s", "throughput/train_images_per_s"):
+    for m in SAMPLE_METRICS + ("time/train_s", "time/eval_s", "time/tracking_s", "throughput/train_images_per_s"):
         assert runs[f"metrics.{m}"].notna().all(), m
     vae = runs[runs["tags.bench.family"] == "vae"]
     assert (-vae["metrics.elbo"] >= vae["metrics.nll_iwae"]).all()
@@ -158,3 +158,14 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path, monkeypatch
     assert result.exit_code == 2
     assert "error: cannot use tracking store http://127.0.0.1:9" in result.output
     assert "training" not in result.output
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "train.device=cuda"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
+    )
