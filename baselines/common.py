@@ -1,10 +1,16 @@
-"""Math shared by every baseline of a family: image conversion and the log-densities of the VAE objectives."""
+"""What the baselines of one family share: image conversion, the observation models of the VAEs' decoders, the
+importance-weighted likelihood, and the latent-noise and sampling plumbing of the GANs.
+
+Shapes: images are (B, C, H, W); decoder outputs are observation parameters (..., P·C, H, W) with P parameters per
+pixel (P = 1 Bernoulli logit; P = 2 mean and log-scale of a discretised logistic).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
@@ -19,6 +25,26 @@ def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log p(x | logits) for binary x, summed over all but the leading batch dimensions."""
     lp = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
     return lp.flatten(start_dim=lp.dim() - x.dim() + 1).sum(-1)
+
+
+def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log P(x) of 8-bit pixels x ∈ {0, 1/255, …, 1} under a logistic discretised into 256 bins, the edge bins
+    taking the tails (Kingma et al. 2016; Salimans et al. 2017), summed over all but the leading batch dims.
+    The 256 probabilities of each pixel sum to one, so the result is a proper discrete log-likelihood."""
+    event_dims = x.dim() - 1  # (C, H, W) of x (B, C, H, W)
+    x = x.expand_as(mean)
+    half_bin = 0.5 / 255
+    inv_scale = torch.exp(-log_scale)
+    centered = x - mean
+    upper, lower = inv_scale * (centered + half_bin), inv_scale * (centered - half_bin)
+    log_cdf_upper = upper - F.softplus(upper)  # log σ(upper): the bin of x = 0 takes (−∞, half_bin]
+    log_sf_lower = -F.softplus(lower)  # log(1 − σ(lower)): the bin of x = 1 takes [1 − half_bin, ∞)
+    delta = torch.sigmoid(upper) - torch.sigmoid(lower)
+    mid = inv_scale * centered  # where the bin mass underflows, the density at its centre times its width
+    log_mid = mid - log_scale - 2 * F.softplus(mid) - math.log(255)
+    log_bin = torch.where(delta > 1e-5, torch.log(delta.clamp_min(1e-12)), log_mid)
+    lp = torch.where(x < half_bin, log_cdf_upper, torch.where(x > 1 - half_bin, log_sf_lower, log_bin))
+    return lp.flatten(start_dim=lp.dim() - event_dims).sum(-1)
 
 
 def normal_log_prob(
@@ -37,3 +63,153 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Dynamic binarisation: each pixel ~ Bernoulli(intensity) (Salakhutdinov & Murray 2008; Burda et al. 2016)."""
     return torch.bernoulli(x, generator=generator)
+
+
+# ------------------------------------------------------------------------------------------ observation models
+
+
+class Bernoulli:
+    """p(x|z) over binarised pixels (the MNIST family): NLL in nats of binary images, comparable with Burda et al."""
+
+    name = "bernoulli"
+    params_per_channel = 1
+
+    def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return binarize(x, generator)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_prob(params, x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params)
+
+
+class DiscretizedLogistic:
+    """p(x|z) over 8-bit pixels (CIFAR-10): a per-pixel logistic discretised into 256 bins, so bits/dim is the
+    discrete quantity the literature reports. Mean σ(m) ∈ (0, 1); log-scale clamped below at −7 (Salimans et al.)."""
+
+    name = "discretized-logistic"
+    params_per_channel = 2
+
+    def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return (x * 255).round() / 255  # the data are already 8-bit; this pins them to the bin centres
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, s = params.chunk(2, dim=-3)  # (..., C, H, W) each
+        return torch.sigmoid(m), s.clamp_min(-7.0)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return discretized_logistic_log_prob(*self._split(params), x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return self._split(params)[0]  # the logistic's location (its median; the discretised mean differs by ≤ a bin)
+
+
+OBSERVATIONS = {"bernoulli": Bernoulli, "discretized-logistic": DiscretizedLogistic}
+
+
+def observation_model(name: str) -> Bernoulli | DiscretizedLogistic:
+    if name not in OBSERVATIONS:
+        raise ValueError(f"unknown observation model {name!r}; known: {', '.join(OBSERVATIONS)}")
+    return OBSERVATIONS[name]()
+
+
+# ------------------------------------------------------------------------------------------------------- VAEs
+
+
+class LatentVariableModel:
+    """The likelihood side of every VAE, written once: the model provides `encode(x) -> (mu, logvar)`,
+    `decode(z) -> observation params`, `observation`, `config.latent_dim` and `config.iwae_chunk`."""
+
+    family = "vae"
+
+    def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images in [0, 1] → the observations the likelihood is defined on."""
+        return self.observation.observe(x, generator)
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_q[log p(x|z)] by one reparameterised sample, KL(q(z|x) || p(z)) analytic), per image: the negative
+        distortion and the rate (Alemi et al. 2018)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # (B, L)
+        return self.observation.log_prob(self.decode(z), x), gaussian_kl(mu, logvar)
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Single-sample ELBO per image (nats), with the analytic KL (Kingma & Welling 2014)."""
+        log_px, kl = self.elbo_terms(x)
+        return log_px - kl
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x, z_i) − log q(z_i|x) for k posterior samples, (k, B); differentiable (the IWAE objective)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype) * (0.5 * logvar).exp()  # (k, B, L)
+        return self.observation.log_prob(self.decode(z), x) + normal_log_prob(z) - normal_log_prob(z, mu, logvar)
+
+    def log_likelihood(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) with k samples from q(z|x) (Burda et al. 2016, eq. 8), per
+        image; evaluated `iwae_chunk` samples at a time (memory, not math)."""
+        chunk = self.config.iwae_chunk
+        log_w = torch.cat([self.log_weights(x, min(chunk, k - i)) for i in range(0, k, chunk)])  # (k, B)
+        return torch.logsumexp(log_w, dim=0) - math.log(k)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        mu, _ = self.encode(x)
+        return to_uint8(self.observation.mean(self.decode(mu)))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decoder means of z ~ N(0, I), as uint8 images (n, C, H, W)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, device=device, generator=generator)
+        return to_uint8(self.observation.mean(self.decode(z)))
+
+
+# ------------------------------------------------------------------------------------------------------- GANs
+
+
+class ImageGenerator:
+    """The sampling side of every GAN: `self.generator(z)` maps N(0, I) latents to images in [−1, 1] or [0, 1]
+    (`output_range`)."""
+
+    family = "gan"
+    output_range = (-1.0, 1.0)
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return torch.randn(n, self.config.latent_dim, device=device, generator=generator)
+
+    def to_model_range(self, x: torch.Tensor) -> torch.Tensor:
+        """Batches arrive in [0, 1]; map them to the generator's output range."""
+        lo, hi = self.output_range
+        return x * (hi - lo) + lo
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        lo, hi = self.output_range
+        return to_uint8((self.generator(self.noise(n, generator)) - lo) / (hi - lo))  # (n, C, H, W) uint8
+
+
+def upsampling_plan(height: int) -> tuple[int, int]:
+    """(base resolution, number of ×2 upsamplings) for a convolutional generator: 28 → (7, 2), 32 → (4, 3)."""
+    base, n_up = height, 0
+    while base % 2 == 0 and base // 2 >= 4:
+        base, n_up = base // 2, n_up + 1
+    return base, n_up
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Weights ~ N(0, 0.02), BatchNorm scales ~ N(1, 0.02) (Radford et al. 2016, section 4)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def split_batches(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
+    """A step's real images (n·B, C, H, W) → n batches of B, one per discriminator update."""
+    return x.chunk(n)

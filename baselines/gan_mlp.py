@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import to_uint8
+from baselines.common import ImageGenerator
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,9 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-class GANMLP(nn.Module):
-    family = "gan"
+class GANMLP(ImageGenerator, nn.Module):
     Config = Config
+    output_range = (0.0, 1.0)  # sigmoid output, as the paper's MNIST generator
 
     def __init__(self, config: Config, image_shape: tuple[int, int, int]):
         super().__init__()
@@ -113,13 +113,9 @@ class GANMLP(nn.Module):
             "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
         }
 
-    def _noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = next(self.parameters()).device
-        return torch.randn(n, self.config.latent_dim, device=device, generator=generator)
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W)."""
-        fake = self.generator(self._noise(len(x)))
+        fake = self.generator(self.noise(len(x)))
         real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
         d_loss = discriminator_loss(real_logits, fake_logits)
         optimizers["d"].zero_grad(set_to_none=True)
@@ -136,7 +132,3 @@ class GANMLP(nn.Module):
             "d_real": torch.sigmoid(real_logits).mean().item(),
             "d_fake": torch.sigmoid(fake_logits).mean().item(),
         }
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return to_uint8(self.generator(self._noise(n, generator)))  # (n, C, H, W) uint8

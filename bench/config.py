@@ -26,7 +26,7 @@ from typing import Any
 import tomllib
 
 DEFAULT_CONFIG = "bench.toml"
-EXTRACTORS = ("domain",)  # `inception` arrives with the standard-protocol work
+EXTRACTORS = ("domain", "inception")
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -60,6 +60,7 @@ class EvalConfig:
     num_samples: int = 2000  # generated images per evaluation
     batch_size: int = 500
     iwae_k: int = 1000  # importance samples for nll_iwae (Burda et al. use 5000)
+    likelihood_images: int = 0  # test images for elbo/nll_iwae/bits_per_dim; 0 = the whole test split
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     prc_neighborhood: int = 3  # k of the k-NN balls (Kynkäänniemi et al. 2019)
@@ -77,6 +78,8 @@ class EvalConfig:
             "prc_neighborhood",
             "isc_splits",
         )
+        if self.likelihood_images < 0:
+            raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
         _one_of(self, "extractor", EXTRACTORS)
         _one_of(self, "reference_split", REFERENCE_SPLITS)
         if self.kid_subset_size > self.num_samples:

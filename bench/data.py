@@ -30,6 +30,17 @@ TORCHVISION = {
 }
 
 
+# The likelihood convention of each dataset (README, "Likelihood conventions"): the MNIST family is modelled as
+# dynamically binarised pixels (Bernoulli decoders, NLL comparable with Burda et al. 2016), CIFAR-10 as 8-bit values
+# (a discretised decoder, so bits/dim is comparable with the literature). Never a continuous density.
+OBSERVATIONS = {
+    "digits": "bernoulli",
+    "mnist": "bernoulli",
+    "fashion-mnist": "bernoulli",
+    "cifar10": "discretized-logistic",
+}
+
+
 class DataError(RuntimeError):
     """The data could not be provided; the message says every way to provide it."""
 
@@ -48,6 +59,11 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+    @property
+    def observation(self) -> str:
+        """The VAEs' observation model on this dataset: "bernoulli" or "discretized-logistic"."""
+        return OBSERVATIONS.get(self.name, "discretized-logistic")
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name == "train":

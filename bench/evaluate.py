@@ -56,9 +56,17 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
         },
         "num_samples": cfg.num_samples,
         "kid": {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "kernel": "poly3"},
-        "precision_recall": {"neighborhood": cfg.prc_neighborhood},
+        "precision_recall": {
+            "neighborhood": cfg.prc_neighborhood,
+            "real_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),
+        },
         "inception_score": {"splits": cfg.isc_splits},
-        "likelihood": {"split": "test", "iwae_k": cfg.iwae_k},
+        "likelihood": {
+            "split": "test",
+            "images": cfg.likelihood_images or len(dataset.test_images),
+            "iwae_k": cfg.iwae_k,
+            "observation": dataset.observation,
+        },
         "precision": "fp32",
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if torch.device(device).type == "cuda" else False,
         "seed": cfg.seed,
@@ -77,7 +85,8 @@ def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cac
     samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
     metrics = sample_metrics(extractor(samples, cfg.batch_size), real, cfg)
     if model.family == "vae":
-        metrics.update(vae_likelihood(model, dataset.test_images, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
+        test = dataset.test_images[: cfg.likelihood_images or None]
+        metrics.update(vae_likelihood(model, test, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
     proto = protocol(cfg, dataset, extractor, ref_digest, device)
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start)
 

@@ -154,6 +154,11 @@ EXTRACTORS: dict[str, Callable[..., Extractor]] = {
 
 
 def build_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:
+    if name == "inception" and name not in EXTRACTORS:
+        raise ExtractorError(
+            "the inception extractor (torch-fidelity's inception-v3-compat) is not available in this version of "
+            "genbench yet; run with --set eval.extractor=domain, or use a suite with the domain extractor"
+        )
     if name not in EXTRACTORS:
         raise ExtractorError(f"unknown feature extractor {name!r}; known extractors: {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name](dataset, recipe, cache_dir, device)

@@ -56,10 +56,17 @@ def kid(generated: torch.Tensor, real: torch.Tensor, subsets: int, subset_size: 
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
 
 
-def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighborhood: int) -> tuple[float, float]:
-    """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019)."""
+def precision_recall(
+    generated: torch.Tensor, real: torch.Tensor, neighborhood: int, seed: int = 0
+) -> tuple[float, float]:
+    """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019), on equally many real and generated
+    images as in the paper: a larger real set is subsampled (without replacement, seeded). Equal sizes also keep the
+    k-NN radii comparable between the two sets, and memory at O(n²) of the generated count, not of the real split."""
+    if len(real) > len(generated):
+        idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[: len(generated)]
+        real = real[idx]
     out = prc_features_to_metric(
-        generated, real, prc_neighborhood=neighborhood, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+        generated, real, prc_neighborhood=neighborhood, prc_batch_size=5000, save_cpu_ram=True, verbose=False
     )
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
@@ -77,7 +84,9 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
     out = {FID: fid(generated["features"], real["features"])}
     out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
     out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
-    out[PRECISION], out[RECALL] = precision_recall(generated["features"], real["features"], cfg.prc_neighborhood)
+    out[PRECISION], out[RECALL] = precision_recall(
+        generated["features"], real["features"], cfg.prc_neighborhood, cfg.seed
+    )
     bad = {k: v for k, v in out.items() if not math.isfinite(v)}
     if bad:
         raise MetricError(f"non-finite metric values {bad}: the samples or features are degenerate")

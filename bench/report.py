@@ -15,8 +15,8 @@ import pandas as pd
 
 from bench import tracking
 
-# metric name → (column label, higher is better, decimals)
-METRICS: dict[str, tuple[str, bool, int]] = {
+# metric name → (column label, higher is better (None: descriptive, never "best"), decimals)
+METRICS: dict[str, tuple[str, bool | None, int]] = {
     "fid": ("FID ↓", False, 2),
     "kid_mean": ("KID ↓", False, 4),
     "is_mean": ("IS ↑", True, 2),
@@ -25,6 +25,8 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "elbo": ("ELBO ↑", True, 2),
     "nll_iwae": ("NLL (IWAE) ↓", False, 2),
     "bits_per_dim": ("bits/dim ↓", False, 4),
+    "rate": ("rate (KL)", None, 2),
+    "distortion": ("distortion", None, 2),
 }
 
 
@@ -100,7 +102,7 @@ def _cell(mean: float, std: float, decimals: int) -> str:
 
 def _best(table: pd.DataFrame, metric: str) -> int | None:
     values = table[f"{metric}_mean"]
-    if values.isna().all():
+    if METRICS[metric][1] is None or values.isna().all():  # descriptive columns (rate, distortion): no "best"
         return None
     return int(values.idxmax() if METRICS[metric][1] else values.idxmin())
 

@@ -185,7 +185,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     run.log_dataset(dataset.name, dataset.digest, dataset.source)
 
     torch.manual_seed(cell.seed)
-    model = model_cls(cell.model_config, dataset.image_shape).to(ctx.device)
+    model = baselines.build(cell.model, cell.model_config, dataset.image_shape, dataset.observation).to(ctx.device)
     images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
     checkpoint = ctx.results / "checkpoints" / key / "last.pt"
     logger = _CellLogger(run)

@@ -100,8 +100,11 @@ def train(
         dynamic_ncols=True,
         leave=False,
     )
+    # GANs with several discriminator updates per generator update (wgan-gp, sngan) take that many real batches
+    # per step: a step is one generator update, as their papers count iterations.
+    reals_per_step = cfg.batch_size * getattr(model, "batches_per_step", 1)
     while step < cfg.steps:
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=batch_rng).to(device)
+        idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng).to(device)
         x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
         logs = model.train_step(x, optimizers)
         step += 1
@@ -125,7 +128,8 @@ def train(
     bar.close()
     seconds = time.perf_counter() - start
     done = step - resumed_from
-    return TrainResult(step, seconds, done * cfg.batch_size / seconds if seconds > 0 else 0.0, last, resumed_from)
+    images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
+    return TrainResult(step, seconds, images_per_s, last, resumed_from)
 
 
 def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:

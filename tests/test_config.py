@@ -46,7 +46,7 @@ def test_defaults_live_on_the_fields(tmp_path):
     [
         (
             MINIMAL.replace('"gan-mlp"', '"gan-nope"'),
-            "[suites.s] models: unknown model 'gan-nope'; known: gan-mlp, vae-mlp",
+            "[suites.s] models: unknown model 'gan-nope'; known: gan-mlp, dcgan, wgan-gp, sngan, vae-mlp, conv-vae, beta-vae, iwae",
         ),
         (
             MINIMAL.replace('"digits"', '"imagenet"'),
@@ -56,9 +56,12 @@ def test_defaults_live_on_the_fields(tmp_path):
         (MINIMAL + "[suites.s.train]\nsteps = 'many'\n", "[suites.s.train] steps must be an integer, got 'many' (str)"),
         (MINIMAL + "[suites.s.train]\nsteps = 0\n", "[suites.s.train] steps must be > 0, got 0"),
         (MINIMAL + "[suites.s.train]\nbatch_size = true\n", "batch_size must be an integer, got True"),
-        (MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n", "extractor must be one of domain; got 'vgg'"),
+        (MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n", "extractor must be one of domain, inception; got 'vgg'"),
         (MINIMAL + "[models.gan-mlp]\nlr = '1e-4'\n", "[models.gan-mlp] lr must be a number"),
-        (MINIMAL + "[models.dcgan9]\nlr = 1\n", "[models.dcgan9] unknown model; known models: gan-mlp, vae-mlp"),
+        (
+            MINIMAL + "[models.dcgan9]\nlr = 1\n",
+            "[models.dcgan9] unknown model; known models: gan-mlp, dcgan, wgan-gp, sngan, vae-mlp, conv-vae, beta-vae, iwae",
+        ),
         (MINIMAL.replace("seeds = [0]", "seeds = [0, 0]"), "seeds has duplicates"),
         (MINIMAL.replace("seeds = [0]", "seeds = []"), "seeds must not be empty"),
         (MINIMAL + "[extra]\na = 1\n", "[top level] unknown key 'extra'"),
@@ -75,7 +78,7 @@ def test_config_errors_name_file_table_and_key(tmp_path, text, expected):
 
 
 def test_unknown_suite_lists_known_suites():
-    with pytest.raises(ConfigError, match="unknown suite 'nope' in bench.toml; known suites: quick"):
+    with pytest.raises(ConfigError, match="unknown suite 'nope' in bench.toml; known suites: quick, fashion, mnist-cifar, full"):
         config.load(BENCH_TOML).suite("nope")
 
 
@@ -136,7 +139,7 @@ def test_cli_unknown_suite_exits_2_with_one_line(monkeypatch):
     monkeypatch.chdir(REPO)
     result = CliRunner().invoke(main, ["run", "--suite", "no-such-suite"])
     assert result.exit_code == 2
-    assert result.output.strip() == "error: unknown suite 'no-such-suite' in bench.toml; known suites: quick"
+    assert result.output.strip() == "error: unknown suite 'no-such-suite' in bench.toml; known suites: quick, fashion, mnist-cifar, full"
 
 
 def test_cli_bad_set_exits_2(monkeypatch):
@@ -152,3 +155,34 @@ def test_cli_list(monkeypatch):
     assert result.exit_code == 0
     for word in ("quick", "gan-mlp", "vae-mlp", "digits", "fashion-mnist", "cifar10", "mnist"):
         assert word in result.output
+
+
+def test_repository_suites_cover_the_zoo():
+    import baselines
+
+    cfg = config.load(BENCH_TOML)
+    assert {"quick", "fashion", "mnist-cifar", "full"} <= set(cfg.suites)
+    zoo = tuple(baselines.MODELS)
+    assert cfg.suite("fashion").models == zoo and cfg.suite("fashion").datasets == ("fashion-mnist",)
+    assert cfg.suite("fashion").seeds == (0, 1, 2) and cfg.suite("fashion").eval.extractor == "domain"
+    assert cfg.suite("mnist-cifar").datasets == ("mnist", "cifar10") and cfg.suite("mnist-cifar").models == zoo
+    assert cfg.suite("mnist-cifar").eval.extractor == "inception"
+    assert set(cfg.suite("full").datasets) == {"digits", "mnist", "fashion-mnist", "cifar10"}
+    # the papers' hyperparameters (issue 3)
+    assert (cfg.models["wgan-gp"].gp_weight, cfg.models["wgan-gp"].n_critic, cfg.models["wgan-gp"].lr) == (10, 5, 1e-4)
+    assert (cfg.models["wgan-gp"].beta1, cfg.models["wgan-gp"].beta2) == (0.0, 0.9)
+    assert (cfg.models["sngan"].n_dis, cfg.models["sngan"].lr, cfg.models["sngan"].beta1) == (5, 2e-4, 0.0)
+    assert (cfg.models["dcgan"].lr, cfg.models["dcgan"].beta1) == (2e-4, 0.5)
+    assert cfg.models["iwae"].k == 50 and cfg.models["beta-vae"].beta > 1
+
+
+def test_cli_list_shows_the_eight_models_and_the_suites(monkeypatch):
+    import baselines
+
+    monkeypatch.chdir(REPO)
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    models = result.output.split("models:")[1].split("datasets:")[0]
+    assert [line.split()[0] for line in models.strip().splitlines()] == list(baselines.MODELS)
+    for suite in ("quick", "fashion", "mnist-cifar", "full"):
+        assert f"\n  {suite} " in result.output

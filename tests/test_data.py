@@ -137,3 +137,11 @@ def test_truncated_file_is_a_clear_error(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset 'svhn'; known datasets: digits, mnist"):
         data.load("svhn")
+
+
+def test_each_dataset_fixes_its_likelihood_convention():
+    from bench.data import DATASETS, OBSERVATIONS
+
+    assert set(OBSERVATIONS) == set(DATASETS)
+    assert {OBSERVATIONS[n] for n in ("digits", "mnist", "fashion-mnist")} == {"bernoulli"}
+    assert OBSERVATIONS["cifar10"] == "discretized-logistic"  # 8-bit values: a discrete decoder, never a density

@@ -61,3 +61,9 @@ def test_reference_features_cache_is_keyed(tmp_path, digits, monkeypatch):
     assert features.reference_features(ex, digits, "train", tmp_path)[1] == d_train and not calls  # a hit
     other = features.Extractor(ex.name, "another-digest", ex.preprocessing, ex.net, ex.info)
     assert features.reference_features(other, digits, "train", tmp_path)[1] == d_train and calls  # recomputed
+
+
+def test_inception_extractor_is_a_clear_error_until_it_exists(tmp_path):
+    digits = load("digits")
+    with pytest.raises(features.ExtractorError, match=r"--set eval.extractor=domain"):
+        features.build_extractor("inception", digits, RECIPE, tmp_path, CPU)

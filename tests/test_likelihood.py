@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 import baselines
@@ -31,3 +32,21 @@ def test_vae_likelihood_bounds_units_and_reproducibility():
     assert a["bits_per_dim"] == a["nll_iwae"] / (784 * math.log(2))
     more = vae_likelihood(model, images, k=256, batch_size=50, seed=0)
     assert more["nll_iwae"] <= a["nll_iwae"] + 0.5  # more importance samples: a tighter bound (up to MC noise)
+
+
+def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discrete():
+    digits = load("digits")
+    torch.manual_seed(0)
+    model = baselines.build("conv-vae", None, (1, 28, 28), digits.observation)
+    out = vae_likelihood(model, digits.test_images[:40], k=8, batch_size=20, seed=0)
+    assert out["elbo"] == pytest.approx(-(out["rate"] + out["distortion"]), rel=1e-9)
+    assert out["rate"] >= 0 and out["distortion"] > 0
+
+    # 8-bit colour images under the discretised logistic: a probability, so 0 < bits/dim, and an untrained model
+    # is no better than ~uniform over 256 values (8 bits/dim) by much
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = baselines.build("iwae", None, (3, 32, 32), "discretized-logistic")
+    out = vae_likelihood(model, images, k=8, batch_size=3, seed=0)
+    assert 0 < out["bits_per_dim"] and out["bits_per_dim"] > 6.0
+    assert out["nll_iwae"] <= -out["elbo"] + 1.0

@@ -100,3 +100,22 @@ def test_metrics_are_batch_size_independent_through_the_extractor():
     images = torch.randint(0, 256, (70, 1, 28, 28), dtype=torch.uint8)
     a, b = ex(images, batch_size=7), ex(images, batch_size=70)
     assert torch.allclose(a["features"], b["features"], atol=1e-5)
+
+
+def test_precision_recall_subsamples_a_larger_real_set_to_the_generated_count():
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    generated = torch.randn(300, 8, generator=g, dtype=torch.float64)
+    real = torch.cat(
+        [
+            torch.randn(500, 8, generator=g, dtype=torch.float64),
+            3 + torch.randn(400, 8, generator=g, dtype=torch.float64),
+        ]
+    )
+    idx = torch.randperm(900, generator=torch.Generator().manual_seed(5))[:300]
+    ref = prc_features_to_metric(
+        generated, real[idx], prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
+    assert metrics.precision_recall(generated, real, neighborhood=3, seed=5) == (ref["precision"], ref["recall"])
+    assert metrics.precision_recall(generated, real, neighborhood=3, seed=6) != (ref["precision"], ref["recall"])

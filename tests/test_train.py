@@ -96,3 +96,28 @@ def test_divergence_raises():
 
     with pytest.raises(DivergenceError, match="training diverged at step 1"):
         train(Diverging(), IMAGES, TrainConfig(steps=3, batch_size=4), seed=0, logger=Recorder(), progress=False)
+
+
+def test_a_step_hands_n_critic_real_batches_to_models_that_ask():
+    class Critic5(torch.nn.Module):
+        batches_per_step = 5  # as wgan-gp (n_critic) and sngan (n_dis)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.seen = []
+
+        def optimizers(self):
+            return {}
+
+        def train_step(self, x, optimizers):
+            self.seen.append(tuple(x.shape))
+            return {"loss": 0.0}
+
+        def sample(self, n, generator=None):
+            return torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+
+    model = Critic5()
+    result = train(model, IMAGES, TrainConfig(steps=3, batch_size=4), seed=0, logger=Recorder(), progress=False)
+    assert model.seen == [(20, 1, 28, 28)] * 3  # 5 batches of 4 per generator step
+    assert result.images_per_s == pytest.approx(3 * 20 / result.seconds)
