@@ -33,14 +33,4 @@ class BetaVAE(ConvVAE):
     Config = Config
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        log_px, kl = self.elbo_terms(self.observe(x))
-        loss = (self.config.beta * kl - log_px).mean()  # −(distortion term) + β·rate
-        optimizers["vae"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["vae"].step()
-        return {
-            "loss": loss.item(),
-            "rate": kl.mean().item(),
-            "distortion": -log_px.mean().item(),
-            "elbo": (log_px - kl).mean().item(),
-        }
+        return self.elbo_step(x, optimizers, beta=self.config.beta)  # logs rate and distortion apart

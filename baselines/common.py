@@ -123,6 +123,33 @@ class LatentVariableModel:
 
     family = "vae"
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        return {"vae": torch.optim.Adam(self.parameters(), lr=c.lr, eps=getattr(c, "eps", 1e-8))}
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x): the encoder's output split into mean and log-variance, (B, L) each."""
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """p(x|z): observation params (..., P·C, H, W) for latents (..., L)."""
+        return self.decoder(z)
+
+    def elbo_step(
+        self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], beta: float = 1.0
+    ) -> dict[str, float]:
+        """One Adam step on −(E_q[log p(x|z)] − β·KL) for a batch x in [0, 1]; β = 1 is the ELBO."""
+        log_px, kl = self.elbo_terms(self.observe(x))
+        loss = (beta * kl - log_px).mean()
+        optimizers["vae"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["vae"].step()
+        logs = {"loss": loss.item(), "rate": kl.mean().item(), "distortion": -log_px.mean().item()}
+        if beta != 1.0:
+            logs["elbo"] = -(logs["rate"] + logs["distortion"])
+        return logs
+
     def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images in [0, 1] → the observations the likelihood is defined on."""
         return self.observation.observe(x, generator)
@@ -174,6 +201,15 @@ class ImageGenerator:
 
     family = "gan"
     output_range = (-1.0, 1.0)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam(lr, (beta1, beta2)) for each network, from the model's config."""
+        c = self.config
+        betas = (c.beta1, c.beta2)
+        return {
+            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
+            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
+        }
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = next(self.parameters()).device

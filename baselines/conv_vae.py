@@ -81,20 +81,5 @@ class ConvVAE(LatentVariableModel, nn.Module):
         self.encoder = Encoder(config, image_shape)
         self.decoder = Decoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, L) each
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        log_px, kl = self.elbo_terms(self.observe(x))
-        loss = (kl - log_px).mean()  # −ELBO
-        optimizers["vae"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["vae"].step()
-        return {"loss": loss.item(), "rate": kl.mean().item(), "distortion": -log_px.mean().item()}
+        return self.elbo_step(x, optimizers)

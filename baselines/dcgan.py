@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from baselines.common import ImageGenerator, dcgan_init, upsampling_plan
-from baselines.gan_mlp import discriminator_loss, generator_loss
+from baselines.gan_mlp import nonsaturating_step
 
 
 @dataclass(frozen=True)
@@ -83,31 +83,5 @@ class DCGAN(ImageGenerator, nn.Module):
         self.discriminator = Discriminator(config, image_shape)
         dcgan_init(self)
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
-        }
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W)."""
-        real = self.to_model_range(x)
-        fake = self.generator(self.noise(len(x)))
-        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        optimizers["d"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        optimizers["d"].step()
-
-        g_loss = generator_loss(self.discriminator(fake))
-        optimizers["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["g"].step()
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item(),
-        }
+        return nonsaturating_step(self, x, optimizers)

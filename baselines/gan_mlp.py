@@ -105,30 +105,28 @@ class GANMLP(ImageGenerator, nn.Module):
         self.generator = Generator(config, image_shape)
         self.discriminator = Discriminator(config, image_shape)
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
-        }
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W)."""
-        fake = self.generator(self.noise(len(x)))
-        real_logits, fake_logits = self.discriminator(x), self.discriminator(fake.detach())
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        optimizers["d"].zero_grad(set_to_none=True)
-        d_loss.backward()
-        optimizers["d"].step()
+        return nonsaturating_step(self, x, optimizers)
 
-        g_loss = generator_loss(self.discriminator(fake))
-        optimizers["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["g"].step()
-        return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item(),
-        }
+
+def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W): the discriminator on
+    eq. 1 of Goodfellow et al. 2014, the generator on the non-saturating loss (also dcgan's step)."""
+    real = model.to_model_range(x)
+    fake = model.generator(model.noise(len(x)))
+    real_logits, fake_logits = model.discriminator(real), model.discriminator(fake.detach())
+    d_loss = discriminator_loss(real_logits, fake_logits)
+    optimizers["d"].zero_grad(set_to_none=True)
+    d_loss.backward()
+    optimizers["d"].step()
+
+    g_loss = generator_loss(model.discriminator(fake))
+    optimizers["g"].zero_grad(set_to_none=True)
+    g_loss.backward()
+    optimizers["g"].step()
+    return {
+        "d_loss": d_loss.item(),
+        "g_loss": g_loss.item(),
+        "d_real": torch.sigmoid(real_logits).mean().item(),
+        "d_fake": torch.sigmoid(fake_logits).mean().item(),
+    }

@@ -54,16 +54,6 @@ class IWAE(LatentVariableModel, nn.Module):
             nn.Unflatten(-1, (p * c, h, w)),  # (B, P·C, H, W) observation params
         )
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=self.config.eps)}
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, L) each
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
     def iwae_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """L_k per image, differentiable: logsumexp of k log importance weights − log k."""
         return torch.logsumexp(self.log_weights(x, k), dim=0) - math.log(k)

@@ -85,14 +85,6 @@ class SNGAN(ImageGenerator, nn.Module):
         self.generator = Generator(config, image_shape)
         self.discriminator = Discriminator(config, image_shape)
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
-        }
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """n_dis discriminator updates, one per real batch in x (n_dis·B, C, H, W) in [0, 1], then one generator
         update with the hinge generator loss −D(G(z))."""

@@ -48,20 +48,5 @@ class VAEMLP(LatentVariableModel, nn.Module):
             nn.Unflatten(-1, (p * c, h, w)),  # (B, P·C, H, W) observation params
         )
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr)}
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, L) each
-        return mu, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)  # (..., P·C, H, W)
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
-        log_px, kl = self.elbo_terms(self.observe(x))
-        loss = (kl - log_px).mean()  # −ELBO
-        optimizers["vae"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["vae"].step()
-        return {"loss": loss.item(), "rate": kl.mean().item(), "distortion": -log_px.mean().item()}
+        return self.elbo_step(x, optimizers)

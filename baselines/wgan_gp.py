@@ -50,14 +50,6 @@ class WGANGP(ImageGenerator, nn.Module):
         self.discriminator = Discriminator(config, image_shape, batchnorm=False)
         dcgan_init(self)
 
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        c = self.config
-        betas = (c.beta1, c.beta2)
-        return {
-            "d": torch.optim.Adam(self.discriminator.parameters(), lr=c.lr, betas=betas),
-            "g": torch.optim.Adam(self.generator.parameters(), lr=c.lr, betas=betas),
-        }
-
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         """n_critic critic updates, one per real batch in x (n_critic·B, C, H, W) in [0, 1], then one generator
         update."""
