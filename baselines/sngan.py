@@ -6,7 +6,8 @@ discriminator of three (3×3 stride-1, 4×4 stride-2) convolution pairs of width
 512, LeakyReLU(0.1) and a linear output, every weight spectrally normalised (one power iteration per forward pass,
 torch's `spectral_norm` parametrisation, which normalises the reshaped (out, in·k·k) matrix as the paper does).
 Hinge loss (Lim & Ye 2017; the paper's hinge variant); n_dis = 5 discriminator updates per generator update;
-Adam(2e-4, β = (0, 0.9)). 28×28 inputs use a 7×7 base and two upsamplings; the discriminator maps them to 3×3.
+Adam(2e-4, β = (0, 0.9)), one of the Adam settings the paper compares, fixed here for every dataset. 28×28
+inputs use a 7×7 base and two upsamplings; the discriminator maps them to 3×3.
 """
 
 from __future__ import annotations

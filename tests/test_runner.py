@@ -169,3 +169,50 @@ def test_cuda_without_a_gpu_is_a_config_error(tmp_path, monkeypatch):
     assert result.output.strip() == (
         "error: train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
     )
+
+
+def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path, monkeypatch):
+    """A 3×32×32 dataset (CIFAR-10's pickles, random content) through the runner: a conv GAN and a conv VAE, the
+    VAE scored with the discretised-logistic decoder the dataset prescribes."""
+    import pickle
+
+    import numpy as np
+
+    from bench import data
+    from tests.test_data import FixtureCIFAR10
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, n in [(f"data_batch_{i}", 60) for i in range(1, 6)] + [("test_batch", 80)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    monkeypatch.setitem(data.TORCHVISION, "cifar10", FixtureCIFAR10)
+    monkeypatch.setenv("BENCH_DATA", str(tmp_path / "data"))
+
+    extra = (
+        "datasets=['cifar10']",
+        "models=['dcgan', 'conv-vae']",
+        "seeds=[0]",
+        "train.steps=3",
+        "features.domain.min_test_accuracy=0.0",  # random labels: the extractor cannot be accurate here
+        "eval.likelihood_images=20",
+    )
+    outcomes = run_suite(
+        tiny_config(*extra), "quick", results=tmp_path / "r", overrides=extra, progress=False, echo=lambda s: None
+    )
+    assert [(o.cell.model, o.status) for o in outcomes] == [("dcgan", "FINISHED"), ("conv-vae", "FINISHED")]
+    vae = outcomes[1].metrics
+    assert vae["bits_per_dim"] == pytest.approx(vae["nll_iwae"] / (3072 * np.log(2)))
+    # untrained: logistic scale ≈ 1 on the [0, 1] pixel range, so an interior bin gets ≈ pdf/255 ≈ 1/1000 of the mass:
+    # a little worse than uniform over 256 values (8 bits); a proper discrete probability either way
+    assert 8.0 < vae["bits_per_dim"] < 10.5
+    client = mlflow.MlflowClient(tracking.default_uri(tmp_path / "r"))
+    proto = json.loads(Path(client.download_artifacts(outcomes[1].run_id, "protocol.json")).read_text())
+    assert proto["likelihood"] == {
+        "split": "test",
+        "images": 20,
+        "iwae_k": 16,
+        "observation": "discretized-logistic",
+    }
