@@ -65,6 +65,13 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.bernoulli(x, generator=generator)
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss`: zero the gradients, backpropagate, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 # ------------------------------------------------------------------------------------------ observation models
 
 
@@ -142,9 +149,7 @@ class LatentVariableModel:
         """One Adam step on −(E_q[log p(x|z)] − β·KL) for a batch x in [0, 1]; β = 1 is the ELBO."""
         log_px, kl = self.elbo_terms(self.observe(x))
         loss = (beta * kl - log_px).mean()
-        optimizers["vae"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["vae"].step()
+        descend(optimizers["vae"], loss)
         logs = {"loss": loss.item(), "rate": kl.mean().item(), "distortion": -log_px.mean().item()}
         if beta != 1.0:
             logs["elbo"] = -(logs["rate"] + logs["distortion"])
@@ -224,6 +229,13 @@ class ImageGenerator:
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         lo, hi = self.output_range
         return to_uint8((self.generator(self.noise(n, generator)) - lo) / (hi - lo))  # (n, C, H, W) uint8
+
+
+def critic_generator_step(model, n: int, optimizers: dict[str, torch.optim.Optimizer]) -> torch.Tensor:
+    """The generator update of wgan-gp and sngan: minimise −D(G(z)) over n latents; returns the loss."""
+    g_loss = -model.discriminator(model.generator(model.noise(n))).mean()
+    descend(optimizers["g"], g_loss)
+    return g_loss
 
 
 def upsampling_plan(height: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.common import ImageGenerator
+from baselines.common import ImageGenerator, descend
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,10 @@ def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim
     fake = model.generator(model.noise(len(x)))
     real_logits, fake_logits = model.discriminator(real), model.discriminator(fake.detach())
     d_loss = discriminator_loss(real_logits, fake_logits)
-    optimizers["d"].zero_grad(set_to_none=True)
-    d_loss.backward()
-    optimizers["d"].step()
+    descend(optimizers["d"], d_loss)
 
     g_loss = generator_loss(model.discriminator(fake))
-    optimizers["g"].zero_grad(set_to_none=True)
-    g_loss.backward()
-    optimizers["g"].step()
+    descend(optimizers["g"], g_loss)
     return {
         "d_loss": d_loss.item(),
         "g_loss": g_loss.item(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from baselines.common import LatentVariableModel, observation_model
+from baselines.common import LatentVariableModel, descend, observation_model
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,5 @@ class IWAE(LatentVariableModel, nn.Module):
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
         bound = self.iwae_bound(self.observe(x), self.config.k).mean()
-        optimizers["vae"].zero_grad(set_to_none=True)
-        (-bound).backward()
-        optimizers["vae"].step()
+        descend(optimizers["vae"], -bound)
         return {"loss": -bound.item()}

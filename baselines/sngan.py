@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
-from baselines.common import ImageGenerator, split_batches, upsampling_plan
+from baselines.common import ImageGenerator, critic_generator_step, descend, split_batches, upsampling_plan
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,9 @@ class SNGAN(ImageGenerator, nn.Module):
                 fake = self.generator(self.noise(len(real)))
             real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
             d_loss = hinge_d_loss(real_logits, fake_logits)
-            optimizers["d"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["d"].step()
+            descend(optimizers["d"], d_loss)
 
-        g_loss = -self.discriminator(self.generator(self.noise(len(real)))).mean()
-        optimizers["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["g"].step()
+        g_loss = critic_generator_step(self, len(real), optimizers)
         return {
             "d_loss": d_loss.item(),
             "g_loss": g_loss.item(),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from baselines.common import ImageGenerator, dcgan_init, split_batches
+from baselines.common import ImageGenerator, critic_generator_step, dcgan_init, descend, split_batches
 from baselines.dcgan import Discriminator, Generator
 
 
@@ -61,12 +61,7 @@ class WGANGP(ImageGenerator, nn.Module):
             wasserstein = self.discriminator(real).mean() - self.discriminator(fake).mean()  # critic's estimate
             gp = gradient_penalty(self.discriminator, real, fake, eps)
             d_loss = -wasserstein + c.gp_weight * gp
-            optimizers["d"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["d"].step()
+            descend(optimizers["d"], d_loss)
 
-        g_loss = -self.discriminator(self.generator(self.noise(len(real)))).mean()
-        optimizers["g"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["g"].step()
+        g_loss = critic_generator_step(self, len(real), optimizers)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "wasserstein": wasserstein.item(), "gp": gp.item()}
