@@ -99,12 +99,22 @@ class DomainConfig:
     lr: float = 1e-3
     feature_dim: int = 64  # width of the feature layer used for FID/KID/precision/recall
     seed: int = 0
-    min_test_accuracy: float = 0.9  # below this the extractor is not trusted and evaluation stops
+    # below this test accuracy the extractor is not trusted and evaluation stops: one floor for every dataset,
+    # or a table of floors by dataset name (a dataset missing from the table has no floor)
+    min_test_accuracy: float | dict[str, float] = 0.9
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "lr", "feature_dim")
-        if not 0.0 <= self.min_test_accuracy <= 1.0:
-            raise ValueError(f"min_test_accuracy must be in [0, 1], got {self.min_test_accuracy}")
+        floors = self.min_test_accuracy
+        for name, floor in floors.items() if isinstance(floors, dict) else [("", floors)]:
+            if not 0.0 <= floor <= 1.0:
+                where = f"[{name}]" if name else ""
+                raise ValueError(f"min_test_accuracy{where} must be in [0, 1], got {floor}")
+
+    def floor(self, dataset: str) -> float:
+        """The accuracy floor of the domain extractor on `dataset`."""
+        floors = self.min_test_accuracy
+        return floors.get(dataset, 0.0) if isinstance(floors, dict) else floors
 
 
 @dataclass(frozen=True)
@@ -266,6 +276,13 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     features = _table(raw, "features", origin, "features")
     _check_keys(features, {"domain"}, origin, "features")
     domain = _build(DomainConfig, _table(features, "domain", origin, "features.domain"), origin, "features.domain")
+    if isinstance(domain.min_test_accuracy, dict):
+        for name in domain.min_test_accuracy:
+            if name not in DATASETS:
+                raise ConfigError(
+                    f"{origin}: [features.domain] min_test_accuracy: unknown dataset {name!r}; "
+                    f"known: {', '.join(DATASETS)}"
+                )
 
     suites = {}
     for name, table in _table(raw, "suites", origin, "suites").items():
@@ -334,6 +351,10 @@ _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "tru
 def _coerce(value: Any, hint: Any) -> Any:
     """Check `value` against the annotation `hint`; returns the value in the field's type or raises TypeError."""
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table, got {value!r}")
+        return {str(k): _coerce(v, typing.get_args(hint)[1]) for k, v in value.items()}
     if origin in (tuple, list):
         args = typing.get_args(hint)
         if not isinstance(value, list):

@@ -109,10 +109,11 @@ def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, de
         tmp = path.with_suffix(".partial")
         torch.save({"spec": spec, "state_dict": net.state_dict(), "test_accuracy": accuracy}, tmp)
         tmp.replace(path)
-    if accuracy < recipe.min_test_accuracy:
+    floor = recipe.floor(dataset.name)
+    if accuracy < floor:
         raise ExtractorError(
             f"the domain classifier for {dataset.name} reaches {accuracy:.3f} test accuracy, below the floor "
-            f"{recipe.min_test_accuracy} ([features.domain] min_test_accuracy); its features would not be trusted. "
+            f"{floor} ([features.domain] min_test_accuracy); its features would not be trusted. "
             f"Raise [features.domain] steps or check the dataset"
         )
     net.to(device).eval()

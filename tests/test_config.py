@@ -188,3 +188,15 @@ def test_cli_list_shows_the_eight_models_and_the_suites(monkeypatch):
     assert [line.split()[0] for line in models.strip().splitlines()] == list(baselines.MODELS)
     for suite in ("quick", "fashion", "mnist-cifar", "full"):
         assert f"\n  {suite} " in result.output
+
+
+def test_domain_floors_are_a_table_by_dataset():
+    cfg = config.load(BENCH_TOML)
+    assert cfg.domain.floor("fashion-mnist") == 0.87 and cfg.domain.floor("digits") == 0.95
+    cfg = config.load(BENCH_TOML, ["features.domain.min_test_accuracy.cifar10=0.4"], "quick")
+    assert cfg.domain.floor("cifar10") == 0.4 and cfg.domain.floor("mnist") == 0.97
+    assert config.load(BENCH_TOML, ["features.domain.min_test_accuracy=0.5"], "quick").domain.floor("mnist") == 0.5
+    with pytest.raises(ConfigError, match=r"min_test_accuracy: unknown dataset 'svhn'; known: digits, mnist"):
+        config.load(BENCH_TOML, ["features.domain.min_test_accuracy.svhn=0.5"], "quick")
+    with pytest.raises(ConfigError, match=r"min_test_accuracy\[cifar10\] must be in \[0, 1\], got 1.5"):
+        config.load(BENCH_TOML, ["features.domain.min_test_accuracy.cifar10=1.5"], "quick")

@@ -67,3 +67,12 @@ def test_inception_extractor_is_a_clear_error_until_it_exists(tmp_path):
     digits = load("digits")
     with pytest.raises(features.ExtractorError, match=r"--set eval.extractor=domain"):
         features.build_extractor("inception", digits, RECIPE, tmp_path, CPU)
+
+
+def test_accuracy_floors_per_dataset(tmp_path):
+    digits = load("digits")
+    with pytest.raises(features.ExtractorError, match=r"digits reaches .* below the floor 0.99"):
+        features.domain_extractor(digits, DomainConfig(steps=2, min_test_accuracy={"digits": 0.99}), tmp_path, CPU)
+    # a floor for another dataset does not gate this one (same recipe: the cached classifier is reused)
+    ex = features.domain_extractor(digits, DomainConfig(steps=2, min_test_accuracy={"mnist": 0.99}), tmp_path, CPU)
+    assert ex.info["test_accuracy"] < 0.99
