@@ -19,7 +19,7 @@ import torch
 from bench.config import EvalConfig
 from bench.data import Dataset
 from bench.features import Extractor, reference_features
-from bench.likelihood import vae_likelihood
+from bench.likelihood import reconstruction_quality, vae_likelihood
 from bench.metrics import sample_metrics
 
 
@@ -87,6 +87,7 @@ def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cac
     if model.family == "vae":
         test = dataset.test_images[: cfg.likelihood_images or None]
         metrics.update(vae_likelihood(model, test, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
+        metrics.update(reconstruction_quality(model, test, cfg.batch_size))
     proto = protocol(cfg, dataset, extractor, ref_digest, device)
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start)
 

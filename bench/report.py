@@ -25,6 +25,8 @@ METRICS: dict[str, tuple[str, bool | None, int]] = {
     "elbo": ("ELBO ↑", True, 2),
     "nll_iwae": ("NLL (IWAE) ↓", False, 2),
     "bits_per_dim": ("bits/dim ↓", False, 4),
+    "recon_psnr": ("recon PSNR ↑", True, 2),
+    "recon_ssim": ("recon SSIM ↑", True, 3),
     "rate": ("rate (KL)", None, 2),
     "distortion": ("distortion", None, 2),
 }

@@ -50,3 +50,26 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
     out = vae_likelihood(model, images, k=8, batch_size=3, seed=0)
     assert 0 < out["bits_per_dim"] and out["bits_per_dim"] > 6.0
     assert out["nll_iwae"] <= -out["elbo"] + 1.0
+
+
+def test_reconstruction_quality_against_closed_forms():
+    from bench.likelihood import reconstruction_quality
+
+    class Shifted(torch.nn.Module):
+        """reconstruct(x) = x + shift (clamped): per-image MSE is known, so PSNR = −10·log10(MSE)."""
+
+        def __init__(self, shift):
+            super().__init__()
+            self.w, self.shift = torch.nn.Parameter(torch.zeros(1)), shift
+
+        def reconstruct(self, x):
+            return ((x + self.shift).clamp(0, 1) * 255).round().to(torch.uint8)
+
+    images = torch.randint(0, 200, (10, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = reconstruction_quality(Shifted(0.05), images, batch_size=4)
+    x = images.double() / 255
+    r = ((x + 0.05).clamp(0, 1) * 255).round() / 255  # k + 12.75: no rounding ties
+    expected = (-10 * torch.log10(((r - x) ** 2).flatten(1).mean(1))).mean().item()
+    assert out["recon_psnr"] == pytest.approx(expected, rel=1e-4)
+    assert 0 < out["recon_ssim"] < 1
+    assert reconstruction_quality(Shifted(0.0), images, batch_size=4)["recon_ssim"] == pytest.approx(1.0)

@@ -60,6 +60,8 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
         assert runs[f"metrics.{m}"].notna().all(), m
     vae = runs[runs["tags.bench.family"] == "vae"]
     assert (-vae["metrics.elbo"] >= vae["metrics.nll_iwae"]).all()
+    assert ((vae["metrics.recon_ssim"] > 0) & (vae["metrics.recon_ssim"] <= 1) & (vae["metrics.recon_psnr"] > 0)).all()
+    assert vae["metrics.elbo"].add(vae["metrics.rate"]).add(vae["metrics.distortion"]).abs().max() < 1e-6
     assert runs["params.train.steps"].eq("20").all() and runs["params.model.latent_dim"].notna().all()
 
 
