@@ -55,6 +55,7 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "features_digest": reference_digest,
         },
         "num_samples": cfg.num_samples,
+        "batch_size": cfg.batch_size,  # generation and feature batches: the latent draws are chunked by it
         "kid": {"subsets": cfg.kid_subsets, "subset_size": cfg.kid_subset_size, "kernel": "poly3"},
         "precision_recall": {
             "neighborhood": cfg.prc_neighborhood,
@@ -70,7 +71,11 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
         "precision": "fp32",
         "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if torch.device(device).type == "cuda" else False,
         "seed": cfg.seed,
-        "versions": {"torch": torch.__version__, "torch-fidelity": version("torch-fidelity")},
+        "versions": {
+            "torch": torch.__version__,
+            "torch-fidelity": version("torch-fidelity"),
+            "torchmetrics": version("torchmetrics"),
+        },
     }
 
 
