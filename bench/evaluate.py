@@ -97,6 +97,23 @@ def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cac
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start)
 
 
+def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device) -> Evaluation:
+    """The real-data row of a (dataset, protocol): the held-out split scored as if it were samples, against the
+    reference split. Its FID is the floor a perfect model can reach with this many images (train vs test), its IS
+    the real data's. Same protocol and fingerprint as the models evaluated with `cfg` and `extractor`."""
+    start = time.perf_counter()
+    real, ref_digest = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    other = "test" if cfg.reference_split == "train" else "train"
+    held_out, _ = reference_features(extractor, dataset, other, cache_dir, cfg.batch_size)
+    n = min(cfg.num_samples, len(held_out["features"]))
+    idx = torch.randperm(len(held_out["features"]), generator=torch.Generator().manual_seed(cfg.seed))[:n]
+    metrics = sample_metrics({k: v[idx] for k, v in held_out.items()}, real, cfg)
+    metrics["real_images"] = float(n)
+    proto = protocol(cfg, dataset, extractor, ref_digest, device)
+    shown = dataset.split(other)[0][idx[:64]]  # a grid of the held-out images scored
+    return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start)
+
+
 def environment(device) -> dict:
     """Versions, device and git commit: the `environment.json` artifact."""
     import subprocess

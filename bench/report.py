@@ -79,8 +79,19 @@ def build(runs: pd.DataFrame) -> list[Section]:
         table["label"] = [
             f"{m} ({v[:8]})" if dup else m for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
         ]
-        table = table.sort_values("fid_mean", na_position="last").reset_index(drop=True)
-        table.insert(0, "rank", range(1, len(table) + 1))
+        # the real-data reference row first and unranked; models ranked by FID
+        table["_real"] = table["family"] == "real"
+        table = table.sort_values(["_real", "fid_mean"], ascending=[False, True], na_position="last")
+        table = table.drop(columns="_real").reset_index(drop=True)
+        real = table["family"] == "real"
+        table.insert(0, "rank", ["—" if r else "" for r in real])
+        table.loc[~real, "rank"] = [str(i) for i in range(1, int((~real).sum()) + 1)]
+        table.loc[real, "label"] = "real data (held-out split)"
+        if real.any():
+            notes.append(
+                "The real-data row scores the held-out real split against the reference split: its FID is the floor "
+                "a perfect model reaches with this many images, its IS the real data's. It is not ranked."
+            )
         sections.append(Section(dataset, protocol, _describe(group.iloc[-1]), table, notes))
     return sections
 
@@ -104,6 +115,7 @@ def _cell(mean: float, std: float, decimals: int) -> str:
 
 def _best(table: pd.DataFrame, metric: str) -> int | None:
     values = table[f"{metric}_mean"]
+    values = values[table["family"] != "real"]  # the real-data reference never takes "best"
     if METRICS[metric][1] is None or values.isna().all():  # descriptive columns (rate, distortion): no "best"
         return None
     return int(values.idxmax() if METRICS[metric][1] else values.idxmin())

@@ -4,6 +4,8 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import tempfile
 import time
 import traceback
@@ -20,9 +22,10 @@ from bench import tracking
 from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
-from bench.evaluate import environment, evaluate
+from bench.evaluate import environment, evaluate, evaluate_real
 from bench.executors import EXECUTORS
 from bench.features import Extractor, build_extractor
+from bench.metrics import MetricError
 from bench.train import train
 
 
@@ -102,6 +105,8 @@ def run_suite(
     ctx = Context(tracker, parent, datasets, extractors, finished, results, device, progress, echo)
     outcomes: list[Outcome] = []
     try:
+        for name in suite.datasets:
+            run_real_reference(datasets[name], suite, ctx)
         jobs = [(i, len(cells), cell, ctx) for i, cell in enumerate(cells, 1)]
         outcomes = EXECUTORS[executor]().map(_run_cell_job, jobs)
     except KeyboardInterrupt:
@@ -117,6 +122,47 @@ def run_suite(
     )
     parent.end("FAILED" if failed else "FINISHED")
     return outcomes
+
+
+REAL_MODEL = "real-data"  # the bench.model of the reference rows; bench.family "real"
+
+
+def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
+    """Log the real-vs-real reference of (dataset, protocol) once: FID floor (held-out vs reference split), real IS,
+    KID and precision/recall. Skipped when a FINISHED reference with the same key exists; a failure is recorded and
+    the suite goes on."""
+    extractor = ctx.extractors[(dataset.name, suite.eval.extractor)]
+    try:
+        ev = evaluate_real(dataset, suite.eval, extractor, ctx.results / "cache", ctx.device)
+    except MetricError as e:  # e.g. a test split smaller than the feature dimension: no floor, the cells still run
+        ctx.echo(f"real data {dataset.name}: no reference row — {e}")
+        return
+    key = hashlib.sha256(f"real|{dataset.digest}|{ev.fingerprint}".encode()).hexdigest()[:16]
+    if key in ctx.finished:
+        return
+    run = ctx.tracker.start_run(
+        f"{REAL_MODEL}/{dataset.name}",
+        {
+            "bench.suite": suite.name,
+            "bench.model": REAL_MODEL,
+            "bench.family": "real",
+            "bench.dataset": dataset.name,
+            "bench.seed": "-",
+            "bench.cell": key,
+            "bench.variant": key,
+            "bench.protocol": ev.fingerprint,
+        },
+        parent=ctx.parent,
+    )
+    run.log_params(flatten({"eval": dataclasses.asdict(suite.eval)}))
+    run.log_dict(ev.protocol, "protocol.json")
+    run.log_metrics({**ev.metrics, "time/eval_s": ev.seconds})
+    run.log_image(_grid(ev.samples), "samples/final.png")
+    run.end("FINISHED")
+    ctx.echo(
+        f"real data {dataset.name}: FID floor {ev.metrics['fid']:.4g} ({int(ev.metrics['real_images'])} held-out "
+        f"images vs the {suite.eval.reference_split} split), IS {ev.metrics['is_mean']:.4g}"
+    )
 
 
 def _run_cell_job(job: tuple) -> Outcome:

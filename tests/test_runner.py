@@ -29,17 +29,27 @@ CHILD_TAGS = (
 SAMPLE_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
 
 
-def child_runs(uri: str) -> pd.DataFrame:
+def search(uri: str) -> pd.DataFrame:
     """mlflow.search_runs as a user would call it; set_tracking_uri also exports MLFLOW_TRACKING_URI, so restore."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
-        runs = mlflow.search_runs(experiment_names=["quick"])
+        return mlflow.search_runs(experiment_names=["quick"])
     finally:
         mlflow.set_tracking_uri(previous or "")
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-    return runs[runs["tags.bench.cell"].notna()]
+
+
+def child_runs(uri: str) -> pd.DataFrame:
+    """The cell runs (not the parent, not the real-data reference)."""
+    runs = search(uri)
+    return runs[runs["tags.bench.cell"].notna() & (runs["tags.bench.family"] != "real")]
+
+
+def real_runs(uri: str) -> pd.DataFrame:
+    runs = search(uri)
+    return runs[runs["tags.bench.family"] == "real"]
 
 
 def test_four_finished_child_runs_with_the_design_layout(quick_run):
@@ -94,6 +104,7 @@ def test_second_run_skips_finished_cells(quick_run):
     )
     assert [o.status for o in outcomes] == ["SKIPPED"] * 4
     assert len(child_runs(quick_run["uri"])) == 4
+    assert len(real_runs(quick_run["uri"])) == 1  # the real-data reference is not logged twice either
     assert any("already FINISHED" in line for line in lines)
 
 
@@ -104,8 +115,11 @@ def test_report_from_the_store(quick_run, tmp_path):
     for model in ("gan-mlp", "vae-mlp"):
         assert f"| {model} | 2 |" in md
     assert "±" in md and "NLL (IWAE)" in md
+    assert "| — | real data (held-out split) | 1 |" in md and "It is not ranked" in md
     csv = pd.read_csv(paths["csv"])
-    assert set(csv["model"]) == {"gan-mlp", "vae-mlp"} and (csv["n"] == 2).all()
+    assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
+    models = csv[csv["model"] != "real-data"]
+    assert (models["n"] == 2).all() and sorted(models["rank"].astype(str)) == ["1", "2"]
     runs = child_runs(quick_run["uri"])
     gan = runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.fid"]
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
@@ -218,3 +232,17 @@ def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path,
         "iwae_k": 16,
         "observation": "discretized-logistic",
     }
+
+
+def test_real_data_reference_row(quick_run):
+    real = real_runs(quick_run["uri"])
+    assert len(real) == 1 and real["status"].iloc[0] == "FINISHED"
+    row = real.iloc[0]
+    assert row["tags.bench.dataset"] == "digits" and row["tags.mlflow.runName"] == "real-data/digits"
+    # same protocol as the models it is shown with
+    assert row["tags.bench.protocol"] == child_runs(quick_run["uri"])["tags.bench.protocol"].iloc[0]
+    # digits' 360 test images vs its train split: a small but positive floor, the real data's IS well above 1
+    assert row["metrics.real_images"] == 200  # eval.num_samples of the tiny suite
+    assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
+    assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
+    assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
