@@ -23,6 +23,9 @@ KID_MEAN, KID_STD = "kid_mean", "kid_std"
 PRECISION, RECALL = "precision", "recall"
 
 
+FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
+
+
 class MetricError(RuntimeError):
     """A metric cannot be computed meaningfully from these features; the message says why."""
 
@@ -80,6 +83,13 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
             f"FID needs more samples than feature dimensions: {n_gen} generated and {n_real} real "
             f"images for {dim}-d features; raise eval.num_samples or use a larger reference split"
         )
+    for side, feats in (("generated", generated), ("reference", real)):
+        for key, value in feats.items():
+            if not torch.isfinite(value).all():
+                raise MetricError(
+                    f"the {side} {key} contain NaN or infinite values: the images or the extractor "
+                    "are degenerate; not reported"
+                )
     subset = min(cfg.kid_subset_size, n_gen, n_real)
     out = {FID: fid(generated["features"], real["features"])}
     out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
@@ -90,4 +100,11 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
     bad = {k: v for k, v in out.items() if not math.isfinite(v)}
     if bad:
         raise MetricError(f"non-finite metric values {bad}: the samples or features are degenerate")
+    if out[FID] < -FID_TOLERANCE:
+        raise MetricError(f"negative FID {out[FID]:.3g}: the matrix square root failed numerically; not reported")
+    if out[FID] < FID_TOLERANCE:
+        raise MetricError(
+            f"impossibly small FID {out[FID]:.3g}: the generated features have exactly the reference statistics "
+            "(are the samples copies of the reference images?); not reported"
+        )
     return out

@@ -119,3 +119,20 @@ def test_precision_recall_subsamples_a_larger_real_set_to_the_generated_count():
     )
     assert metrics.precision_recall(generated, real, neighborhood=3, seed=5) == (ref["precision"], ref["recall"])
     assert metrics.precision_recall(generated, real, neighborhood=3, seed=6) != (ref["precision"], ref["recall"])
+
+
+def test_sanity_gates_refuse_impossible_values():
+    cfg = EvalConfig(num_samples=300, kid_subset_size=100, kid_subsets=5)
+    g = torch.Generator().manual_seed(0)
+    real = {"features": torch.randn(300, 8, generator=g, dtype=torch.float64), "logits": torch.randn(300, 10)}
+    with pytest.raises(metrics.MetricError, match="impossibly small FID"):
+        metrics.sample_metrics(real, real, cfg)  # the reference set handed in as samples
+    few = {k: v[:8] for k, v in real.items()}
+    with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):
+        metrics.sample_metrics(few, real, cfg)
+    nan = {"features": real["features"].clone(), "logits": real["logits"]}
+    nan["features"][0, 0] = float("nan")
+    with pytest.raises(metrics.MetricError, match="non-finite|NaN|nan"):
+        metrics.sample_metrics(nan, real, cfg)
+    other = {"features": torch.randn(300, 8, generator=g, dtype=torch.float64) + 0.5, "logits": real["logits"]}
+    assert metrics.sample_metrics(other, real, cfg)["fid"] > 0.1
