@@ -22,9 +22,9 @@ from bench import tracking
 from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
-from bench.evaluate import environment, evaluate, evaluate_real
+from bench.evaluate import environment, evaluate, evaluate_real, fingerprint, protocol
 from bench.executors import EXECUTORS
-from bench.features import Extractor, build_extractor
+from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
 from bench.train import train
 
@@ -132,13 +132,16 @@ def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
     KID and precision/recall. Skipped when a FINISHED reference with the same key exists; a failure is recorded and
     the suite goes on."""
     extractor = ctx.extractors[(dataset.name, suite.eval.extractor)]
+    cache = ctx.results / "cache"
+    _, ref_digest = reference_features(extractor, dataset, suite.eval.reference_split, cache, suite.eval.batch_size)
+    proto_fingerprint = fingerprint(protocol(suite.eval, dataset, extractor, ref_digest, ctx.device))
+    key = hashlib.sha256(f"real|{dataset.digest}|{proto_fingerprint}".encode()).hexdigest()[:16]
+    if key in ctx.finished:  # decided before any metric is computed: a re-run costs one cached feature load
+        return
     try:
-        ev = evaluate_real(dataset, suite.eval, extractor, ctx.results / "cache", ctx.device)
+        ev = evaluate_real(dataset, suite.eval, extractor, cache, ctx.device)
     except MetricError as e:  # e.g. a test split smaller than the feature dimension: no floor, the cells still run
         ctx.echo(f"real data {dataset.name}: no reference row — {e}")
-        return
-    key = hashlib.sha256(f"real|{dataset.digest}|{ev.fingerprint}".encode()).hexdigest()[:16]
-    if key in ctx.finished:
         return
     run = ctx.tracker.start_run(
         f"{REAL_MODEL}/{dataset.name}",
