@@ -47,7 +47,7 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
         "extractor": extractor.name,
         "extractor_weights_digest": extractor.weights_digest,
         "preprocessing": extractor.preprocessing,
-        "resize": "none",
+        "resize": extractor.resize,
         "reference": {
             "dataset": dataset.name,
             "dataset_digest": dataset.digest,
@@ -69,7 +69,11 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "observation": dataset.observation,
         },
         "precision": "fp32",
-        "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if torch.device(device).type == "cuda" else False,
+        "tf32": {
+            "features": False,  # Extractor.__call__ switches TF32 off
+            "generation": torch.device(device).type == "cuda"
+            and bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
+        },
         "seed": cfg.seed,
         "versions": {
             "torch": torch.__version__,

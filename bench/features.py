@@ -3,6 +3,9 @@
 Each extractor has a name, a digest of its weights and a preprocessing spec: together they are part of the
 protocol fingerprint, and they key the on-disk cache of real-data features.
 
+- `inception`: torch-fidelity's `inception-v3-compat` (the TF-FID Inception-v3, with TF1's bilinear resize to
+  299×299), pool features (2048-d) and unbiased logits (1008 classes). Weights from `BENCH_INCEPTION_WEIGHTS`,
+  torch's hub cache, or torch-fidelity's download; offline without them, a clear error before any training.
 - `domain`: a small CNN trained by the suite on the dataset's own training labels with a fixed recipe and seed
   (bench.toml [features.domain]), cached by (dataset digest, recipe). Fast on a CPU; its numbers are comparable
   only with other `domain` numbers on the same dataset, never with Inception numbers.
@@ -13,6 +16,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import urllib.error
+from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception
 
 from bench.config import DomainConfig
 from bench.data import Dataset
@@ -36,20 +43,37 @@ class Extractor:
     name: str
     weights_digest: str
     preprocessing: str  # how uint8 images reach the network
-    net: nn.Module  # maps float images to {"features": (N, d), "logits": (N, K)}
-    info: dict  # e.g. test accuracy of the domain classifier
+    net: nn.Module  # maps uint8 images (B, C, H, W) to {"features": (B, d), "logits": (B, K)}
+    info: dict  # e.g. test accuracy of the domain classifier, the weights file
+    resize: str = "none"  # the resize to the network's input size, if any
+    feature_dim: int = 0  # d of the features; FID needs more than d images on each side
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
-        """uint8 (N, C, H, W) → {"features": float64 (N, d), "logits": float64 (N, K)} on the CPU."""
+        """uint8 (N, C, H, W) → {"features": float64 (N, d), "logits": float64 (N, K)} on the CPU.
+
+        Always in strict fp32: TF32 is switched off for the extraction (and restored), whatever training used."""
+        if images.dtype != torch.uint8:
+            raise ExtractorError(f"feature extractors take uint8 images, got {images.dtype}")
         device = next(self.net.parameters()).device
         out: dict[str, list[torch.Tensor]] = {"features": [], "logits": []}
         self.net.eval()
-        for chunk in images.split(batch_size):
-            result = self.net(chunk.to(device).float() / 255.0)
-            for key in out:
-                out[key].append(result[key].double().cpu())
+        with _strict_fp32():
+            for chunk in images.split(batch_size):
+                result = self.net(chunk.to(device))
+                for key in out:
+                    out[key].append(result[key].double().cpu())
         return {key: torch.cat(parts) for key, parts in out.items()}
+
+
+@contextmanager
+def _strict_fp32():
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 class DomainNet(nn.Module):
@@ -76,7 +100,7 @@ class DomainNet(nn.Module):
         self.register_buffer("feature_std", torch.ones(feature_dim))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = self.body(x)
+        h = self.body(x.float() / 255.0)  # uint8 in
         return {"features": (h - self.feature_mean) / self.feature_std, "logits": self.head(F.relu(h))}
 
 
@@ -123,6 +147,7 @@ def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, de
         "uint8/255, native resolution",
         net,
         {"test_accuracy": accuracy, "cache": str(path)},
+        feature_dim=recipe.feature_dim,
     )
 
 
@@ -133,7 +158,7 @@ def _train_domain(net: DomainNet, dataset: Dataset, recipe: DomainConfig, device
     x, y = dataset.train_images.to(device), dataset.train_labels.to(device)
     for _ in range(recipe.steps):
         idx = torch.randint(len(x), (recipe.batch_size,), generator=g).to(device)
-        loss = F.cross_entropy(net(x[idx].float() / 255.0)["logits"], y[idx])
+        loss = F.cross_entropy(net(x[idx])["logits"], y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -144,22 +169,108 @@ def _train_domain(net: DomainNet, dataset: Dataset, recipe: DomainConfig, device
         net.feature_std.copy_(h.std(0).clamp_min(1e-6))
         correct = 0
         for xb, yb in zip(dataset.test_images.split(1000), dataset.test_labels.split(1000), strict=True):
-            pred = net(xb.to(device).float() / 255.0)["logits"].argmax(1).cpu()
+            pred = net(xb.to(device))["logits"].argmax(1).cpu()
             correct += (pred == yb).sum().item()
     return correct / len(dataset.test_images)
 
 
+# torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code).
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = fidelity_inception.URL_INCEPTION_V3
+INCEPTION_HASH_PREFIX = "6726825d"  # torch.hub convention: the file's sha256 starts with it
+WEIGHTS_ENV = "BENCH_INCEPTION_WEIGHTS"
+
+
+def hub_inception_path() -> Path:
+    """Where torch's hub cache keeps the weights: where torch-fidelity's own download puts them."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def inception_weights() -> Path:
+    """The Inception weights file: $BENCH_INCEPTION_WEIGHTS, else torch's hub cache, else torch-fidelity's
+    download into the hub cache (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ExtractorError(
+                f"{WEIGHTS_ENV}={env} is not a file; point it at torch-fidelity's {INCEPTION_FILE}, "
+                f"or unset it to use torch's hub cache ({hub_inception_path()})"
+            )
+        return path
+    hub = hub_inception_path()
+    if hub.is_file():
+        return hub
+    if os.environ.get("BENCH_OFFLINE") == "1":
+        why = "BENCH_OFFLINE=1 is set, so no download was tried"
+    else:
+        try:
+            hub.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(INCEPTION_URL, str(hub), hash_prefix=INCEPTION_HASH_PREFIX, progress=True)
+            return hub
+        except (OSError, urllib.error.URLError, RuntimeError) as e:  # no network, HTTP error, hash mismatch
+            why = f"the download from {INCEPTION_URL} failed ({type(e).__name__}: {e})"
+    raise ExtractorError(
+        f"the inception extractor needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE}) and found none: "
+        f"{WEIGHTS_ENV} is not set, they are not in torch's hub cache ({hub}), and {why}. "
+        f"Set {WEIGHTS_ENV}=/path/to/{INCEPTION_FILE}, copy the file into {hub.parent}, run once with network "
+        "access, or use the domain extractor: --set eval.extractor=domain"
+    )
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class InceptionNet(nn.Module):
+    """torch-fidelity's inception-v3-compat: uint8 images (grayscale expanded to 3 channels) → 2048-d pool
+    features and the 1008 unbiased logits it uses for the Inception Score."""
+
+    def __init__(self, weights: Path):
+        super().__init__()
+        self.net = fidelity_inception.FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
+        )
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)  # grayscale → RGB, as torch-fidelity expects 3×H×W uint8
+        features, logits = self.net(x)
+        return {"features": features, "logits": logits}
+
+
+def inception_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device: torch.device) -> Extractor:
+    """The standard extractor; the same network for every dataset (the arguments keep one registry signature)."""
+    weights = inception_weights()
+    try:
+        net = InceptionNet(weights)
+    except Exception as e:  # a truncated or foreign file: torch.load / load_state_dict errors
+        raise ExtractorError(
+            f"cannot load Inception weights from {weights} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"it must be torch-fidelity's {INCEPTION_FILE}"
+        ) from e
+    return Extractor(
+        "inception",
+        file_digest(weights),
+        "uint8; grayscale repeated to 3 channels; (x-128)/128 in fp32 (torch-fidelity inception-v3-compat)",
+        net.to(device).eval(),
+        {"weights": str(weights)},
+        resize="bilinear to 299x299, TF1-compatible (torch-fidelity interpolate_bilinear_2d_like_tensorflow1x)",
+        feature_dim=2048,
+    )
+
+
 EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "domain": domain_extractor,
+    "inception": inception_extractor,
 }
 
 
 def build_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:
-    if name == "inception" and name not in EXTRACTORS:
-        raise ExtractorError(
-            "the inception extractor (torch-fidelity's inception-v3-compat) is not available in this version of "
-            "genbench yet; run with --set eval.extractor=domain, or use a suite with the domain extractor"
-        )
     if name not in EXTRACTORS:
         raise ExtractorError(f"unknown feature extractor {name!r}; known extractors: {', '.join(EXTRACTORS)}")
     return EXTRACTORS[name](dataset, recipe, cache_dir, device)
@@ -180,6 +291,7 @@ def reference_features(
         "extractor": extractor.name,
         "weights_digest": extractor.weights_digest,
         "preprocessing": extractor.preprocessing,
+        "resize": extractor.resize,
     }
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"ref-{dataset.name}-{split}-{extractor.name}-{key_hash}.pt"

@@ -75,7 +75,9 @@ def precision_recall(
 
 
 def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
-    """All sample-quality metrics of one evaluation, by their MLflow names."""
+    """All sample-quality metrics of one evaluation, by their MLflow names, behind the sanity gates: too few
+    samples for the feature dimension, non-finite features or metrics, a negative or numerically zero FID each
+    raise MetricError (the cell is recorded FAILED) instead of producing a number."""
     n_gen, n_real = len(generated["features"]), len(real["features"])
     dim = generated["features"].shape[1]
     if min(n_gen, n_real) <= dim:
@@ -90,13 +92,7 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
                     f"the {side} {key} contain NaN or infinite values: the images or the extractor "
                     "are degenerate; not reported"
                 )
-    subset = min(cfg.kid_subset_size, n_gen, n_real)
-    out = {FID: fid(generated["features"], real["features"])}
-    out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
-    out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
-    out[PRECISION], out[RECALL] = precision_recall(
-        generated["features"], real["features"], cfg.prc_neighborhood, cfg.seed
-    )
+    out = compute(generated, real, cfg)
     bad = {k: v for k, v in out.items() if not math.isfinite(v)}
     if bad:
         raise MetricError(f"non-finite metric values {bad}: the samples or features are degenerate")
@@ -107,4 +103,16 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
             f"impossibly small FID {out[FID]:.3g}: the generated features have exactly the reference statistics "
             "(are the samples copies of the reference images?); not reported"
         )
+    return out
+
+
+def compute(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
+    """The metrics themselves, without the gates (the agreement tests compare this with torch-fidelity)."""
+    subset = min(cfg.kid_subset_size, len(generated["features"]), len(real["features"]))
+    out = {FID: fid(generated["features"], real["features"])}
+    out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
+    out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
+    out[PRECISION], out[RECALL] = precision_recall(
+        generated["features"], real["features"], cfg.prc_neighborhood, cfg.seed
+    )
     return out

@@ -92,6 +92,12 @@ def run_suite(
         extractors[(name, suite.eval.extractor)] = ex
         if "test_accuracy" in ex.info:
             echo(f"  test accuracy {ex.info['test_accuracy']:.4f}")
+        _check_sample_counts(suite.eval, datasets[name], ex)
+        if ex.name == "inception" and device.type == "cpu":
+            echo(
+                f"  note: Inception runs at ~8 images/s on a 2-core CPU (the 299x299 resize): "
+                f"{suite.eval.num_samples} samples per cell take ~{suite.eval.num_samples / 8 / 60:.0f} min to score"
+            )
     tracker = tracking.Tracker(uri, suite.name, results / "artifacts")
     finished = tracker.finished_cells()
     echo(f"suite {suite.name}: {len(cells)} cells on {device}; tracking at {uri}")
@@ -122,6 +128,24 @@ def run_suite(
     )
     parent.end("FAILED" if failed else "FINISHED")
     return outcomes
+
+
+def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:
+    """FID fits a d-dimensional Gaussian to each side: fewer images than features make it meaningless, so say so
+    before training rather than failing every cell after it."""
+    dim = extractor.feature_dim
+    reference = len(dataset.split(cfg.reference_split)[0])
+    if cfg.num_samples <= dim:
+        raise ConfigError(
+            f"eval.num_samples = {cfg.num_samples} is not more than the {dim} feature dimensions of the "
+            f"{extractor.name} extractor, so FID is undefined; raise eval.num_samples above {dim}"
+        )
+    if reference <= dim:
+        raise ConfigError(
+            f"the {cfg.reference_split} split of {dataset.name} has {reference} images, not more than the {dim} "
+            f"feature dimensions of the {extractor.name} extractor, so FID against it is undefined; use another "
+            f"eval.reference_split, a larger dataset or the domain extractor"
+        )
 
 
 REAL_MODEL = "real-data"  # the bench.model of the reference rows; bench.family "real"

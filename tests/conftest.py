@@ -50,3 +50,36 @@ def quick_run(tmp_path_factory):
     lines: list[str] = []
     outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
     return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines}
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> Path:
+    """A randomly initialised state dict of torch-fidelity's inception-v3-compat, saved like the real weights file
+    (which cannot be downloaded here). Convolutions get He init so activations keep their scale through the 90-odd
+    layers (PyTorch's default init shrinks them to ~1e-8), and the classifier is scaled so the softmax is far from
+    uniform and the Inception Score is not trivially 1."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fi
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        with (
+            mock.patch.object(fi, "load_state_dict_from_url", return_value={}),
+            mock.patch.object(fi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
+        ):
+            net = fi.FeatureExtractorInceptionV3("random-inception", ["2048"])
+        net.features_list = ["2048"]
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        # Random 2048-d features share a large common part, which would put every image in the same class: take
+        # out of the classifier the direction of the mean features of a few noise images, then scale it up.
+        noise = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
+        common = net(noise)[0].mean(0, keepdim=True)  # (1, 2048)
+        w = torch.randn(net.fc.weight.shape)
+        w -= (w @ common.T) @ common / common.square().sum()
+        net.fc.weight.copy_(5.0 * w)
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path

@@ -56,7 +56,8 @@ def test_extractor_reference_and_data_change_the_fingerprint(parts):
     variants = [
         (cfg, dataset, dataclasses.replace(extractor, name="inception"), ref),
         (cfg, dataset, dataclasses.replace(extractor, weights_digest="v" * 64), ref),
-        (cfg, dataset, dataclasses.replace(extractor, preprocessing="resize 299 bilinear"), ref),
+        (cfg, dataset, dataclasses.replace(extractor, preprocessing="(x-128)/128"), ref),
+        (cfg, dataset, dataclasses.replace(extractor, resize="bilinear 299x299"), ref),
         (cfg, dataset, extractor, "another-reference-digest"),
         (cfg, dataclasses.replace(dataset, digest="d" * 64), extractor, ref),
         (cfg, dataclasses.replace(dataset, name="cifar10"), extractor, ref),  # another likelihood convention too
@@ -67,6 +68,6 @@ def test_extractor_reference_and_data_change_the_fingerprint(parts):
 
 def test_protocol_records_precision_tf32_and_versions(parts):
     proto = protocol(*parts, CPU)
-    assert proto["precision"] == "fp32" and proto["tf32"] is False
+    assert proto["precision"] == "fp32" and proto["tf32"] == {"features": False, "generation": False}
     assert set(proto["versions"]) == {"torch", "torch-fidelity", "torchmetrics"}
     assert proto["likelihood"]["observation"] == "bernoulli"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+
 import pytest
 import torch
 
@@ -63,10 +65,56 @@ def test_reference_features_cache_is_keyed(tmp_path, digits, monkeypatch):
     assert features.reference_features(other, digits, "train", tmp_path)[1] == d_train and calls  # recomputed
 
 
-def test_inception_extractor_is_a_clear_error_until_it_exists(tmp_path):
-    digits = load("digits")
-    with pytest.raises(features.ExtractorError, match=r"--set eval.extractor=domain"):
-        features.build_extractor("inception", digits, RECIPE, tmp_path, CPU)
+def test_inception_without_weights_offline_names_every_option(tmp_path, monkeypatch):
+    monkeypatch.delenv(features.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # an empty hub cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download offline"))
+    with pytest.raises(features.ExtractorError) as e:
+        features.build_extractor("inception", load("digits"), RECIPE, tmp_path, CPU)
+    message = str(e.value)
+    for option in (
+        "BENCH_INCEPTION_WEIGHTS=",
+        str(tmp_path / "torch-home" / "hub" / "checkpoints"),
+        "network",
+        "--set eval.extractor=domain",
+        "BENCH_OFFLINE=1",
+    ):
+        assert option in message
+
+
+def test_inception_download_failure_is_reported(tmp_path, monkeypatch):
+    monkeypatch.delenv(features.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv("BENCH_OFFLINE")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(url, dst, **kwargs):
+        assert url == features.INCEPTION_URL and dst.endswith(features.INCEPTION_FILE)
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(features.ExtractorError, match=r"the download from https://.* failed \(URLError"):
+        features.inception_weights()
+
+
+def test_inception_weights_env_must_name_a_loadable_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(features.WEIGHTS_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(features.ExtractorError, match=r"BENCH_INCEPTION_WEIGHTS=.*missing.pth is not a file"):
+        features.inception_weights()
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    monkeypatch.setenv(features.WEIGHTS_ENV, str(junk))
+    with pytest.raises(features.ExtractorError, match=r"cannot load Inception weights from .*junk.pth"):
+        features.build_extractor("inception", load("digits"), RECIPE, tmp_path, CPU)
+
+
+def test_inception_weights_from_the_hub_cache(tmp_path, monkeypatch, inception_weights):
+    monkeypatch.delenv(features.WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    hub = features.hub_inception_path()
+    assert hub == tmp_path / "hub" / "checkpoints" / features.INCEPTION_FILE
+    hub.parent.mkdir(parents=True)
+    hub.symlink_to(inception_weights)
+    assert features.inception_weights() == hub
 
 
 def test_accuracy_floors_per_dataset(tmp_path):
