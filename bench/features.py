@@ -18,8 +18,8 @@ import hashlib
 import json
 import os
 import urllib.error
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
