@@ -134,8 +134,15 @@ def list_(config_path: str) -> None:
 @click.option("--suite", required=True, help="Suite (= MLflow experiment) to report on.")
 @uri_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["final", "best"]),
+    default="final",
+    show_default=True,
+    help="Report the final checkpoint's metrics, or the best checkpoint's (lowest periodic FID in training).",
+)
 @config_option
-def report(suite: str, tracking_uri: str | None, out: str | None, config_path: str) -> None:
+def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: str, config_path: str) -> None:
     """Write the suite's leaderboard (markdown and CSV) from the tracking store."""
     _load(config_path, suite=suite)
     from bench import tracking
@@ -144,7 +151,7 @@ def report(suite: str, tracking_uri: str | None, out: str | None, config_path: s
     uri = tracking.resolve_uri(tracking_uri, _results())
     out_dir = Path(out) if out else _results() / "reports" / suite
     try:
-        paths = write_report(uri, suite, out_dir)
+        paths = write_report(uri, suite, out_dir, checkpoint)
         parent = tracking.attach_report(uri, suite, list(paths.values()))
     except tracking.TrackingError as e:
         _fail(str(e))

@@ -44,10 +44,14 @@ class TrainConfig:
     log_every: int = 50  # steps between logged training metrics
     sample_every: int = 500  # steps between sample grids
     checkpoint_every: int = 500  # steps between resumable checkpoints
+    eval_every: int = 500  # steps between cheap FIDs (domain features) for the curve and the best checkpoint; 0 = off
+    eval_samples: int = 1000  # samples per cheap FID
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every")
+        _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = no periodic evaluation), got {self.eval_every}")
         _one_of(self, "device", DEVICES)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ import torch
 
 from bench.config import EvalConfig
 from bench.data import Dataset
-from bench.features import Extractor, reference_features
+from bench.features import Extractor, Reference, reference_features
 from bench.likelihood import reconstruction_quality, vae_likelihood
-from bench.metrics import sample_metrics
+from bench.metrics import fid, sample_metrics
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Evaluation:
     fingerprint: str
     samples: torch.Tensor  # uint8 (N, C, H, W), the evaluated samples
     seconds: float
+    reference: Reference  # the reference features used, loaded from the cache or computed
 
 
 def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -39,6 +41,40 @@ def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return torch.cat([model.sample(min(batch_size, n - i), generator=g).cpu() for i in range(0, n, batch_size)])
+
+
+class PeriodicFID:
+    """The cheap evaluation during training (TrainConfig.eval_every): FID of `n` samples in the domain extractor's
+    features against the cached reference features, logged as `periodic/fid` (fewer samples than the final
+    evaluation, so biased upwards: a curve and a selection criterion, not a leaderboard number).
+
+    The lowest value so far is kept as the best checkpoint at `best_path` ({model, step, fid}); it survives a
+    resume. Model mode, parameters and every RNG are left as they were, so training is the same with or without it.
+    """
+
+    def __init__(self, extractor: Extractor, reference: dict, n: int, batch_size: int, seed: int, best_path: Path):
+        self.extractor, self.real, self.n = extractor, reference["features"], n
+        self.batch_size, self.seed, self.best_path = batch_size, seed, Path(best_path)
+        self.best_fid = math.inf
+        if self.best_path.is_file():
+            self.best_fid = torch.load(self.best_path, map_location="cpu", weights_only=True)["fid"]
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        was_training = model.training
+        device = next(model.parameters()).device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            samples = generate(model, self.n, self.batch_size, self.seed)
+        model.train(was_training)
+        value = fid(self.extractor(samples, self.batch_size)["features"], self.real)
+        if math.isfinite(value) and value < self.best_fid:
+            self.best_fid = value
+            state = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            self.best_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.best_path.with_suffix(".partial")
+            torch.save({**state, "step": step, "fid": value}, tmp)
+            tmp.replace(self.best_path)
+        return {"periodic/fid": value, "periodic/best_fid": self.best_fid}
 
 
 def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_digest: str, device) -> dict:
@@ -90,15 +126,15 @@ def fingerprint(proto: dict) -> str:
 def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path) -> Evaluation:
     start = time.perf_counter()
     device = next(model.parameters()).device
-    real, ref_digest = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
-    metrics = sample_metrics(extractor(samples, cfg.batch_size), real, cfg)
+    metrics = sample_metrics(extractor(samples, cfg.batch_size), ref.features, cfg)
     if model.family == "vae":
         test = dataset.test_images[: cfg.likelihood_images or None]
         metrics.update(vae_likelihood(model, test, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
-    proto = protocol(cfg, dataset, extractor, ref_digest, device)
-    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device)
+    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref)
 
 
 def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device) -> Evaluation:
@@ -106,16 +142,16 @@ def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache
     reference split. Its FID is the floor a perfect model can reach with this many images (train vs test), its IS
     the real data's. Same protocol and fingerprint as the models evaluated with `cfg` and `extractor`."""
     start = time.perf_counter()
-    real, ref_digest = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     other = "test" if cfg.reference_split == "train" else "train"
-    held_out, _ = reference_features(extractor, dataset, other, cache_dir, cfg.batch_size)
+    held_out = reference_features(extractor, dataset, other, cache_dir, cfg.batch_size).features
     n = min(cfg.num_samples, len(held_out["features"]))
     idx = torch.randperm(len(held_out["features"]), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-    metrics = sample_metrics({k: v[idx] for k, v in held_out.items()}, real, cfg)
+    metrics = sample_metrics({k: v[idx] for k, v in held_out.items()}, ref.features, cfg)
     metrics["real_images"] = float(n)
-    proto = protocol(cfg, dataset, extractor, ref_digest, device)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device)
     shown = dataset.split(other)[0][idx[:64]]  # a grid of the held-out images scored
-    return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start)
+    return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start, ref)
 
 
 def environment(device) -> dict:

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import urllib.error
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -276,15 +277,20 @@ def build_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir
     return EXTRACTORS[name](dataset, recipe, cache_dir, device)
 
 
-def reference_features(
-    extractor: Extractor, dataset: Dataset, split: str, cache_dir: Path, batch_size: int = 500
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Features of a real split, computed once per (dataset digest, split, extractor, weights, preprocessing).
+@dataclass
+class Reference:
+    """Features of a real split and where they came from."""
 
-    Returns the features and their digest (logged in the protocol). The key is stored in the file and checked on
-    load, so a cache file can never be used for another key.
-    """
-    key = {
+    features: dict[str, torch.Tensor]  # {"features": float64 (N, d), "logits": float64 (N, K)}
+    digest: str  # sha256 of the features: the protocol's reference statistics digest
+    cached: bool  # loaded from the cache (True) or computed now (False)
+    seconds: float  # time to load or compute them
+    path: Path
+
+
+def reference_key(extractor: Extractor, dataset: Dataset, split: str) -> dict:
+    """Everything the reference features depend on; stored inside the cache file and hashed into its name."""
+    return {
         "dataset": dataset.name,
         "dataset_digest": dataset.digest,
         "split": split,
@@ -293,20 +299,41 @@ def reference_features(
         "preprocessing": extractor.preprocessing,
         "resize": extractor.resize,
     }
+
+
+def reference_features(
+    extractor: Extractor, dataset: Dataset, split: str, cache_dir: Path, batch_size: int = 500
+) -> Reference:
+    """Features of a real split, computed once per (dataset digest, split, extractor, weights, preprocessing,
+    resize) and kept under `cache_dir` as ref-<dataset>-<split>-<extractor>-<key hash>.pt.
+
+    The full key is stored in the file and compared on load, so a file can never serve another key (a stale or
+    colliding file is recomputed and replaced). Features are stored as float32 when that is lossless (both
+    extractors compute in fp32), which halves the file; they are returned as float64.
+    """
+    start = time.perf_counter()
+    key = reference_key(extractor, dataset, split)
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"ref-{dataset.name}-{split}-{extractor.name}-{key_hash}.pt"
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("key") == key:
-            return saved["features"], saved["digest"]
+            feats = {name: value.double() for name, value in saved["features"].items()}
+            return Reference(feats, saved["digest"], True, time.perf_counter() - start, path)
     images, _ = dataset.split(split)
-    features = extractor(images, batch_size)
+    feats = extractor(images, batch_size)
     h = hashlib.sha256()
-    for name in sorted(features):
-        h.update(features[name].numpy().tobytes())
+    for name in sorted(feats):
+        h.update(feats[name].numpy().tobytes())
     digest = h.hexdigest()
+    stored = {name: _compact(value) for name, value in feats.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".partial")
-    torch.save({"key": key, "features": features, "digest": digest}, tmp)
+    torch.save({"key": key, "features": stored, "digest": digest}, tmp)
     tmp.replace(path)
-    return features, digest
+    return Reference(feats, digest, False, time.perf_counter() - start, path)
+
+
+def _compact(values: torch.Tensor) -> torch.Tensor:
+    single = values.float()
+    return single if torch.equal(single.double(), values) else values

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import tracking
+from bench.tracking import REAL_MODEL
 
 # metric name → (column label, higher is better (None: descriptive, never "best"), decimals)
 METRICS: dict[str, tuple[str, bool | None, int]] = {
@@ -49,7 +50,16 @@ def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     return done.drop_duplicates("bench.cell", keep="last")
 
 
-def build(runs: pd.DataFrame) -> list[Section]:
+CHECKPOINTS = {
+    "final": "the final checkpoint (the last training step)",
+    "best": "the best checkpoint (lowest periodic FID during training; best/<metric> in MLflow)",
+}
+
+
+def build(runs: pd.DataFrame, checkpoint: str = "final") -> list[Section]:
+    """Sections of the leaderboard; `checkpoint` picks the final metrics or those of the best checkpoint."""
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     runs = latest_finished(runs)
     sections = []
     if runs.empty:
@@ -59,13 +69,17 @@ def build(runs: pd.DataFrame) -> list[Section]:
         for (model, variant), cell_runs in group.groupby(["bench.model", "bench.variant"], sort=True):
             row = {
                 "model": model,
+                "best_steps": _steps(cell_runs) if checkpoint == "best" else "",
                 "family": cell_runs["bench.family"].iloc[0],
                 "variant": variant,
                 "n": len(cell_runs),
                 "seeds": ",".join(sorted(cell_runs["bench.seed"].astype(str))),
             }
+            # the real-data row has no checkpoints: the same numbers under either choice
+            prefix = "best/" if checkpoint == "best" and model != REAL_MODEL else ""
             for m in METRICS:
-                values = pd.to_numeric(cell_runs.get(f"metrics.{m}", pd.Series(dtype=float)), errors="coerce").dropna()
+                column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
+                values = pd.to_numeric(column, errors="coerce").dropna()
                 row[f"{m}_mean"] = values.mean() if len(values) else math.nan
                 row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             rows.append(row)
@@ -96,6 +110,11 @@ def build(runs: pd.DataFrame) -> list[Section]:
     return sections
 
 
+def _steps(cell_runs: pd.DataFrame) -> str:
+    steps = pd.to_numeric(cell_runs.get("metrics.best/step", pd.Series(dtype=float)), errors="coerce").dropna()
+    return ",".join(str(int(s)) for s in steps)
+
+
 def _describe(run: pd.Series) -> str:
     def p(key: str) -> str:
         return str(run.get(f"params.{key}", "?"))
@@ -121,8 +140,8 @@ def _best(table: pd.DataFrame, metric: str) -> int | None:
     return int(values.idxmax() if METRICS[metric][1] else values.idxmin())
 
 
-def to_markdown(suite: str, sections: list[Section], failed: int = 0) -> str:
-    lines = [f"# Leaderboard — suite `{suite}`", ""]
+def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint: str = "final") -> str:
+    lines = [f"# Leaderboard — suite `{suite}`", "", f"Metrics of {CHECKPOINTS[checkpoint]}.", ""]
     if not sections:
         lines.append(f"No finished runs in experiment `{suite}` yet: run `bench run --suite {suite}` first.")
     lines += [
@@ -133,14 +152,15 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0) -> str:
     for s in sections:
         metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
         lines += [f"## {s.dataset} — protocol `{s.protocol}`", "", s.description, ""]
-        header = ["rank", "model", "n"] + [METRICS[m][0] for m in metrics]
+        steps = checkpoint == "best"
+        header = ["rank", "model", "n"] + (["best step"] if steps else []) + [METRICS[m][0] for m in metrics]
         lines += [
             "| " + " | ".join(header) + " |",
-            "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * len(metrics)) + "|",
+            "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * (len(metrics) + steps)) + "|",
         ]
         best = {m: _best(s.table, m) for m in metrics}
         for i, row in s.table.iterrows():
-            cells = [str(row["rank"]), row["label"], str(row["n"])]
+            cells = [str(row["rank"]), row["label"], str(row["n"])] + ([row["best_steps"]] if steps else [])
             for m in metrics:
                 text = _cell(row[f"{m}_mean"], row[f"{m}_std"], METRICS[m][2])
                 cells.append(f"**{text}**" if best[m] == i and text and len(s.table) > 1 else text)
@@ -161,10 +181,10 @@ def to_csv_frame(sections: list[Section]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def write_report(uri: str, suite: str, out: Path) -> dict[str, Path]:
+def write_report(uri: str, suite: str, out: Path, checkpoint: str = "final") -> dict[str, Path]:
     """Write leaderboard.md and leaderboard.csv for the suite's experiment; returns their paths."""
     runs = tracking.load_runs(uri, suite)
-    sections = build(runs)
+    sections = build(runs, checkpoint)
     failed = 0
     if not runs.empty:  # cells whose runs all failed (a failure later re-run successfully is not counted)
         failed = len(
@@ -174,6 +194,6 @@ def write_report(uri: str, suite: str, out: Path) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "leaderboard.md", "csv": out / "leaderboard.csv"}
-    paths["markdown"].write_text(to_markdown(suite, sections, failed))
+    paths["markdown"].write_text(to_markdown(suite, sections, failed, checkpoint))
     to_csv_frame(sections).to_csv(paths["csv"], index=False)
     return paths

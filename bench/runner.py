@@ -4,6 +4,7 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import tempfile
@@ -22,7 +23,7 @@ from bench import tracking
 from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
-from bench.evaluate import environment, evaluate, evaluate_real, fingerprint, protocol
+from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fingerprint, protocol
 from bench.executors import EXECUTORS
 from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
@@ -93,6 +94,11 @@ def run_suite(
         if "test_accuracy" in ex.info:
             echo(f"  test accuracy {ex.info['test_accuracy']:.4f}")
         _check_sample_counts(suite.eval, datasets[name], ex)
+        if suite.train.eval_every and suite.eval.extractor != "domain":  # the periodic FID uses domain features
+            echo(f"feature extractor domain for {name} (periodic evaluation during training) ...")
+            extractors[(name, "domain")] = build_extractor(
+                "domain", datasets[name], config.domain, results / "cache", device
+            )
         if ex.name == "inception" and device.type == "cpu":
             echo(
                 f"  note: Inception runs at ~8 images/s on a 2-core CPU (the 299x299 resize): "
@@ -148,7 +154,7 @@ def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:
         )
 
 
-REAL_MODEL = "real-data"  # the bench.model of the reference rows; bench.family "real"
+REAL_MODEL = tracking.REAL_MODEL
 
 
 def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
@@ -157,8 +163,12 @@ def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
     the suite goes on."""
     extractor = ctx.extractors[(dataset.name, suite.eval.extractor)]
     cache = ctx.results / "cache"
-    _, ref_digest = reference_features(extractor, dataset, suite.eval.reference_split, cache, suite.eval.batch_size)
-    proto_fingerprint = fingerprint(protocol(suite.eval, dataset, extractor, ref_digest, ctx.device))
+    ref = reference_features(extractor, dataset, suite.eval.reference_split, cache, suite.eval.batch_size)
+    ctx.echo(
+        f"reference features of {dataset.name}/{suite.eval.reference_split}: "
+        f"{'loaded from the cache' if ref.cached else 'computed'} in {ref.seconds:.1f}s ({ref.path.name})"
+    )
+    proto_fingerprint = fingerprint(protocol(suite.eval, dataset, extractor, ref.digest, ctx.device))
     key = hashlib.sha256(f"real|{dataset.digest}|{proto_fingerprint}".encode()).hexdigest()[:16]
     if key in ctx.finished:  # decided before any metric is computed: a re-run costs one cached feature load
         return
@@ -261,6 +271,16 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     model = baselines.build(cell.model, cell.model_config, dataset.image_shape, dataset.observation).to(ctx.device)
     images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
     checkpoint = ctx.results / "checkpoints" / key / "last.pt"
+    best_path = checkpoint.with_name("best.pt")
+    if not checkpoint.is_file():
+        best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
+    evaluator = None
+    if cell.train.eval_every:
+        domain = ctx.extractors[(cell.dataset, "domain")]
+        ref = reference_features(domain, dataset, cell.eval.reference_split, ctx.results / "cache")
+        evaluator = PeriodicFID(
+            domain, ref.features, cell.train.eval_samples, cell.eval.batch_size, cell.eval.seed, best_path
+        )
     logger = _CellLogger(run)
     result = train(
         model,
@@ -271,11 +291,12 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
         checkpoint=checkpoint,
         config=cell_dict,
         progress=ctx.progress,
+        evaluator=evaluator,
     )
     if result.resumed_from:
         run.set_tags({"bench.resumed_from_step": result.resumed_from})
 
-    ctx.echo("    evaluating ...")
+    ctx.echo("    evaluating the final checkpoint ...")
     extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
     ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache")
     metrics = dict(ev.metrics)
@@ -283,6 +304,8 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
         {
             "time/train_s": result.seconds,
             "time/eval_s": ev.seconds,
+            "time/eval_reference_s": ev.reference.seconds,
+            "eval/reference_cached": float(ev.reference.cached),
             "throughput/train_images_per_s": result.images_per_s,
             "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan")),
         }
@@ -300,9 +323,41 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
         final = Path(tmp) / "final.pt"
         torch.save({"model": model.state_dict(), "config": cell_dict, "step": result.steps}, final)
         run.log_file(final, "checkpoints")
-    checkpoint.unlink(missing_ok=True)  # the finished run holds the final checkpoint
+    if best_path.is_file():
+        metrics.update(_evaluate_best(model, best_path, result.steps, ev, dataset, cell, extractor, ctx, run))
+        best_path.unlink()
+    checkpoint.unlink(missing_ok=True)  # the finished run holds the final and best checkpoints
+    if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
+        checkpoint.parent.rmdir()
     metrics["time/tracking_s"] = run.seconds  # every MLflow call of the cell so far, artifacts included
     run.log_metrics({"time/tracking_s": metrics["time/tracking_s"]}, step=result.steps)
+    return metrics
+
+
+def _evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell, extractor, ctx, run) -> dict:
+    """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
+    the best is the final step, the final evaluation is reused rather than repeated."""
+    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    if state["step"] == final_step:
+        ev = final
+    else:
+        ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
+        best_model = copy.deepcopy(model)
+        best_model.load_state_dict(state["model"])
+        ev = evaluate(best_model, dataset, cell.eval, extractor, ctx.results / "cache")
+        if ev.fingerprint != final.fingerprint:  # same cfg and extractor: cannot differ unless the cache changed
+            raise RuntimeError("the best checkpoint was evaluated under another protocol than the final one")
+    metrics = {f"best/{k}": v for k, v in ev.metrics.items()}
+    metrics.update(
+        {
+            "best/step": state["step"],
+            "best/periodic_fid": state["fid"],
+            "time/eval_best_s": 0.0 if ev is final else ev.seconds,
+        }
+    )
+    run.log_metrics(metrics, step=final_step)
+    run.log_image(_grid(ev.samples[:64]), "samples/best.png")
+    run.log_file(best_path, "checkpoints")
     return metrics
 
 

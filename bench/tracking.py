@@ -23,6 +23,8 @@ import pandas as pd
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 CELL_TAG = "bench.cell"
 
+REAL_MODEL = "real-data"  # bench.model of the real-data reference runs (bench.family "real")
+
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which store and what to do."""

@@ -27,6 +27,13 @@ class TrainLogger(Protocol):
     def log_samples(self, images: torch.Tensor, step: int) -> None: ...
 
 
+class PeriodicEvaluator(Protocol):
+    """Called every cfg.eval_every steps and at the last step; returns metrics to log at that step. It must leave
+    the model's parameters, mode and every RNG as it found them (training is identical with or without it)."""
+
+    def __call__(self, model, step: int) -> dict[str, float]: ...
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -36,9 +43,18 @@ class TrainResult:
     resumed_from: int  # 0 unless resumed from a checkpoint
 
 
-def save_checkpoint(path: Path, model, optimizers: dict, step: int, batch_rng: torch.Generator, config: dict) -> None:
-    """A plain dict {model, optimizers, config, step, rng}, written atomically."""
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizers: dict,
+    step: int,
+    batch_rng: torch.Generator,
+    config: dict,
+    train_seconds: float = 0.0,
+) -> None:
+    """A plain dict {model, optimizers, config, step, rng, train_seconds}, written atomically."""
     state = {
+        "train_seconds": train_seconds,  # training wall time up to this step, over every resume
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "config": config,
@@ -65,23 +81,26 @@ def train(
     checkpoint: Path | None = None,
     config: dict | None = None,
     progress: bool = True,
+    evaluator: PeriodicEvaluator | None = None,
 ) -> TrainResult:
     """Train `model` for cfg.steps on uint8 `images` (N, C, H, W), already on the model's device.
 
     If `checkpoint` exists, training resumes from it (model, optimisers, step and RNG state); checkpoints are
-    written there every cfg.checkpoint_every steps and at the end.
+    written there every cfg.checkpoint_every steps and at the end. `evaluator` runs every cfg.eval_every steps and
+    at the end; its time is excluded from the training time and throughput, and `periodic/train_s` (training
+    seconds so far in this process) is logged with it for curves over wall-clock.
     """
     device = images.device
     optimizers = model.optimizers()
     batch_rng = torch.Generator().manual_seed(seed)  # batch indices are drawn on the CPU: same batches on any device
     torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
-    step = 0
+    step, before = 0, 0.0  # before: training seconds of earlier processes (resumes)
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
-        step = state["step"]
+        step, before = state["step"], state.get("train_seconds", 0.0)
         torch.set_rng_state(state["rng"]["torch"])
         batch_rng.set_state(state["rng"]["batches"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -92,6 +111,7 @@ def train(
     running: dict[str, float] = defaultdict(float)
     count, last = 0, {}
     start = time.perf_counter()
+    eval_seconds = 0.0
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -123,10 +143,17 @@ def train(
             count = 0
         if step % cfg.sample_every == 0 or final:
             logger.log_samples(sample_grid(model, seed), step)
+        if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or final):
+            t = time.perf_counter()
+            trained = t - start - eval_seconds
+            logs = evaluator(model, step)
+            eval_seconds += time.perf_counter() - t
+            logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
-            save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {})
+            trained = time.perf_counter() - start - eval_seconds
+            save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - eval_seconds
     done = step - resumed_from
     images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
     return TrainResult(step, seconds, images_per_s, last, resumed_from)

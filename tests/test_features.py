@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import urllib.error
 
 import pytest
@@ -54,15 +55,52 @@ def test_features_are_standardised_on_the_training_split(tmp_path, digits):
 
 def test_reference_features_cache_is_keyed(tmp_path, digits, monkeypatch):
     ex = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
-    train, d_train = features.reference_features(ex, digits, "train", tmp_path)
-    test, d_test = features.reference_features(ex, digits, "test", tmp_path)
-    assert len(train["features"]) == 1437 and len(test["features"]) == 360 and d_train != d_test
+    train = features.reference_features(ex, digits, "train", tmp_path)
+    test = features.reference_features(ex, digits, "test", tmp_path)
+    assert not train.cached and not test.cached
+    assert len(train.features["features"]) == 1437 and len(test.features["features"]) == 360
+    assert train.digest != test.digest and train.path != test.path
+    saved = torch.load(train.path, weights_only=True)
+    assert saved["key"] == features.reference_key(ex, digits, "train")  # the key is inside the file
+    assert saved["features"]["features"].dtype == torch.float32  # fp32 features stored losslessly as fp32
     calls = []
     original = ex.__call__
     monkeypatch.setattr(features.Extractor, "__call__", lambda self, *a, **k: calls.append(1) or original(*a, **k))
-    assert features.reference_features(ex, digits, "train", tmp_path)[1] == d_train and not calls  # a hit
-    other = features.Extractor(ex.name, "another-digest", ex.preprocessing, ex.net, ex.info)
-    assert features.reference_features(other, digits, "train", tmp_path)[1] == d_train and calls  # recomputed
+    hit = features.reference_features(ex, digits, "train", tmp_path)
+    assert hit.cached and not calls and hit.digest == train.digest
+    for name, value in train.features.items():
+        assert hit.features[name].dtype == torch.float64 and torch.equal(hit.features[name], value)
+
+    # every part of the key leads to another file, recomputed: a stale hit is impossible by construction
+    variants = {
+        "weights": (dataclasses.replace(ex, weights_digest="another-digest"), digits, "train"),
+        "preprocessing": (dataclasses.replace(ex, preprocessing="x/127.5-1"), digits, "train"),
+        "resize": (dataclasses.replace(ex, resize="bilinear 32x32"), digits, "train"),
+        "extractor": (dataclasses.replace(ex, name="other"), digits, "train"),
+        "dataset digest": (ex, dataclasses.replace(digits, digest="0" * 64), "train"),
+        "split": (ex, digits, "test"),
+    }
+    paths = {train.path}
+    for part, args in variants.items():
+        calls.clear()
+        ref = features.reference_features(*args, tmp_path)
+        if part != "split":
+            assert not ref.cached and calls, f"{part}: served from the cache"
+        paths.add(ref.path)
+    assert len(paths) == len(variants) + 1
+
+
+def test_a_colliding_cache_file_is_never_served(tmp_path, digits):
+    """A file under the right name whose stored key differs (a hash collision, a hand-copied file) is recomputed."""
+    ex = features.domain_extractor(digits, RECIPE, tmp_path, CPU)
+    first = features.reference_features(ex, digits, "test", tmp_path)
+    saved = torch.load(first.path, weights_only=True)
+    saved["key"]["dataset_digest"] = "forged"
+    saved["features"]["features"] += 1.0
+    torch.save(saved, first.path)
+    again = features.reference_features(ex, digits, "test", tmp_path)
+    assert not again.cached and again.digest == first.digest
+    assert torch.equal(again.features["features"], first.features["features"])
 
 
 def test_inception_without_weights_offline_names_every_option(tmp_path, monkeypatch):

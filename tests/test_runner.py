@@ -75,6 +75,60 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
     assert runs["params.train.steps"].eq("20").all() and runs["params.model.latent_dim"].notna().all()
 
 
+def test_best_equals_final_when_the_last_periodic_fid_is_lowest(quick_run):
+    """The tiny config evaluates periodically only at its last step (eval_every 500 > 20 steps): best = final, and
+    the final evaluation is reused, not repeated."""
+    runs = child_runs(quick_run["uri"])
+    assert runs["metrics.best/step"].eq(20).all() and runs["metrics.time/eval_best_s"].eq(0).all()
+    for m in SAMPLE_METRICS:
+        assert runs[f"metrics.best/{m}"].equals(runs[f"metrics.{m}"]), m
+    assert runs["metrics.periodic/fid"].gt(0).all()
+    assert not any((quick_run["results"] / "checkpoints").iterdir())  # no checkpoints left behind
+
+
+def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
+    """Periodic FIDs 5, 2, 3, 4 at steps 5, 10, 15, 20: the step-10 checkpoint is the best one. Its best/* metrics
+    must equal a full evaluation of the logged best.pt, and differ from the final ones."""
+    import torch
+
+    from bench import evaluate as evaluate_mod
+    from bench.evaluate import evaluate
+    from bench.features import build_extractor
+
+    values = iter([5.0, 2.0, 3.0, 4.0])
+    monkeypatch.setattr(evaluate_mod, "fid", lambda generated, real: next(values))  # the periodic FID only
+    cfg = tiny_config("models=['gan-mlp']", "seeds=[0]", "train.eval_every=5")
+    run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lambda line: None)
+    run = child_runs(tracking.default_uri(tmp_path)).iloc[0]
+    assert run["metrics.best/step"] == 10 and run["metrics.best/periodic_fid"] == 2.0
+    assert run["metrics.periodic/fid"] == 4.0  # the last value of the curve
+    client = mlflow.MlflowClient(tracking.default_uri(tmp_path))
+    curve = client.get_metric_history(run["run_id"], "periodic/fid")
+    assert [(m.step, m.value) for m in curve] == [(5, 5.0), (10, 2.0), (15, 3.0), (20, 4.0)]
+    assert {a.path for a in client.list_artifacts(run["run_id"], "checkpoints")} == {
+        "checkpoints/best.pt",
+        "checkpoints/final.pt",
+    }
+    assert "samples/best.png" in {a.path for a in client.list_artifacts(run["run_id"], "samples")}
+    best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt"), weights_only=True)
+    assert best["step"] == 10
+    suite = cfg.suite("quick")
+    model = baselines.build("gan-mlp", cfg.models["gan-mlp"], (1, 28, 28))
+    model.load_state_dict(best["model"])
+    from bench.data import load
+
+    digits = load("digits")
+    extractor = build_extractor("domain", digits, cfg.domain, tmp_path / "cache", torch.device("cpu"))
+    again = evaluate(model, digits, suite.eval, extractor, tmp_path / "cache")
+    for m in SAMPLE_METRICS:
+        assert run[f"metrics.best/{m}"] == pytest.approx(again.metrics[m], rel=1e-9), m
+    assert run["metrics.best/fid"] != run["metrics.fid"]
+    md = report.write_report(tracking.default_uri(tmp_path), "quick", tmp_path / "r", checkpoint="best")["markdown"]
+    text = md.read_text()
+    assert "Metrics of the best checkpoint" in text and "| best step |" in text
+    assert f"{run['metrics.best/fid']:.2f}" in text and f"{run['metrics.fid']:.2f}" not in text.split("| gan-mlp")[1]
+
+
 def test_artifacts_inputs_and_step_metrics(quick_run):
     client = mlflow.MlflowClient(quick_run["uri"])
     runs = child_runs(quick_run["uri"])

@@ -51,7 +51,7 @@ def test_logs_samples_and_checkpoints_on_schedule(tmp_path):
     assert set(rec.metrics[0][1]) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert rec.samples[0][1].shape == (64, 1, 28, 28) and rec.samples[0][1].dtype == torch.uint8
     state = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert state["step"] == 5 and set(state) == {"model", "optimizers", "config", "step", "rng"}
+    assert state["step"] == 5 and set(state) == {"model", "optimizers", "config", "step", "rng", "train_seconds"}
     assert result.steps == 5 and result.images_per_s > 0
 
 
@@ -121,3 +121,39 @@ def test_a_step_hands_n_critic_real_batches_to_models_that_ask():
     result = train(model, IMAGES, TrainConfig(steps=3, batch_size=4), seed=0, logger=Recorder(), progress=False)
     assert model.seen == [(20, 1, 28, 28)] * 3  # 5 batches of 4 per generator step
     assert result.images_per_s == pytest.approx(3 * 20 / result.seconds)
+
+
+@pytest.mark.parametrize("name", ["dcgan", "conv-vae"])  # batch norm (mode switching) and a VAE's sampling noise
+def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
+    """The evaluator samples from the model between steps; the trained weights must be bit-identical without it."""
+    from bench.evaluate import PeriodicFID
+    from bench.features import Extractor
+
+    class Flat(torch.nn.Module):  # a stand-in extractor: 16 fixed random projections of the pixels
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(28 * 28, 16, generator=torch.Generator().manual_seed(1)))
+
+        def forward(self, x):
+            f = (x.flatten(1).float() / 255.0) @ self.w
+            return {"features": f, "logits": f[:, :4]}
+
+    extractor = Extractor("flat", "-", "-", Flat(), {}, feature_dim=16)
+    reference = extractor(IMAGES)
+    cfg = TrainConfig(steps=6, batch_size=8, log_every=2, sample_every=6, checkpoint_every=6, eval_every=2)
+    plain, watched = fresh(name), fresh(name)
+    train(plain, IMAGES, cfg, seed=1, logger=Recorder(), progress=False)
+    rec = Recorder()
+    evaluator = PeriodicFID(extractor, reference, 40, 16, 0, tmp_path / "best.pt")
+    train(watched, IMAGES, cfg, seed=1, logger=rec, progress=False, evaluator=evaluator)
+    assert torch.equal(params(plain), params(watched)) and watched.training
+    periodic = [(step, m) for step, m in rec.metrics if "periodic/fid" in m]
+    assert [step for step, _ in periodic] == [2, 4, 6]
+    fids = [m["periodic/fid"] for _, m in periodic]
+    assert all(f > 0 for f in fids) and periodic[-1][1]["periodic/best_fid"] == min(fids)
+    seconds = [m["periodic/train_s"] for _, m in periodic]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["fid"] == min(fids) and best["step"] == [2, 4, 6][fids.index(min(fids))]
+    # a resumed run's evaluator starts from the saved best, so a worse later checkpoint never replaces it
+    assert PeriodicFID(extractor, reference, 40, 16, 0, tmp_path / "best.pt").best_fid == min(fids)
