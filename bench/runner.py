@@ -193,7 +193,14 @@ def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
     )
     run.log_params(flatten({"eval": dataclasses.asdict(suite.eval)}))
     run.log_dict(ev.protocol, "protocol.json")
-    run.log_metrics({**ev.metrics, "time/eval_s": ev.seconds})
+    run.log_metrics(
+        {
+            **ev.metrics,
+            "time/eval_s": ev.seconds,
+            "time/eval_reference_s": ref.seconds,  # the first use of a reference: usually where it is computed
+            "eval/reference_cached": float(ref.cached),
+        }
+    )
     run.log_image(_grid(ev.samples), "samples/final.png")
     run.end("FINISHED")
     ctx.echo(
