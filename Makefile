@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: run test lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +22,17 @@ run: $(STAMP)
 	$(BIN)/bench run --suite quick
 	$(BIN)/bench report --suite quick
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The browser tests drive Debian's headless Chromium through its chromedriver; install both when missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  echo "installing Chromium for the browser tests: apt-get install chromium chromium-driver ..."; \
+	  $(APT) install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { $(APT) update -q >/dev/null 2>&1 && $(APT) install -y -q chromium chromium-driver >/dev/null 2>&1; } || \
+	  { echo "could not install Chromium: install the chromium and chromium-driver packages, then make test"; exit 1; }; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check bench baselines tests

@@ -143,21 +143,25 @@ def list_(config_path: str) -> None:
 )
 @config_option
 def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: str, config_path: str) -> None:
-    """Write the suite's leaderboard (markdown and CSV) from the tracking store."""
-    _load(config_path, suite=suite)
+    """Write the suite's leaderboard (markdown, HTML, CSV and figures) from the tracking store."""
+    cfg = _load(config_path, suite=suite)
     from bench import tracking
     from bench.report import write_report
 
     uri = tracking.resolve_uri(tracking_uri, _results())
     out_dir = Path(out) if out else _results() / "reports" / suite
     try:
-        paths = write_report(uri, suite, out_dir, checkpoint)
-        parent = tracking.attach_report(uri, suite, list(paths.values()))
+        paths = write_report(uri, suite, out_dir, checkpoint, cfg.references)
+        parent = tracking.attach_report(uri, suite, list(paths.values()), root=out_dir)
     except tracking.TrackingError as e:
         _fail(str(e))
     click.echo(paths["markdown"].read_text())
-    for path in paths.values():
-        click.echo(f"wrote {path}")
+    for name, path in paths.items():
+        if not name.startswith("figure:"):
+            click.echo(f"wrote {path}")
+    figures = [p for name, p in paths.items() if name.startswith("figure:")]
+    if figures:
+        click.echo(f"wrote {len(figures)} figures to {figures[0].parent}")
     if parent:
         click.echo(f"attached to parent run {parent}")
 

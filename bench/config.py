@@ -142,12 +142,38 @@ class SuiteConfig:
                 raise ValueError(f"{key} has duplicates: {list(values)}")
 
 
+REFERENCE_METRICS = ("fid", "kid_mean", "is_mean", "precision", "recall", "elbo", "nll_iwae", "bits_per_dim")
+
+
+@dataclass(frozen=True)
+class PublishedReference:
+    """A published number shown beside genbench's rows ([[references]] in bench.toml): never ranked, always cited."""
+
+    dataset: str
+    model: str  # as the paper names it
+    metric: str  # a genbench metric name: the row shows in that column
+    value: float
+    protocol: str  # how the paper measured it, in words
+    citation: str
+    std: float | None = None  # the paper's spread, if it gives one
+    extractor: str = ""  # for sample metrics: only beside tables with this extractor ("" = any)
+
+    def __post_init__(self) -> None:
+        _one_of(self, "metric", REFERENCE_METRICS)
+        if self.extractor:
+            _one_of(self, "extractor", EXTRACTORS)
+        for key in ("model", "protocol", "citation"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} must not be empty")
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     path: Path
     suites: dict[str, SuiteConfig]
     models: dict[str, Any]  # model name -> that model's Config instance
     domain: DomainConfig
+    references: tuple[PublishedReference, ...] = ()
 
     def suite(self, name: str) -> SuiteConfig:
         if name not in self.suites:
@@ -268,7 +294,7 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     from baselines import MODELS  # the registry knows each model's Config dataclass
     from bench.data import DATASETS
 
-    _check_keys(raw, {"suites", "models", "features"}, origin, "top level")
+    _check_keys(raw, {"suites", "models", "features", "references"}, origin, "top level")
     model_tables = _table(raw, "models", origin, "models")
     for name in model_tables:
         if name not in MODELS:
@@ -306,7 +332,19 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
         suites[name] = suite
     if not suites:
         raise ConfigError(f"{origin}: no [suites.NAME] table; define at least one suite")
-    return BenchConfig(path=path, suites=suites, models=models, domain=domain)
+    entries = raw.get("references", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{origin}: references must be an array of tables ([[references]])")
+    references = tuple(
+        _build(PublishedReference, entry, origin, f"references #{i + 1}") for i, entry in enumerate(entries)
+    )
+    for i, ref in enumerate(references):
+        if ref.dataset not in DATASETS:
+            raise ConfigError(
+                f"{origin}: [references #{i + 1}] dataset: unknown dataset {ref.dataset!r}; "
+                f"known: {', '.join(DATASETS)}"
+            )
+    return BenchConfig(path=path, suites=suites, models=models, domain=domain, references=references)
 
 
 def _table(raw: dict, key: str, origin: str, where: str) -> dict:

@@ -23,6 +23,8 @@ import pandas as pd
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 CELL_TAG = "bench.cell"
 
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model-training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 REAL_MODEL = "real-data"  # bench.model of the real-data reference runs (bench.family "real")
 
 
@@ -69,6 +71,8 @@ class Tracker:
                         f"UI or `mlflow gc` it first"
                     )
                 self.experiment_id = exp.experiment_id
+            if exp is None or exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         except TrackingError:
             raise
         except Exception as e:
@@ -201,8 +205,32 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
-    """Attach report files to the experiment's most recent parent run; returns its id (None if there is none)."""
+def metric_histories(uri: str, run_ids: list[str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Every logged value of `keys` for the runs: columns run_id, key, step, value, timestamp (ms)."""
+    client = _client(uri)
+    rows = [
+        {"run_id": run_id, "key": key, "step": m.step, "value": m.value, "timestamp": m.timestamp}
+        for run_id in run_ids
+        for key in keys
+        for m in client.get_metric_history(run_id, key)
+    ]
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+
+
+def download_artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
+    """A run's artifact copied under `dst`; None when the run has no such artifact."""
+    client = _client(uri)
+    parent = str(Path(path).parent)
+    names = {a.path for a in client.list_artifacts(run_id, None if parent == "." else parent)}
+    if path not in names:
+        return None
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dst)))
+
+
+def attach_report(uri: str, experiment: str, files: list[Path], root: Path | None = None) -> str | None:
+    """Attach report files to the experiment's most recent parent run, under report/ (keeping their path relative
+    to `root`, e.g. report/figures/); returns the run id (None if there is none)."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -213,7 +241,8 @@ def attach_report(uri: str, experiment: str, files: list[Path]) -> str | None:
     if not parents:
         return None
     for f in files:
-        client.log_artifact(parents[0].info.run_id, str(f), "report")
+        sub = Path(f).parent.relative_to(root) if root is not None else Path(".")
+        client.log_artifact(parents[0].info.run_id, str(f), str(Path("report") / sub) if str(sub) != "." else "report")
     return parents[0].info.run_id
 
 

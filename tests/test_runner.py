@@ -179,6 +179,62 @@ def test_report_from_the_store(quick_run, tmp_path):
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
     assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
     assert pd.isna(row["elbo_mean"])
+    # figures: FID curves, the sample panel, the VAE likelihood chart; linked from the markdown
+    figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))
+    assert figures == ["fid.png", "likelihood.png", "samples.png"]
+    for name, p in paths.items():
+        if name.startswith("figure:"):
+            assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" and f"(figures/{p.name})" in md
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3 and "http://" not in page and "https://" not in page
+    assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
+
+
+def test_published_references_only_where_dataset_metric_and_extractor_match(quick_run):
+    from bench.config import PublishedReference
+
+    def ref(**kw):
+        base = dict(dataset="digits", model="paper GAN", metric="fid", value=0.5, protocol="p", citation="c")
+        return PublishedReference(**{**base, **kw})
+
+    shown = [ref(extractor="domain", std=0.1), ref(model="paper VAE", metric="nll_iwae", value=1.0)]
+    hidden = [ref(extractor="inception"), ref(dataset="mnist")]
+    (section,) = report.build(report.tracking.load_runs(quick_run["uri"], "quick"), references=tuple(shown + hidden))
+    table = section.table
+    published = table[table["family"] == "published"]
+    assert list(published["model"]) == ["paper GAN", "paper VAE"]
+    assert (published["rank"] == "—").all()
+    ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
+    assert sorted(ranks) == ["1", "2"]  # ours are ranked among themselves only
+    # better than every model, yet never "best in column"
+    assert report._best(table, "fid") not in published.index and report._best(table, "nll_iwae") not in published.index
+    md = report.to_markdown("quick", [section])
+    assert "| — | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
+
+
+def test_references_config_errors(tmp_path):
+    from tests.conftest import BENCH_TOML
+
+    base = BENCH_TOML.read_text()
+    cases = {
+        'metric = "fidd"': "metric must be one of",
+        'dataset = "svhn"': "unknown dataset 'svhn'",
+        'value = "six"': "value must be a number",
+    }
+    good = (
+        '[[references]]\ndataset = "mnist"\nmodel = "m"\nmetric = "fid"\nvalue = 6.8\nprotocol = "p"\ncitation = "c"\n'
+    )
+    from bench import config
+
+    (tmp_path / "good.toml").write_text(base + good)
+    assert config.load(tmp_path / "good.toml").references[-1].value == 6.8
+    for change, message in cases.items():
+        key = change.split(" = ")[0]
+        lines = [change if line.startswith(f"{key} =") else line for line in good.splitlines()]
+        path = tmp_path / "bench.toml"
+        path.write_text(base + "\n".join(lines) + "\n")
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(path)
 
 
 def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):

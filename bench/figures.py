@@ -1,0 +1,117 @@
+"""Report figures (matplotlib, PNG): FID over training steps and wall-clock, sample grids, VAE likelihoods.
+
+Pure plotting on data the report has already read from MLflow (bench.tracking); never imports torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+GRID_PADDING = 2  # bench.runner._grid: make_grid(padding=2), 8 images per row
+GRID_COLUMNS = 8
+DPI = 110
+
+
+def fid_curves(histories: pd.DataFrame, models: dict[str, str], title: str, path: Path) -> Path | None:
+    """Periodic FID against training step (left) and training wall-clock (right): a line per model (mean over
+    seeds) and a band from the lowest to the highest seed. `histories` has run_id, key, step, value for the keys
+    periodic/fid and periodic/train_s; `models` maps run_id → model label. None when nothing was logged."""
+    if histories.empty or not (histories["key"] == "periodic/fid").any():
+        return None
+    wide = histories.pivot_table(index=["run_id", "step"], columns="key", values="value").reset_index()
+    wide["model"] = wide["run_id"].map(models)
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for i, (model, group) in enumerate(sorted(wide.groupby("model"), key=lambda kv: kv[0])):
+        colour = f"C{i % 10}"
+        stats = group.groupby("step").agg(
+            mean=("periodic/fid", "mean"),
+            low=("periodic/fid", "min"),
+            high=("periodic/fid", "max"),
+            seconds=("periodic/train_s", "mean") if "periodic/train_s" in group else ("periodic/fid", "size"),
+        )
+        seeds = group["run_id"].nunique()
+        label = f"{model} (n={seeds})"
+        by_step.plot(stats.index, stats["mean"], color=colour, marker="o", markersize=3, label=label)
+        by_step.fill_between(stats.index, stats["low"], stats["high"], color=colour, alpha=0.2, linewidth=0)
+        if "periodic/train_s" in group:
+            minutes = stats["seconds"] / 60.0
+            by_time.plot(minutes, stats["mean"], color=colour, marker="o", markersize=3, label=label)
+            by_time.fill_between(minutes, stats["low"], stats["high"], color=colour, alpha=0.2, linewidth=0)
+    by_step.set_yscale("log")
+    by_step.set_xlabel("training step")
+    by_step.set_ylabel("periodic FID (log scale)")
+    by_time.set_xlabel("training wall-clock (minutes, mean over seeds)")
+    for ax in (by_step, by_time):
+        ax.grid(True, which="both", alpha=0.3)
+    by_step.legend(fontsize=8)
+    fig.suptitle(f"{title}: FID during training (line: mean over seeds; band: min to max)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _first_row(grid: np.ndarray) -> np.ndarray:
+    """The first row of 8 images (with their padding) of a sample grid written by the runner."""
+    width = grid.shape[1]
+    size = (width - GRID_PADDING) // GRID_COLUMNS - GRID_PADDING  # square images
+    return grid[: size + 2 * GRID_PADDING]
+
+
+def sample_panel(grids: list[tuple[str, Path]], title: str, path: Path) -> Path | None:
+    """One row of 8 samples per model (the first row of its final sample grid), labelled on the left."""
+    rows = [(label, _first_row(plt.imread(str(p)))) for label, p in grids if p is not None and Path(p).is_file()]
+    if not rows:
+        return None
+    height = rows[0][1].shape[0] / rows[0][1].shape[1] * 8
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8.5, max(1.2, height * len(rows) + 0.6)), squeeze=False)
+    for ax, (label, strip) in zip(axes[:, 0], rows, strict=True):
+        ax.imshow(strip, cmap="gray" if strip.ndim == 2 else None, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{title}: samples of the final checkpoint, one seed per model", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def likelihood_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """VAEs: −ELBO split into distortion and rate (stacked bars) and the IWAE NLL (marker), nats per image, with the
+    spread over seeds. `table` is a leaderboard section table (one row per model, <metric>_mean/_std columns)."""
+    vae = table[(table["family"] == "vae") & table["elbo_mean"].notna()]
+    if vae.empty:
+        return None
+    y = np.arange(len(vae))
+    fig, ax = plt.subplots(figsize=(8, 1.9 + 0.5 * len(vae)))
+    distortion, rate = vae["distortion_mean"].to_numpy(), vae["rate_mean"].to_numpy()
+    ax.barh(y, distortion, color="C0", alpha=0.75, label="distortion (−log p(x|z))")
+    ax.barh(y, rate, left=distortion, color="C1", alpha=0.75, label="rate (KL)", xerr=vae["elbo_std"].fillna(0))
+    ax.errorbar(
+        vae["nll_iwae_mean"],
+        y,
+        xerr=vae["nll_iwae_std"].fillna(0),
+        fmt="D",
+        color="black",
+        label="NLL (IWAE bound)",
+    )
+    ax.set_yticks(y, vae["label"])
+    ax.invert_yaxis()
+    ax.set_xlabel("nats per image (lower is better); the bar's end is −ELBO")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
+    ax.set_title(f"{title}: VAE test likelihood (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

@@ -1,0 +1,146 @@
+"""The report and the MLflow UI in a real browser: headless Chromium (Debian's `chromium` + `chromium-driver`,
+installed by `make test` when missing) driven by Selenium. Screenshots go to results/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bench import report, tracking
+from bench.config import PublishedReference
+from tests.conftest import REPO
+from tests.test_ui import free_port, get
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SHOTS = REPO / "results" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.fail(
+            f"browser tests need {', '.join(missing)}: run `make test` (it installs chromium) or "
+            "`apt-get install chromium chromium-driver`"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={profile}",
+        "--window-size=1500,1100",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _body_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _wait_for(driver, predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    published = PublishedReference(
+        dataset="digits", model="a paper's GAN", metric="fid", value=0.01, std=0.002, extractor="domain",
+        protocol="its own", citation="Someone et al. 2099",
+    )  # fmt: skip
+    paths = report.write_report(quick_run["uri"], "quick", tmp_path / "report", references=(published,))
+    page = paths["html"]
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
+    labels = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+    assert labels == ["real data (held-out split)", "gan-mlp", "vae-mlp", "published: a paper's GAN [1]"] or labels == [
+        "real data (held-out split)", "vae-mlp", "gan-mlp", "published: a paper's GAN [1]",
+    ]  # fmt: skip
+    # every figure is embedded and decoded by the browser; nothing was fetched from anywhere
+    images = browser.find_elements(By.CSS_SELECTOR, "figure img")
+    assert len(images) == 3
+    assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 300 for img in images)
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(url.startswith(("data:", "file:")) for url in fetched), fetched
+    browser.save_screenshot(str(SHOTS / "report.png"))
+
+    fid_col = next(i for i, th in enumerate(browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th"))
+                   if th.get_attribute("data-metric") == "fid")  # fmt: skip
+    header = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")[fid_col]
+
+    def column():
+        rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
+        return [(r.get_attribute("class"), r.find_elements(By.TAG_NAME, "td")[fid_col].get_attribute("data-value"))
+                for r in rows]  # fmt: skip
+
+    for direction, ordered in (("ascending", sorted), ("descending", lambda v: sorted(v, reverse=True))):
+        header.click()
+        assert header.get_attribute("aria-sort") == direction
+        values = column()
+        assert values[0][0] == "real" and values[-1][0] == "published"  # references stay where they are
+        models = [float(v) for kind, v in values if kind == "model"]
+        assert len(models) == 2 and models == ordered(models), (direction, values)
+    model_col = 1
+    browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")[model_col].click()  # text column
+    names = [r.find_elements(By.TAG_NAME, "td")[1].text
+             for r in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr.model")]  # fmt: skip
+    assert names == ["gan-mlp", "vae-mlp"]
+    browser.save_screenshot(str(SHOTS / "report-sorted.png"))
+
+
+def test_bench_ui_shows_the_suite_runs(quick_run, browser):
+    from selenium.webdriver.common.by import By
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = tracking.serve_ui(quick_run["uri"], "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if get(f"{base}/health") == b"OK":
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the MLflow server exited"
+            assert time.monotonic() < deadline, "the MLflow UI did not come up in 90 s"
+            time.sleep(0.5)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quick") as r:
+            experiment = json.load(r)["experiment"]
+        # genbench tags the experiment so MLflow 3's UI opens it on its training-runs table
+        assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        browser.get(f"{base}/#/experiments/{experiment['experiment_id']}/runs")
+        _wait_for(browser, lambda: "quick-" in _body_text(browser), 60, "the parent run in the runs table")
+        expanders = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+        assert expanders, "no expandable parent run in the table"
+        for button in expanders:
+            button.click()  # child runs are nested under the suite's parent run
+        names = ["gan-mlp/digits/seed0", "gan-mlp/digits/seed1", "vae-mlp/digits/seed0", "vae-mlp/digits/seed1"]
+        _wait_for(browser, lambda: all(n in _body_text(browser) for n in names), 30, "the four child runs")
+        assert "real-data/digits" in _body_text(browser)
+        browser.save_screenshot(str(SHOTS / "mlflow-ui-runs.png"))
+    finally:
+        tracking.stop_ui(proc)
+    assert proc.poll() is not None
