@@ -13,7 +13,7 @@ import pytest
 from bench import report, tracking
 from bench.config import PublishedReference
 from tests.conftest import REPO
-from tests.test_ui import free_port, get
+from tests.test_ui import free_port, wait_healthy
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "results" / "screenshots"
@@ -117,16 +117,7 @@ def test_bench_ui_shows_the_suite_runs(quick_run, browser):
     base = f"http://127.0.0.1:{port}"
     proc = tracking.serve_ui(quick_run["uri"], "127.0.0.1", port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if get(f"{base}/health") == b"OK":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the MLflow server exited"
-            assert time.monotonic() < deadline, "the MLflow UI did not come up in 90 s"
-            time.sleep(0.5)
+        wait_healthy(proc, base)
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quick") as r:
             experiment = json.load(r)["experiment"]
         # genbench tags the experiment so MLflow 3's UI opens it on its training-runs table

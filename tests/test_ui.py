@@ -24,21 +24,26 @@ def get(url: str, data: dict | None = None) -> bytes:
         return response.read()
 
 
+def wait_healthy(proc, base: str, timeout: float = 90) -> None:
+    """Until the MLflow server at `base` answers /health (about 15 s here); fails if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if get(f"{base}/health") == b"OK":
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, "the MLflow server exited"
+        assert time.monotonic() < deadline, f"the MLflow UI did not come up in {timeout} s"
+        time.sleep(0.5)
+
+
 def test_ui_serves_the_suite_runs(quick_run):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = tracking.serve_ui(quick_run["uri"], "127.0.0.1", port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if get(f"{base}/health") == b"OK":
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the MLflow server exited"
-            assert time.monotonic() < deadline, "the MLflow UI did not come up in 90 s"
-            time.sleep(0.5)
+        wait_healthy(proc, base)
         assert b"<html" in get(base + "/").lower()
         exp = json.loads(get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=quick"))
         runs = json.loads(
