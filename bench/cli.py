@@ -62,7 +62,13 @@ def main() -> None:
     metavar="KEY=VALUE",
     help="Override a config value, e.g. --set train.steps=500 --set seeds=[0] --set models.gan-mlp.lr=1e-4.",
 )
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "inline"]),
+    default="local",
+    show_default=True,
+    help="local: each cell in its own process (a crash stays in its cell); inline: cells in this process (debugging).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
 @config_option
 def run(

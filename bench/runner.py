@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
+import json
+import multiprocessing
+import os
+import signal
 import tempfile
 import time
 import traceback
@@ -20,7 +25,7 @@ from torchvision.utils import make_grid
 
 import baselines
 from bench import tracking
-from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
+from bench.config import BenchConfig, Cell, ConfigError, DomainConfig, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fingerprint, protocol
@@ -53,6 +58,9 @@ class Context:
     device: torch.device
     progress: bool
     echo: Callable[[str], None]
+    uri: str = ""
+    domain: DomainConfig | None = None  # the domain extractor's recipe (a worker rebuilds extractors from the cache)
+    isolate: bool = True  # each cell in its own process (executor "local"); False: in this process ("inline")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -105,16 +113,32 @@ def run_suite(
                 f"{suite.eval.num_samples} samples per cell take ~{suite.eval.num_samples / 8 / 60:.0f} min to score"
             )
     tracker = tracking.Tracker(uri, suite.name, results / "artifacts")
+    for name, run_id in tracker.close_orphans():
+        echo(f"run {name} ({run_id}) was left RUNNING by a process that no longer exists: marked KILLED")
     finished = tracker.finished_cells()
     echo(f"suite {suite.name}: {len(cells)} cells on {device}; tracking at {uri}")
 
     parent = tracker.start_run(
-        f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}", {"bench.suite": suite.name, "bench.parent": "true"}
+        f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        {"bench.suite": suite.name, "bench.parent": "true", **tracking.owner_tags(os.getpid())},
     )
     parent.log_params(
         {"suite": suite.name, "overrides": " ".join(overrides) or "-", "executor": executor, "cells": len(cells)}
     )
-    ctx = Context(tracker, parent, datasets, extractors, finished, results, device, progress, echo)
+    ctx = Context(
+        tracker,
+        parent,
+        datasets,
+        extractors,
+        finished,
+        results,
+        device,
+        progress,
+        echo,
+        uri=uri,
+        domain=config.domain,
+        isolate=EXECUTORS[executor].isolate,
+    )
     outcomes: list[Outcome] = []
     try:
         for name in suite.datasets:
@@ -246,11 +270,19 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
         },
         parent=ctx.parent,
     )
+    if ctx.isolate:
+        return _run_in_worker(cell, key, run, ctx, label)
+    run.set_tags(tracking.owner_tags(os.getpid()))
+    return _execute(cell, key, dataset, ctx, run, model_cls, label)
+
+
+def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls, label: str) -> Outcome:
+    """Train and evaluate one cell into its run; an exception marks the run FAILED (KILLED on an interrupt)."""
     start = time.perf_counter()
     try:
         metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
-    except KeyboardInterrupt:
-        run.set_tags({"bench.error": "interrupted (KeyboardInterrupt)"})
+    except KeyboardInterrupt as e:
+        run.set_tags({"bench.error": f"interrupted ({e or 'KeyboardInterrupt'}); run the same command to resume"})
         run.end("KILLED")
         raise
     except Exception as e:
@@ -265,6 +297,84 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "is_mean", "elbo", "nll_iwae") if k in metrics)
     ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
     return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
+
+
+def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> Outcome:
+    """The cell in a fresh process (spawned: CUDA-safe), so a crash, an out-of-memory kill or a segfault there
+    cannot take the suite down: the run is recorded FAILED with how the process ended, and the suite goes on."""
+    spec = {
+        "cell": cell,
+        "key": key,
+        "run_id": run.run_id,
+        "uri": ctx.uri,
+        "results": str(ctx.results),
+        "device": str(ctx.device),
+        "progress": ctx.progress,
+        "label": label,
+        "threads": torch.get_num_threads(),
+    }
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "outcome.json"
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_cell_worker, args=(spec, str(result)), name=f"bench {cell.name}"
+        )
+        proc.start()
+        run.set_tags(tracking.owner_tags(proc.pid))
+        try:
+            proc.join()
+        except KeyboardInterrupt:  # the worker got the same signal: let it checkpoint and close its run
+            proc.join(timeout=120)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=10)
+            if run.status() == "RUNNING":
+                run.set_tags({"bench.error": "interrupted; run the same command to resume"})
+                run.end("KILLED")
+            raise
+        if result.is_file():
+            out = json.loads(result.read_text())
+            if out["status"] == "KILLED":
+                raise KeyboardInterrupt(f"{cell.name} was interrupted")
+            return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
+    message = _describe_exit(proc.exitcode)
+    if run.status() == "RUNNING":
+        run.set_tags({"bench.error": message})
+        run.log_text(f"{message}\n(the worker process of {cell.name} ended without reporting a result)\n", "error.txt")
+        run.end("FAILED")
+    ctx.echo(f"{label} {cell.name}: FAILED — {message}")
+    return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"the cell's worker process was killed by {name}{hint}"
+    return f"the cell's worker process exited with code {code} without reporting a result"
+
+
+def _cell_worker(spec: dict, result_path: str) -> None:
+    """Entry point of a cell's own process: rebuild what the cell needs (dataset, cached extractors), run it into
+    the run the parent created, and report the outcome as JSON."""
+    torch.set_num_threads(spec["threads"])
+    cell: Cell = spec["cell"]
+    results, device = Path(spec["results"]), torch.device(spec["device"])
+    dataset = load_dataset(cell.dataset)
+    extractors = {}
+    for name in {cell.eval.extractor, "domain"} if cell.train.eval_every else {cell.eval.extractor}:
+        extractors[(cell.dataset, name)] = build_extractor(name, dataset, cell.domain, results / "cache", device)
+    run = tracking.attach_run(spec["uri"], spec["run_id"])
+    echo = functools.partial(print, flush=True)
+    ctx = Context(None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo)
+    model_cls = baselines.MODELS[cell.model]
+    try:
+        outcome = _execute(cell, spec["key"], dataset, ctx, run, model_cls, spec["label"])
+        report = {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics}
+        report["seconds"] = outcome.seconds
+    except KeyboardInterrupt:
+        report = {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
+    Path(result_path).write_text(json.dumps(report))
 
 
 def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls) -> dict:

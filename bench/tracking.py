@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -82,6 +83,26 @@ class Tracker:
             ) from None
         self.experiment = experiment
 
+    def close_orphans(self) -> list[tuple[str, str]]:
+        """Runs left RUNNING by a process of this host that no longer exists (SIGKILL, power loss) are marked
+        KILLED, so the store never shows a dead run as running; runs owned by live processes or other hosts are
+        left alone. Returns (run name, run id) of each run closed."""
+        closed = []
+        for run in _search(self.client, [self.experiment_id], "attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+                continue
+            if _alive(int(tags[PID_TAG])):
+                continue
+            self.client.set_tag(
+                run.info.run_id,
+                "bench.error",
+                "its process ended without closing the run (killed?); marked KILLED by a later bench run",
+            )
+            self.client.set_terminated(run.info.run_id, "KILLED")
+            closed.append((run.info.run_name, run.info.run_id))
+        return closed
+
     def finished_cells(self) -> dict[str, str]:
         """bench.cell hash → run id of every FINISHED cell run in the experiment."""
         runs = _search(self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{CELL_TAG}` != ''")
@@ -93,6 +114,30 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent.run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return Run(self.client, run.info.run_id, run.info.artifact_uri)
+
+
+HOST_TAG, PID_TAG = "bench.host", "bench.pid"
+
+
+def owner_tags(pid: int) -> dict[str, str]:
+    """Which process on which host runs a run: how a later `bench run` recognises runs orphaned by a kill."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def attach_run(uri: str, run_id: str) -> Run:
+    """A handle on an existing run (a cell's worker process logs into the run its parent created)."""
+    client = _client(uri)
+    return Run(client, run_id, client.get_run(run_id).info.artifact_uri)
 
 
 class Run:
@@ -164,6 +209,9 @@ class Run:
         dataset = MetaDataset(CodeDatasetSource({"loader": source, "sha256": digest}), name=name, digest=digest[:36])
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
+
+    def status(self) -> str:
+        return self.client.get_run(self.run_id).info.status
 
     def end(self, status: str = "FINISHED") -> None:
         assert status in STATUSES, status

@@ -4,6 +4,8 @@ resumable checkpoints. The model owns its math (`train_step`); this loop owns th
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,6 +22,33 @@ GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class StopRequest:
+    """SIGINT/SIGTERM during training only set a flag; the loop finishes its step, writes a checkpoint and then
+    raises KeyboardInterrupt, so an interrupted cell resumes exactly where it stopped. Installed only in the main
+    thread (where Python delivers signals); the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:  # a second Ctrl-C: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class TrainLogger(Protocol):
@@ -123,35 +152,42 @@ def train(
     # GANs with several discriminator updates per generator update (wgan-gp, sngan) take that many real batches
     # per step: a step is one generator update, as their papers count iterations.
     reals_per_step = cfg.batch_size * getattr(model, "batches_per_step", 1)
-    while step < cfg.steps:
-        idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng).to(device)
-        x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
-        logs = model.train_step(x, optimizers)
-        step += 1
-        bar.update(1)
-        if not all(math.isfinite(v) for v in logs.values()):
-            raise DivergenceError(f"training diverged at step {step}: non-finite loss {logs}")
-        for k, v in logs.items():
-            running[k] += v
-        count += 1
-        final = step == cfg.steps
-        if step % cfg.log_every == 0 or final:
-            last = {k: v / count for k, v in running.items()}
-            logger.log_metrics({f"train/{k}": v for k, v in last.items()}, step)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
-            running.clear()
-            count = 0
-        if step % cfg.sample_every == 0 or final:
-            logger.log_samples(sample_grid(model, seed), step)
-        if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or final):
-            t = time.perf_counter()
-            trained = t - start - eval_seconds
-            logs = evaluator(model, step)
-            eval_seconds += time.perf_counter() - t
-            logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
-        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
-            trained = time.perf_counter() - start - eval_seconds
-            save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
+    with StopRequest() as stop:
+        while step < cfg.steps:
+            idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng).to(device)
+            x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
+            logs = model.train_step(x, optimizers)
+            step += 1
+            bar.update(1)
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise DivergenceError(f"training diverged at step {step}: non-finite loss {logs}")
+            for k, v in logs.items():
+                running[k] += v
+            count += 1
+            final = step == cfg.steps
+            if step % cfg.log_every == 0 or final:
+                last = {k: v / count for k, v in running.items()}
+                logger.log_metrics({f"train/{k}": v for k, v in last.items()}, step)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
+                running.clear()
+                count = 0
+            if step % cfg.sample_every == 0 or final:
+                logger.log_samples(sample_grid(model, seed), step)
+            if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or final):
+                t = time.perf_counter()
+                trained = t - start - eval_seconds
+                logs = evaluator(model, step)
+                eval_seconds += time.perf_counter() - t
+                logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
+            if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
+                trained = time.perf_counter() - start - eval_seconds
+                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
+            if stop.requested is not None:
+                if checkpoint is not None:
+                    trained = time.perf_counter() - start - eval_seconds
+                    save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
+                bar.close()
+                raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
     bar.close()
     seconds = time.perf_counter() - start - eval_seconds
     done = step - resumed_from

@@ -98,7 +98,7 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     values = iter([5.0, 2.0, 3.0, 4.0])
     monkeypatch.setattr(evaluate_mod, "fid", lambda generated, real: next(values))  # the periodic FID only
     cfg = tiny_config("models=['gan-mlp']", "seeds=[0]", "train.eval_every=5")
-    run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lambda line: None)
+    run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lambda line: None, executor="inline")
     run = child_runs(tracking.default_uri(tmp_path)).iloc[0]
     assert run["metrics.best/step"] == 10 and run["metrics.best/periodic_fid"] == 2.0
     assert run["metrics.periodic/fid"] == 4.0  # the last value of the curve
@@ -244,7 +244,13 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines.MODELS["gan-mlp"], "train_step", explode)
     extra = ("seeds=[0]",)
     outcomes = run_suite(
-        tiny_config(*extra), "quick", results=tmp_path, overrides=TINY + extra, progress=False, echo=lambda s: None
+        tiny_config(*extra),
+        "quick",
+        results=tmp_path,
+        overrides=TINY + extra,
+        progress=False,
+        echo=lambda s: None,
+        executor="inline",  # the patch lives in this process
     )
     assert [(o.cell.model, o.status) for o in outcomes] == [("gan-mlp", "FAILED"), ("vae-mlp", "FINISHED")]
     uri = tracking.default_uri(tmp_path)
@@ -262,8 +268,8 @@ def test_cli_run_exit_code_and_report(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
     monkeypatch.setattr(baselines.MODELS["vae-mlp"], "train_step", lambda *a: {"loss": float("nan")})
-    args = ["run", "--suite", "quick", "--no-progress", "--set", "seeds=[0]"] + [a for t in TINY for a in ("--set", t)]
-    result = CliRunner().invoke(main, args)
+    args = ["run", "--suite", "quick", "--no-progress", "--executor", "inline", "--set", "seeds=[0]"]
+    result = CliRunner().invoke(main, args + [a for t in TINY for a in ("--set", t)])
     assert result.exit_code == 1, result.output
     assert "done: 1 finished, 0 skipped (already finished), 1 failed" in result.output
     assert "FAILED vae-mlp/digits/seed0" in result.output and "training diverged at step 1" in result.output
@@ -352,7 +358,13 @@ def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path,
         "eval.likelihood_images=20",
     )
     outcomes = run_suite(
-        tiny_config(*extra), "quick", results=tmp_path / "r", overrides=extra, progress=False, echo=lambda s: None
+        tiny_config(*extra),
+        "quick",
+        results=tmp_path / "r",
+        overrides=extra,
+        progress=False,
+        echo=lambda s: None,
+        executor="inline",  # the CIFAR-10 fixture is patched into this process
     )
     assert [(o.cell.model, o.status) for o in outcomes] == [("dcgan", "FINISHED"), ("conv-vae", "FINISHED")]
     vae = outcomes[1].metrics

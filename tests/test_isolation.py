@@ -1,0 +1,165 @@
+"""Reliability of the runner with real processes: a cell's crash stays in its cell, a SIGKILLed suite resumes to
+the same numbers, and SIGINT stops cleanly with a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+
+from bench import tracking
+from bench.runner import run_suite
+from tests.conftest import BENCH_TOML, REPO, TINY, tiny_config
+from tests.test_runner import child_runs, search
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)
+
+
+def _seed_cache(quick_run, results: Path) -> None:
+    """The tiny recipe's domain extractor, already trained by the session's quick run (saves ~10 s per store)."""
+    shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
+
+
+def _running_worker(uri: str, model: str) -> int | None:
+    """The pid of the worker process running `model`'s cell, once its run is RUNNING."""
+    if not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        runs = tracking.load_runs(uri, "quick")
+    except tracking.TrackingError:  # the store is being created (migrations) by the suite's process
+        return None
+    if runs.empty or "bench.pid" not in runs:
+        return None
+    live = runs[(runs["status"] == "RUNNING") & (runs["bench.model"] == model) & runs["bench.pid"].notna()]
+    pids = [int(p) for p in live["bench.pid"] if int(p) != os.getpid()]
+    return pids[0] if pids else None
+
+
+def test_a_crash_or_divergence_stays_in_its_cell(quick_run, tmp_path):
+    """gan-mlp seed 0's worker is SIGKILLed mid-training (as the out-of-memory killer would), vae-mlp diverges
+    (lr 1e30): both are FAILED with the reason, and gan-mlp seed 1 still finishes."""
+    _seed_cache(quick_run, tmp_path)
+    extra = ("seeds=[0, 1]", "train.steps=400", "train.checkpoint_every=100", "models.vae-mlp.lr=1e30")
+    uri = tracking.default_uri(tmp_path)
+    outcome: dict = {}
+
+    def suite():
+        outcome["cells"] = run_suite(
+            tiny_config(*extra), "quick", results=tmp_path, overrides=TINY + extra, progress=False, echo=print
+        )
+
+    thread = threading.Thread(target=suite)
+    thread.start()
+    pid = _wait(lambda: _running_worker(uri, "gan-mlp"), 120, "gan-mlp's worker")
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    statuses = {(o.cell.model, o.cell.seed): o.status for o in outcome["cells"]}
+    assert statuses == {
+        ("gan-mlp", 0): "FAILED",
+        ("gan-mlp", 1): "FINISHED",
+        ("vae-mlp", 0): "FAILED",
+        ("vae-mlp", 1): "FAILED",
+    }
+    runs = child_runs(uri).set_index("tags.mlflow.runName")
+    assert runs.loc["gan-mlp/digits/seed0", "tags.bench.error"].startswith(
+        "the cell's worker process was killed by SIGKILL"
+    )
+    assert runs.loc["vae-mlp/digits/seed0", "tags.bench.error"].startswith("DivergenceError: training diverged")
+    assert runs.loc["gan-mlp/digits/seed1", "status"] == "FINISHED"
+    client = mlflow.MlflowClient(uri)
+    error = Path(client.download_artifacts(runs.loc["gan-mlp/digits/seed0", "run_id"], "error.txt")).read_text()
+    assert "SIGKILL" in error
+
+
+def _bench_run(results: Path, *extra: str) -> subprocess.Popen:
+    bench = Path(sys.executable).parent / "bench"  # the console script, as a user runs it
+    args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
+    for setting in TINY + extra:
+        args += ["--set", setting]
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1"}
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+RESUME = ("models=['gan-mlp']", "seeds=[0]", "train.steps=300", "train.checkpoint_every=50", "train.eval_every=100")
+
+
+def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run, tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    for results in (killed, whole):
+        _seed_cache(quick_run, results)
+    proc = _bench_run(killed, *RESUME)
+    checkpoints = killed / "checkpoints"
+    _wait(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole suite: parent and worker, no chance to clean up
+    proc.wait(timeout=30)
+    (last,) = checkpoints.glob("*/last.pt")
+    step = torch.load(last, weights_only=False)["step"]
+    assert 50 <= step < 300
+
+    again = _bench_run(killed, *RESUME)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "left RUNNING by a process that no longer exists: marked KILLED" in out
+    reference = _bench_run(whole, *RESUME)
+    out_whole, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out_whole
+
+    runs = child_runs(tracking.default_uri(killed))
+    assert sorted(runs["status"]) == ["FINISHED", "KILLED"]  # the interrupted run is closed, not left RUNNING
+    done = runs[runs["status"] == "FINISHED"].iloc[0]
+    dead = runs[runs["status"] == "KILLED"].iloc[0]
+    assert int(done["tags.bench.resumed_from_step"]) == step
+    assert "marked KILLED by a later bench run" in dead["tags.bench.error"]
+    uninterrupted = child_runs(tracking.default_uri(whole)).iloc[0]
+    for metric in ("fid", "kid_mean", "is_mean", "precision", "recall", "best/fid", "best/step"):
+        assert done[f"metrics.{metric}"] == uninterrupted[f"metrics.{metric}"], metric
+    assert not any(checkpoints.glob("*/last.pt"))  # the finished run holds its checkpoints
+
+
+def test_sigint_stops_cleanly_with_a_checkpoint(quick_run, tmp_path):
+    _seed_cache(quick_run, tmp_path)
+    settings = ("models=['gan-mlp']", "seeds=[0]", "train.steps=2000", "train.checkpoint_every=5000")
+    proc = _bench_run(tmp_path, *settings)
+    uri = tracking.default_uri(tmp_path)
+
+    def trained_a_while():
+        pid = _running_worker(uri, "gan-mlp")
+        if pid is None:
+            return False
+        run = child_runs(uri).iloc[0]
+        return len(mlflow.MlflowClient(uri).get_metric_history(run["run_id"], "train/g_loss")) > 0
+
+    _wait(trained_a_while, 120, "logged training steps")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    (last,) = (tmp_path / "checkpoints").glob("*/last.pt")
+    step = torch.load(last, weights_only=False)["step"]
+    assert 0 < step < 2000  # written at the interrupt, not on the 5000-step schedule
+    runs = search(uri)
+    cell = runs[runs["tags.bench.model"] == "gan-mlp"].iloc[0]
+    parent = runs[runs["tags.bench.parent"] == "true"].iloc[0]
+    assert cell["status"] == "KILLED" and parent["status"] == "KILLED"
+    assert f"at step {step}" in cell["tags.bench.error"]
