@@ -161,6 +161,8 @@ def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: st
         parent = tracking.attach_report(uri, suite, list(paths.values()), root=out_dir)
     except tracking.TrackingError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write the report to {out_dir} ({e.strerror or type(e).__name__}); choose another --out")
     click.echo(paths["markdown"].read_text())
     for name, path in paths.items():
         if not name.startswith("figure:"):

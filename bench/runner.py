@@ -86,6 +86,7 @@ def run_suite(
     suite = config.suite(suite_name)
     cells = expand(config, suite)
     results = Path(results)
+    _check_writable(results)
     device = resolve_device(suite.train.device)
     uri = tracking.resolve_uri(tracking_uri, results)
 
@@ -158,6 +159,20 @@ def run_suite(
     )
     parent.end("FAILED" if failed else "FINISHED")
     return outcomes
+
+
+def _check_writable(results: Path) -> None:
+    """The results directory holds the store, caches and checkpoints: fail before anything starts if it cannot."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write to the results directory {results} ({e.strerror or type(e).__name__}); run from a "
+            "directory where you can write, or set BENCH_RESULTS to one"
+        ) from None
 
 
 def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:

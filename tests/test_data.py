@@ -145,3 +145,27 @@ def test_each_dataset_fixes_its_likelihood_convention():
     assert set(OBSERVATIONS) == set(DATASETS)
     assert {OBSERVATIONS[n] for n in ("digits", "mnist", "fashion-mnist")} == {"bernoulli"}
     assert OBSERVATIONS["cifar10"] == "discretized-logistic"  # 8-bit values: a discrete decoder, never a density
+
+
+def test_corrupted_file_is_a_clear_error(tmp_path):
+    """Right size, wrong content (a bad magic number, as bit rot or a wrong file would give)."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for fname, array in mnist_arrays().items():
+        content = bytearray(idx_bytes(array))
+        content[2] = 0x42  # the idx type code
+        (raw / fname).write_bytes(bytes(content))
+    with pytest.raises(DataError, match="could not be read"):
+        data.load("mnist", tmp_path)
+
+
+def test_interrupted_download_leaves_nothing_loadable(tmp_path):
+    """A download cut off mid-file leaves a partial archive and no images: offline, the error names the ways to get
+    the data instead of failing inside the decompressor."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    full = gzip.compress(idx_bytes(mnist_arrays()["train-images-idx3-ubyte"]))
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError) as e:
+        data.load("mnist", tmp_path)
+    assert "BENCH_DATA" in str(e.value) and str(tmp_path) in str(e.value)

@@ -394,3 +394,16 @@ def test_real_data_reference_row(quick_run):
     assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
     assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
     assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
+
+
+def test_unwritable_results_or_report_directory_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("BENCH_RESULTS", str(blocker / "results"))
+    result = CliRunner().invoke(main, ["run", "--suite", "quick"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot write to the results directory {blocker / 'results'}")
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    result = CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(blocker / "report")])
+    assert result.exit_code == 2 and "error: cannot write the report to" in result.output
