@@ -64,15 +64,29 @@ def main() -> None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "inline"]),
+    type=click.Choice(["local", "inline", "ray"]),
     default="local",
     show_default=True,
-    help="local: each cell in its own process (a crash stays in its cell); inline: cells in this process (debugging).",
+    help="local: each cell in its own process (a crash stays in its cell); inline: cells in this process "
+    "(debugging); ray: each cell a Ray task (pip install 'genbench[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="Ray cluster to join (e.g. ray://head:10001); default: a local Ray instance. A remote cluster needs "
+    "--tracking-uri http://...",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
 @config_option
 def run(
-    suite: str, tracking_uri: str | None, overrides: tuple[str, ...], executor: str, no_progress: bool, config_path: str
+    suite: str,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    executor: str,
+    ray_address: str | None,
+    no_progress: bool,
+    config_path: str,
 ) -> None:
     """Train and evaluate every cell of a suite; log everything to MLflow."""
     cfg = _load(config_path, overrides, suite)
@@ -89,6 +103,7 @@ def run(
             results=_results(),
             overrides=overrides,
             executor=executor,
+            ray_address=ray_address,
             progress=not no_progress,
             echo=click.echo,
         )

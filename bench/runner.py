@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ class Context:
     echo: Callable[[str], None]
     uri: str = ""
     domain: DomainConfig | None = None  # the domain extractor's recipe (a worker rebuilds extractors from the cache)
-    isolate: bool = True  # each cell in its own process (executor "local"); False: in this process ("inline")
+    mode: str = "process"  # each cell in its own process (executor local), in this one (inline), or a Ray task
+    executor: Any = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +81,7 @@ def run_suite(
     results: Path = Path("results"),
     overrides: tuple[str, ...] = (),
     executor: str = "local",
+    ray_address: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
@@ -89,6 +92,9 @@ def run_suite(
     _check_writable(results)
     device = resolve_device(suite.train.device)
     uri = tracking.resolve_uri(tracking_uri, results)
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
+    runner = EXECUTORS[executor](ray_address, uri) if executor == "ray" else EXECUTORS[executor]()
 
     # Preflight: data, feature extractors and the tracking store, before any training starts.
     datasets = {}
@@ -138,14 +144,15 @@ def run_suite(
         echo,
         uri=uri,
         domain=config.domain,
-        isolate=EXECUTORS[executor].isolate,
+        mode=runner.mode,
+        executor=runner,
     )
     outcomes: list[Outcome] = []
     try:
         for name in suite.datasets:
             run_real_reference(datasets[name], suite, ctx)
         jobs = [(i, len(cells), cell, ctx) for i, cell in enumerate(cells, 1)]
-        outcomes = EXECUTORS[executor]().map(_run_cell_job, jobs)
+        outcomes = runner.map(_run_cell_job, jobs)
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
@@ -285,7 +292,9 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
         },
         parent=ctx.parent,
     )
-    if ctx.isolate:
+    if ctx.mode == "ray":
+        return _run_on_ray(cell, key, run, ctx, label)
+    if ctx.mode == "process":
         return _run_in_worker(cell, key, run, ctx, label)
     run.set_tags(tracking.owner_tags(os.getpid()))
     return _execute(cell, key, dataset, ctx, run, model_cls, label)
@@ -317,17 +326,7 @@ def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking
 def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> Outcome:
     """The cell in a fresh process (spawned: CUDA-safe), so a crash, an out-of-memory kill or a segfault there
     cannot take the suite down: the run is recorded FAILED with how the process ended, and the suite goes on."""
-    spec = {
-        "cell": cell,
-        "key": key,
-        "run_id": run.run_id,
-        "uri": ctx.uri,
-        "results": str(ctx.results),
-        "device": str(ctx.device),
-        "progress": ctx.progress,
-        "label": label,
-        "threads": torch.get_num_threads(),
-    }
+    spec = _spec(cell, key, run, ctx, label)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "outcome.json"
@@ -370,8 +369,14 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _cell_worker(spec: dict, result_path: str) -> None:
-    """Entry point of a cell's own process: rebuild what the cell needs (dataset, cached extractors), run it into
-    the run the parent created, and report the outcome as JSON."""
+    """Entry point of a cell's own process: run the cell, report the outcome as JSON."""
+    report = _work(spec)
+    Path(result_path).write_text(json.dumps(report))
+
+
+def _work(spec: dict) -> dict:
+    """A cell away from the driver (its own process, or a Ray task): rebuild what it needs (dataset, cached
+    extractors), run it into the run the driver created, return the outcome as a plain dict."""
     torch.set_num_threads(spec["threads"])
     cell: Cell = spec["cell"]
     results, device = Path(spec["results"]), torch.device(spec["device"])
@@ -385,11 +390,50 @@ def _cell_worker(spec: dict, result_path: str) -> None:
     model_cls = baselines.MODELS[cell.model]
     try:
         outcome = _execute(cell, spec["key"], dataset, ctx, run, model_cls, spec["label"])
-        report = {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics}
-        report["seconds"] = outcome.seconds
     except KeyboardInterrupt:
-        report = {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
-    Path(result_path).write_text(json.dumps(report))
+        return {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
+    return {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics, "seconds": outcome.seconds}
+
+
+def _run_on_ray(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> Outcome:
+    """The cell as a Ray task; a task that dies (worker crash, node lost) is recorded FAILED like a dead process."""
+    ray = ctx.executor.ray
+    device = "cuda" if ctx.executor.gpus and cell.train.device != "cpu" else "cpu"
+    spec = _spec(cell, key, run, ctx, label) | {"device": device, "threads": 1}
+    run.set_tags({"bench.executor": "ray", **tracking.owner_tags(os.getpid())})  # a local cluster dies with us
+    start = time.perf_counter()
+    ref = ctx.executor.task(_work).remote(spec)
+    try:
+        out = ray.get(ref)
+    except KeyboardInterrupt:
+        ray.cancel(ref)
+        run.set_tags({"bench.error": "interrupted; run the same command to resume"})
+        run.end("KILLED")
+        raise
+    except Exception as e:  # ray.exceptions.RayTaskError / WorkerCrashedError / ...
+        message = f"the cell's Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        if run.status() == "RUNNING":
+            run.set_tags({"bench.error": message})
+            run.end("FAILED")
+        ctx.echo(f"{label} {cell.name}: FAILED — {message}")
+        return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+    if out["status"] == "KILLED":
+        raise KeyboardInterrupt(f"{cell.name} was interrupted")
+    return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
+
+
+def _spec(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> dict:
+    return {
+        "cell": cell,
+        "key": key,
+        "run_id": run.run_id,
+        "uri": ctx.uri,
+        "results": str(ctx.results.resolve()),
+        "device": str(ctx.device),
+        "progress": ctx.progress,
+        "label": label,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls) -> dict:
