@@ -125,6 +125,53 @@ def run(
         sys.exit(EXIT_FAILED_CELLS)
 
 
+@main.command()
+@click.option("--models", default=",".join(["gan-mlp", "dcgan", "wgan-gp", "sngan", "vae-mlp", "conv-vae",
+              "beta-vae", "iwae"]), show_default=True, help="Comma-separated baselines.")  # fmt: skip
+@click.option("--shapes", default="28,32", show_default=True, help="28 (1x28x28) and/or 32 (3x32x32).")
+@click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Timed steps per loop.")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overhead-steps", type=click.IntRange(1), default=300, show_default=True,
+              help="Steps of the logged gan-mlp loop that measures tracking overhead.")  # fmt: skip
+@uri_option
+def perf(
+    models: str, shapes: str, steps: int, batch_size: int, device: str, overhead_steps: int, tracking_uri: str | None
+) -> None:
+    """Training throughput against a plain PyTorch loop, evaluation throughput, tracking overhead; logged to the
+    MLflow experiment `perf`."""
+    import baselines
+    from bench import perf as perf_mod
+    from bench import tracking
+    from bench.runner import resolve_device
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in baselines.MODELS]
+    bad_shapes = [s for s in shapes.split(",") if s not in perf_mod.SHAPES]
+    if unknown or bad_shapes or not names:
+        _fail(
+            f"unknown model(s) {unknown} / shape(s) {bad_shapes}; models: {', '.join(baselines.MODELS)}; "
+            f"shapes: {', '.join(perf_mod.SHAPES)}"
+        )
+    try:
+        dev = resolve_device(device)
+    except ConfigError as e:
+        _fail(str(e))
+    click.echo(f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}")
+    rows, overhead = perf_mod.measure(names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps)
+    text = perf_mod.table(rows, overhead, dev)
+    click.echo("\n" + text)
+    uri = tracking.resolve_uri(tracking_uri, _results())
+    params = {
+        "device": str(dev),
+        "steps": steps,
+        "batch_size": batch_size,
+        "threads": __import__("torch").get_num_threads(),
+    }
+    run_id = perf_mod.log(uri, rows, overhead, params, text)
+    click.echo(f"logged to MLflow experiment perf (run {run_id}) at {uri}")
+
+
 @main.command(name="list")
 @config_option
 def list_(config_path: str) -> None:
