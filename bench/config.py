@@ -29,6 +29,7 @@ DEFAULT_CONFIG = "bench.toml"
 EXTRACTORS = ("domain", "inception")
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -47,9 +48,14 @@ class TrainConfig:
     eval_every: int = 500  # steps between cheap FIDs (domain features) for the curve and the best checkpoint; 0 = off
     eval_samples: int = 1000  # samples per cheap FID
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast around each training step; weights and optimiser stay fp32)
+    tf32: bool = False  # TF32 matmuls/convolutions while training on CUDA (evaluation features are always fp32)
+    channels_last: bool = False  # NHWC memory format for the convolutional models
+    compile: bool = False  # torch.compile the model's networks
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples")
+        _one_of(self, "precision", PRECISIONS)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = no periodic evaluation), got {self.eval_every}")
         _one_of(self, "device", DEVICES)

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -120,6 +121,11 @@ def train(
     seconds so far in this process) is logged with it for curves over wall-clock.
     """
     device = images.device
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in model.children():  # the networks (generator, discriminator, encoder, decoder)
+            module.compile()
     optimizers = model.optimizers()
     batch_rng = torch.Generator().manual_seed(seed)  # batch indices are drawn on the CPU: same batches on any device
     torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
@@ -156,7 +162,10 @@ def train(
         while step < cfg.steps:
             idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng).to(device)
             x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
-            logs = model.train_step(x, optimizers)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _precision(cfg, device):
+                logs = model.train_step(x, optimizers)
             step += 1
             bar.update(1)
             if not all(math.isfinite(v) for v in logs.values()):
@@ -193,6 +202,21 @@ def train(
     done = step - resumed_from
     images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
     return TrainResult(step, seconds, images_per_s, last, resumed_from)
+
+
+@contextmanager
+def _precision(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast when asked, and the TF32 switches as the config says (restored after the step)."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    try:
+        if cfg.precision == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:

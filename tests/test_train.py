@@ -157,3 +157,34 @@ def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
     assert best["fid"] == min(fids) and best["step"] == [2, 4, 6][fids.index(min(fids))]
     # a resumed run's evaluator starts from the saved best, so a worse later checkpoint never replaces it
     assert PeriodicFID(extractor, reference, 40, 16, 0, tmp_path / "best.pt").best_fid == min(fids)
+
+
+def _losses(name, **kw):
+    torch.manual_seed(0)
+    model = fresh(name)
+    cfg = TrainConfig(steps=3, batch_size=16, log_every=1, sample_every=100, checkpoint_every=100, eval_every=0, **kw)
+    rec = Recorder()
+    train(model, IMAGES, cfg, seed=0, logger=rec, progress=False)
+    return model, rec.metrics[-1][1]
+
+
+def test_speed_options_bf16_channels_last_and_tf32_flags():
+    _, fp32 = _losses("dcgan")
+    model, bf16 = _losses("dcgan", precision="bf16")
+    assert all(torch.isfinite(torch.tensor(v)) for v in bf16.values()) and bf16 != fp32  # autocast was on
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimiser stay fp32
+    model, nhwc = _losses("dcgan", channels_last=True)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc == pytest.approx(fp32, rel=1e-4)  # the same math in another memory layout
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    _losses("gan-mlp", tf32=True)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before  # restored
+
+
+def test_compile_matches_eager():
+    # vae-mlp: its noise is drawn outside the compiled networks (compiled dropout draws other masks than eager)
+    _, eager = _losses("vae-mlp")
+    model, compiled = _losses("vae-mlp", compile=True)
+    assert any(getattr(m, "_compiled_call_impl", None) is not None for m in model.children())
+    assert compiled == pytest.approx(eager, rel=1e-4)
