@@ -132,11 +132,20 @@ def run(
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Timed steps per loop.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
+              help="Time each loop this many times, alternating, and keep the best.")  # fmt: skip
 @click.option("--overhead-steps", type=click.IntRange(1), default=300, show_default=True,
               help="Steps of the logged gan-mlp loop that measures tracking overhead.")  # fmt: skip
 @uri_option
 def perf(
-    models: str, shapes: str, steps: int, batch_size: int, device: str, overhead_steps: int, tracking_uri: str | None
+    models: str,
+    shapes: str,
+    steps: int,
+    batch_size: int,
+    device: str,
+    repeats: int,
+    overhead_steps: int,
+    tracking_uri: str | None,
 ) -> None:
     """Training throughput against a plain PyTorch loop, evaluation throughput, tracking overhead; logged to the
     MLflow experiment `perf`."""
@@ -158,7 +167,9 @@ def perf(
     except ConfigError as e:
         _fail(str(e))
     click.echo(f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}")
-    rows, overhead = perf_mod.measure(names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps)
+    rows, overhead = perf_mod.measure(
+        names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats
+    )
     text = perf_mod.table(rows, overhead, dev)
     click.echo("\n" + text)
     uri = tracking.resolve_uri(tracking_uri, _results())
