@@ -3,6 +3,7 @@ session-wide run of that tiny quick suite into a temporary MLflow store."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,17 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("BENCH_OFFLINE", "1")  # tests never reach for the network
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something truthy (returned); fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.5)
 
 
 def tiny_config(*extra: str) -> config.BenchConfig:

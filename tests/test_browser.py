@@ -4,7 +4,6 @@ installed by `make test` when missing) driven by Selenium. Screenshots go to res
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from bench import report, tracking
 from bench.config import PublishedReference
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 from tests.test_ui import free_port, wait_healthy
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -51,16 +50,6 @@ def _body_text(driver) -> str:
     from selenium.webdriver.common.by import By
 
     return driver.find_element(By.TAG_NAME, "body").text
-
-
-def _wait_for(driver, predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
@@ -123,13 +112,13 @@ def test_bench_ui_shows_the_suite_runs(quick_run, browser):
         # genbench tags the experiment so MLflow 3's UI opens it on its training-runs table
         assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
         browser.get(f"{base}/#/experiments/{experiment['experiment_id']}/runs")
-        _wait_for(browser, lambda: "quick-" in _body_text(browser), 60, "the parent run in the runs table")
+        wait_until(lambda: "quick-" in _body_text(browser), 60, "the parent run in the runs table")
         expanders = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
         assert expanders, "no expandable parent run in the table"
         for button in expanders:
             button.click()  # child runs are nested under the suite's parent run
         names = ["gan-mlp/digits/seed0", "gan-mlp/digits/seed1", "vae-mlp/digits/seed0", "vae-mlp/digits/seed1"]
-        _wait_for(browser, lambda: all(n in _body_text(browser) for n in names), 30, "the four child runs")
+        wait_until(lambda: all(n in _body_text(browser) for n in names), 30, "the four child runs")
         assert "real-data/digits" in _body_text(browser)
         browser.save_screenshot(str(SHOTS / "mlflow-ui-runs.png"))
     finally:

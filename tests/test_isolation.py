@@ -17,23 +17,19 @@ import torch
 
 from bench import tracking
 from bench.runner import run_suite
-from tests.conftest import BENCH_TOML, REPO, TINY, tiny_config
+from tests.conftest import BENCH_TOML, REPO, TINY, tiny_config, wait_until
 from tests.test_runner import child_runs, search
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
 
 
 def _seed_cache(quick_run, results: Path) -> None:
     """The tiny recipe's domain extractor, already trained by the session's quick run (saves ~10 s per store)."""
     shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
+
+
+def _training_started(results: Path) -> bool:
+    """A cell has trained some steps: its first periodic sample grid is on disk. Watching files, not the sqlite
+    store, keeps the test from competing with the suite for the database lock."""
+    return any((results / "artifacts").glob("*/*/artifacts/samples/step_*.png"))
 
 
 def _running_worker(uri: str, model: str) -> int | None:
@@ -66,7 +62,8 @@ def test_a_crash_or_divergence_stays_in_its_cell(quick_run, tmp_path):
 
     thread = threading.Thread(target=suite)
     thread.start()
-    pid = _wait(lambda: _running_worker(uri, "gan-mlp"), 120, "gan-mlp's worker")
+    wait_until(lambda: _training_started(tmp_path), 120, "gan-mlp seed 0's first sample grid")
+    pid = wait_until(lambda: _running_worker(uri, "gan-mlp"), 30, "gan-mlp's worker")
     time.sleep(1.0)
     os.kill(pid, signal.SIGKILL)
     thread.join(timeout=300)
@@ -109,7 +106,7 @@ def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run
         _seed_cache(quick_run, results)
     proc = _bench_run(killed, *RESUME)
     checkpoints = killed / "checkpoints"
-    _wait(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
+    wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole suite: parent and worker, no chance to clean up
     proc.wait(timeout=30)
@@ -143,14 +140,7 @@ def test_sigint_stops_cleanly_with_a_checkpoint(quick_run, tmp_path):
     proc = _bench_run(tmp_path, *settings)
     uri = tracking.default_uri(tmp_path)
 
-    def trained_a_while():
-        pid = _running_worker(uri, "gan-mlp")
-        if pid is None:
-            return False
-        run = child_runs(uri).iloc[0]
-        return len(mlflow.MlflowClient(uri).get_metric_history(run["run_id"], "train/g_loss")) > 0
-
-    _wait(trained_a_while, 120, "logged training steps")
+    wait_until(lambda: _training_started(tmp_path), 120, "the first sample grid")
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground group
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
