@@ -26,7 +26,7 @@ from torchvision.utils import make_grid
 
 import baselines
 from bench import tracking
-from bench.config import BenchConfig, Cell, ConfigError, DomainConfig, expand, to_toml
+from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fingerprint, protocol
@@ -60,7 +60,6 @@ class Context:
     progress: bool
     echo: Callable[[str], None]
     uri: str = ""
-    domain: DomainConfig | None = None  # the domain extractor's recipe (a worker rebuilds extractors from the cache)
     mode: str = "process"  # each cell in its own process (executor local), in this one (inline), or a Ray task
     executor: Any = None
 
@@ -143,7 +142,6 @@ def run_suite(
         progress,
         echo,
         uri=uri,
-        domain=config.domain,
         mode=runner.mode,
         executor=runner,
     )
@@ -347,10 +345,7 @@ def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label:
                 run.end("KILLED")
             raise
         if result.is_file():
-            out = json.loads(result.read_text())
-            if out["status"] == "KILLED":
-                raise KeyboardInterrupt(f"{cell.name} was interrupted")
-            return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
+            return _reported(cell, run, json.loads(result.read_text()))
     message = _describe_exit(proc.exitcode)
     if run.status() == "RUNNING":
         run.set_tags({"bench.error": message})
@@ -417,6 +412,11 @@ def _run_on_ray(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: st
             run.end("FAILED")
         ctx.echo(f"{label} {cell.name}: FAILED — {message}")
         return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+    return _reported(cell, run, out)
+
+
+def _reported(cell: Cell, run: tracking.Run, out: dict) -> Outcome:
+    """The Outcome a worker or Ray task reported (`_work`); an interrupted cell stops the suite."""
     if out["status"] == "KILLED":
         raise KeyboardInterrupt(f"{cell.name} was interrupted")
     return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
