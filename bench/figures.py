@@ -30,20 +30,15 @@ def fid_curves(histories: pd.DataFrame, models: dict[str, str], title: str, path
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for i, (model, group) in enumerate(sorted(wide.groupby("model"), key=lambda kv: kv[0])):
         colour = f"C{i % 10}"
-        stats = group.groupby("step").agg(
-            mean=("periodic/fid", "mean"),
-            low=("periodic/fid", "min"),
-            high=("periodic/fid", "max"),
-            seconds=("periodic/train_s", "mean") if "periodic/train_s" in group else ("periodic/fid", "size"),
-        )
-        seeds = group["run_id"].nunique()
-        label = f"{model} (n={seeds})"
+        by_seed = group.groupby("step")
+        stats = by_seed["periodic/fid"].agg(["mean", "min", "max"])
+        label = f"{model} (n={group['run_id'].nunique()})"
         by_step.plot(stats.index, stats["mean"], color=colour, marker="o", markersize=3, label=label)
-        by_step.fill_between(stats.index, stats["low"], stats["high"], color=colour, alpha=0.2, linewidth=0)
+        by_step.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
         if "periodic/train_s" in group:
-            minutes = stats["seconds"] / 60.0
+            minutes = by_seed["periodic/train_s"].mean() / 60.0
             by_time.plot(minutes, stats["mean"], color=colour, marker="o", markersize=3, label=label)
-            by_time.fill_between(minutes, stats["low"], stats["high"], color=colour, alpha=0.2, linewidth=0)
+            by_time.fill_between(minutes, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
     by_step.set_yscale("log")
     by_step.set_xlabel("training step")
     by_step.set_ylabel("periodic FID (log scale)")
