@@ -184,6 +184,10 @@ class LatentVariableModel:
         log_w = torch.cat([self.log_weights(x, min(chunk, k - i)) for i in range(0, k, chunk)])  # (k, B)
         return torch.logsumexp(log_w, dim=0) - math.log(k)
 
+    def decoder_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean image in [0, 1] for latents (N, L): the f(z) of AIS's Gaussian observation model."""
+        return self.observation.mean(self.decode(z))
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.encode(x)
@@ -224,6 +228,12 @@ class ImageGenerator:
         """Batches arrive in [0, 1]; map them to the generator's output range."""
         lo, hi = self.output_range
         return x * (hi - lo) + lo
+
+    def decoder_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """The generator's image rescaled to [0, 1] for latents (N, L): the f(z) of AIS's Gaussian observation model
+        (Wu et al. 2017)."""
+        lo, hi = self.output_range
+        return (self.generator(z) - lo) / (hi - lo)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

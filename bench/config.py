@@ -7,6 +7,7 @@ dataclass that sits beside each model in baselines/.
     [suites.NAME]            SuiteConfig  (datasets, models, seeds)
     [suites.NAME.train]      TrainConfig
     [suites.NAME.eval]       EvalConfig
+    [suites.NAME.eval.ais]   AISConfig
     [models.NAME]            the model's own Config dataclass
     [features.domain]        DomainConfig (the recipe of the `domain` feature extractor)
 """
@@ -30,6 +31,7 @@ EXTRACTORS = ("domain", "inception")
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+AIS_SCHEDULES = ("sigmoid", "linear")
 
 
 class ConfigError(ValueError):
@@ -62,6 +64,39 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AISConfig:
+    """Log-likelihood of GANs and VAEs by annealed importance sampling (bench/ais.py; Wu et al. 2017) under a
+    Gaussian observation model whose σ is chosen on validation images. images = 0 switches it off."""
+
+    images: int = 0  # test images scored: the first of the test split; 0 = no AIS
+    chains: int = 16  # independent AIS chains per image (Wu et al. use 16)
+    steps: int = 1000  # intermediate distributions T
+    schedule: str = "sigmoid"  # sigmoid (Grosse et al. 2015) | linear
+    leapfrog: int = 10  # leapfrog steps per HMC transition
+    step_size: float = 0.1  # initial HMC step size, then adapted per image towards target_accept
+    target_accept: float = 0.65
+    sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)  # candidate observation std (pixels in [0, 1])
+    validation_images: int = 100  # the last images of the test split (disjoint from the scored ones) that choose σ
+    validation_steps: int = 200  # intermediate distributions of the σ search
+    bdmc_images: int = 16  # images simulated from the model for the BDMC gap; 0 = none
+    batch_images: int = 100  # images per AIS batch (× chains rows through the decoder at once)
+
+    def __post_init__(self) -> None:
+        _positive(self, "chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images")
+        if self.images < 0 or self.bdmc_images < 0 or self.validation_images < 0:
+            raise ValueError("images, validation_images and bdmc_images must be >= 0")
+        if self.steps < 2 or self.validation_steps < 2:
+            raise ValueError("steps and validation_steps must be >= 2 (at least one HMC transition)")
+        _one_of(self, "schedule", AIS_SCHEDULES)
+        if not 0.0 < self.target_accept < 1.0:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
+        if not self.sigmas or any(s <= 0 for s in self.sigmas):
+            raise ValueError(f"sigmas must be a non-empty list of positive numbers, got {list(self.sigmas)}")
+        if len(self.sigmas) > 1 and self.images and not self.validation_images:
+            raise ValueError("choosing σ from several sigmas needs validation_images > 0 (or give a single sigma)")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """The evaluation protocol; every field here is part of the protocol fingerprint."""
 
@@ -76,6 +111,7 @@ class EvalConfig:
     prc_neighborhood: int = 3  # k of the k-NN balls (Kynkäänniemi et al. 2019)
     isc_splits: int = 10
     seed: int = 0  # evaluation seed: samples, binarisation of the test split, KID subsets
+    ais: AISConfig = field(default_factory=AISConfig)  # [suites.NAME.eval.ais]
 
     def __post_init__(self) -> None:
         _positive(
@@ -221,6 +257,8 @@ class Cell:
         if not with_seed:
             del spec["cell"]["seed"]
         spec["dataset_digest"] = dataset_digest
+        if not self.eval.ais.images:  # AIS off: the key of cells from before AIS existed, so they are not re-run
+            del spec["eval"]["ais"]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -327,7 +365,11 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
             raise ConfigError(f"{origin}: [{where}] must be a table")
         table = dict(table)
         table["train"] = _build(TrainConfig, _table(table, "train", origin, f"{where}.train"), origin, f"{where}.train")
-        table["eval"] = _build(EvalConfig, _table(table, "eval", origin, f"{where}.eval"), origin, f"{where}.eval")
+        evaluation = dict(_table(table, "eval", origin, f"{where}.eval"))
+        evaluation["ais"] = _build(
+            AISConfig, _table(evaluation, "ais", origin, f"{where}.eval.ais"), origin, f"{where}.eval.ais"
+        )
+        table["eval"] = _build(EvalConfig, evaluation, origin, f"{where}.eval")
         suite = _build(SuiteConfig, {**table, "name": name}, origin, where)
         for key, known in (("datasets", DATASETS), ("models", MODELS)):
             for value in getattr(suite, key):

@@ -6,6 +6,7 @@ fingerprint (tag `bench.protocol`) decides which numbers may share a leaderboard
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.ais import decoder_likelihood
 from bench.config import EvalConfig
 from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
@@ -32,6 +34,7 @@ class Evaluation:
     samples: torch.Tensor  # uint8 (N, C, H, W), the evaluated samples
     seconds: float
     reference: Reference  # the reference features used, loaded from the cache or computed
+    details: dict = dataclasses.field(default_factory=dict)  # e.g. AIS's validation score per σ (`ais.json`)
 
 
 def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -104,6 +107,7 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "iwae_k": cfg.iwae_k,
             "observation": dataset.observation,
         },
+        **_ais_protocol(cfg),
         "precision": "fp32",
         "tf32": {
             "features": False,  # Extractor.__call__ switches TF32 off
@@ -119,11 +123,27 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
     }
 
 
+def _ais_protocol(cfg: EvalConfig) -> dict:
+    """The AIS settings, present only when AIS runs (so protocols from before AIS keep their fingerprints)."""
+    if not cfg.ais.images:
+        return {}
+    return {
+        "likelihood_ais": {
+            "split": "test",
+            "observation": "gaussian N(f(z), sigma^2 I) on pixels in [0, 1]; sigma chosen on validation images",
+            "validation": f"the last {cfg.ais.validation_images} test images",
+            **dataclasses.asdict(cfg.ais),
+        }
+    }
+
+
 def fingerprint(proto: dict) -> str:
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path) -> Evaluation:
+def evaluate(
+    model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print
+) -> Evaluation:
     start = time.perf_counter()
     device = next(model.parameters()).device
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
@@ -133,8 +153,13 @@ def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cac
         test = dataset.test_images[: cfg.likelihood_images or None]
         metrics.update(vae_likelihood(model, test, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
+    details = {}
+    if cfg.ais.images:  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
+        ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
+        metrics.update(ais["metrics"])
+        details["ais"] = ais
     proto = protocol(cfg, dataset, extractor, ref.digest, device)
-    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref)
+    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref, details)
 
 
 def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device) -> Evaluation:

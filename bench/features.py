@@ -59,7 +59,7 @@ class Extractor:
         device = next(self.net.parameters()).device
         out: dict[str, list[torch.Tensor]] = {"features": [], "logits": []}
         self.net.eval()
-        with _strict_fp32():
+        with strict_fp32():
             for chunk in images.split(batch_size):
                 result = self.net(chunk.to(device))
                 for key in out:
@@ -68,7 +68,7 @@ class Extractor:
 
 
 @contextmanager
-def _strict_fp32():
+def strict_fp32():
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:

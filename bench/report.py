@@ -33,6 +33,10 @@ METRICS: dict[str, tuple[str, bool | None, int]] = {
     "recon_ssim": ("recon SSIM ↑", True, 3),
     "rate": ("rate (KL)", None, 2),
     "distortion": ("distortion", None, 2),
+    "nll_ais": ("NLL (AIS) ↓", False, 1),
+    "bits_per_dim_ais": ("bits/dim (AIS) ↓", False, 3),
+    "ais/sigma": ("AIS σ", None, 3),
+    "ais/bdmc_gap": ("BDMC gap", None, 1),
 }
 
 
@@ -113,6 +117,14 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
                 "The real-data row scores the held-out real split against the reference split: its FID is the floor "
                 "a perfect model reaches with this many images, its IS the real data's. It is not ranked."
             )
+        if group.get("metrics.nll_ais", pd.Series(dtype=float)).notna().any():
+            notes.append(
+                "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a Gaussian "
+                "density N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; bits/dim "
+                "(AIS) is the same density on the 0–256 scale. It is a stochastic lower bound of the log-likelihood, "
+                "so the NLL an upper bound; the BDMC gap (upper − lower bound on data simulated from the model) says "
+                "how loose it can be. Not comparable with NLL (IWAE), a Bernoulli likelihood of binarised pixels."
+            )
         extractor = str(group.iloc[-1].get("params.eval.extractor", ""))
         published = [
             r
@@ -156,6 +168,12 @@ def _describe(run: pd.Series) -> str:
         f"extractor `{p('eval.extractor')}`, {p('eval.num_samples')} generated samples vs the "
         f"`{p('eval.reference_split')}` split, IWAE k = {p('eval.iwae_k')} on the test split, "
         f"eval seed {p('eval.seed')}"
+        + (
+            f"; AIS on {p('eval.ais.images')} test images, {p('eval.ais.chains')} chains, {p('eval.ais.steps')} "
+            f"{p('eval.ais.schedule')}-scheduled distributions, {p('eval.ais.leapfrog')} leapfrog steps"
+            if p("eval.ais.images") not in ("?", "0")
+            else ""
+        )
     )
 
 

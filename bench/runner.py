@@ -196,6 +196,12 @@ def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:
             f"feature dimensions of the {extractor.name} extractor, so FID against it is undefined; use another "
             f"eval.reference_split, a larger dataset or the domain extractor"
         )
+    ais, test = cfg.ais, len(dataset.test_images)
+    if ais.images and ais.images + ais.validation_images > test:
+        raise ConfigError(
+            f"eval.ais.images ({ais.images}) + eval.ais.validation_images ({ais.validation_images}) exceed the {test} "
+            f"test images of {dataset.name} (σ is chosen on test images disjoint from the scored ones); lower them"
+        )
 
 
 REAL_MODEL = tracking.REAL_MODEL
@@ -316,7 +322,8 @@ def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking
         return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
     run.end("FINISHED")
     seconds = time.perf_counter() - start
-    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "is_mean", "elbo", "nll_iwae") if k in metrics)
+    shown = ("fid", "is_mean", "elbo", "nll_iwae", "nll_ais", "ais/bdmc_gap")
+    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
     return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
 
@@ -474,7 +481,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
 
     ctx.echo("    evaluating the final checkpoint ...")
     extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
-    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache")
+    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
     metrics = dict(ev.metrics)
     metrics.update(
         {
@@ -488,6 +495,8 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     )
     run.set_tags({"bench.protocol": ev.fingerprint})
     run.log_dict(ev.protocol, "protocol.json")
+    if "ais" in ev.details:
+        run.log_dict(ev.details["ais"], "ais.json")
     run.log_metrics(metrics, step=result.steps)
     run.log_image(_grid(ev.samples[:64]), "samples/final.png")
     if model_cls.family == "vae":
@@ -520,7 +529,7 @@ def _evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell
         ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(state["model"])
-        ev = evaluate(best_model, dataset, cell.eval, extractor, ctx.results / "cache")
+        ev = evaluate(best_model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
         if ev.fingerprint != final.fingerprint:  # same cfg and extractor: cannot differ unless the cache changed
             raise RuntimeError("the best checkpoint was evaluated under another protocol than the final one")
     metrics = {f"best/{k}": v for k, v in ev.metrics.items()}

@@ -24,6 +24,13 @@ TINY = (
     "eval.kid_subset_size=100",
     "eval.kid_subsets=10",
     "eval.iwae_k=16",
+    "eval.ais.images=8",
+    "eval.ais.chains=2",
+    "eval.ais.steps=10",
+    "eval.ais.leapfrog=2",
+    "eval.ais.validation_images=4",
+    "eval.ais.validation_steps=5",
+    "eval.ais.bdmc_images=2",
     "features.domain.steps=150",
     "features.domain.min_test_accuracy=0.5",
 )

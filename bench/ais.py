@@ -1,0 +1,315 @@
+"""Log-likelihood of decoder-based models by annealed importance sampling (AIS; Neal 2001), as Wu et al. 2017 ("On
+the Quantitative Analysis of Decoder-Based Generative Models") apply it to GANs and VAEs, with bidirectional Monte
+Carlo (BDMC; Grosse et al. 2015) to say how tight the estimate is.
+
+The model: p(x) = ∫ p(z) p(x|z) dz with p(z) = N(0, I). AIS moves K chains per image from the prior to the posterior
+through π_t(z) ∝ p(z) p(x|z)^β_t, 0 = β_0 < β_1 < … < β_T = 1, one Hamiltonian Monte Carlo transition per
+intermediate distribution, and accumulates the log-weight Σ_t (β_t − β_{t−1}) log p(x|z_{t−1}). The weight is an
+unbiased estimate of p(x), so the log of its mean over the chains is a stochastic lower bound of log p(x).
+
+BDMC: for data simulated from the model, (z*, x) ~ p(z) p(x|z), z* is an exact posterior sample; AIS run backwards
+from it (β from 1 to 0) estimates 1/p(x) without bias, which bounds log p(x) from above. The gap between the two
+bounds on simulated data bounds the forward estimate's error there (Grosse et al. 2015; Wu et al. sec. 4).
+
+Observation model for both families (Wu et al. sec. 3): p(x|z) = N(x; f(z), σ² I), f(z) the decoder's mean image
+with pixels in [0, 1], σ chosen from a grid on validation images. Values are nats of a density over [0, 1]^D; bits/dim
+puts the same density on the 0–256 pixel scale: −log₂ p(x)/D + 8.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from bench.features import strict_fp32
+
+LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z (N, L), x (N, ...)) → log p(x|z), (N,)
+
+NLL_AIS, BITS_PER_DIM_AIS = "nll_ais", "bits_per_dim_ais"
+STEP_SIZE_RANGE = (1e-4, 0.5)  # the clamp of the adapted HMC step size (Wu et al.'s code uses the same bounds)
+
+
+def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+    """β_0 = 0 < … < β_T = 1, float64 (T + 1,). "sigmoid": σ(δ(2t/T − 1)) rescaled to [0, 1] (Grosse et al. 2015),
+    denser at both ends where the weights change fastest; "linear": evenly spaced."""
+    t = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    if kind == "sigmoid":
+        s = torch.sigmoid(delta * (2 * t - 1))
+        return (s - s[0]) / (s[-1] - s[0])
+    raise ValueError(f"unknown AIS schedule {kind!r}; known: sigmoid, linear")
+
+
+def gaussian_log_lik(mean: Callable[[torch.Tensor], torch.Tensor], sigma: float) -> LogLik:
+    """log N(x; mean(z), σ² I) summed over pixels: the observation model of Wu et al. for x in [0, 1]."""
+    log_norm = math.log(sigma) + 0.5 * math.log(2 * math.pi)
+
+    def log_lik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        d = x.flatten(1) - mean(z).flatten(1)
+        return -0.5 * (d * d).sum(1) / sigma**2 - d.shape[1] * log_norm
+
+    return log_lik
+
+
+@dataclass
+class Chains:
+    """The outcome of one AIS run over B images with K chains each."""
+
+    log_w: torch.Tensor  # (K, B) float64: each chain's log-weight
+    accept: float  # mean HMC acceptance probability over transitions, chains and images
+    step_sizes: torch.Tensor  # (T − 1, B): the step size of each transition (replayed by the reverse chain)
+    gradient_evals: int  # decoder forward + backward passes, per chain
+
+    @property
+    def log_mean_w(self) -> torch.Tensor:
+        """log of the mean weight over the chains, per image (B,): the estimate of log p(x) (forward) or of
+        −log p(x)'s negation's bound (reverse: log of an unbiased estimate of 1/p(x))."""
+        return torch.logsumexp(self.log_w, dim=0) - math.log(self.log_w.shape[0])
+
+
+def _value_and_grad(log_lik: LogLik, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        ll = log_lik(z, x)
+        (grad,) = torch.autograd.grad(ll.sum(), z)  # chains are independent rows: the sum's gradient is per row
+    return ll.detach(), grad
+
+
+def _hmc(log_lik: LogLik, x, z, ll, grad, beta: float, eps: torch.Tensor, leapfrog: int, gen: torch.Generator):
+    """One HMC transition leaving π_β(z) ∝ N(z; 0, I) p(x|z)^β invariant: `leapfrog` leapfrog steps of size eps
+    (N, 1), then a Metropolis–Hastings correction. Potential U(z) = ½|z|² − β log p(x|z)."""
+    p0 = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
+    p = p0 - 0.5 * eps * (z - beta * grad)
+    z_new, ll_new, grad_new = z, ll, grad
+    for i in range(leapfrog):
+        z_new = z_new + eps * p
+        ll_new, grad_new = _value_and_grad(log_lik, z_new, x)
+        p = p - (eps if i < leapfrog - 1 else 0.5 * eps) * (z_new - beta * grad_new)
+    energy_old = 0.5 * (z * z).sum(1) - beta * ll + 0.5 * (p0 * p0).sum(1)
+    energy_new = 0.5 * (z_new * z_new).sum(1) - beta * ll_new + 0.5 * (p * p).sum(1)
+    log_accept = (energy_old - energy_new).clamp(max=0.0).nan_to_num(nan=-math.inf)  # a NaN proposal is rejected
+    u = torch.rand(log_accept.shape, generator=gen, device=z.device, dtype=z.dtype)
+    take = torch.log(u) < log_accept
+    z = torch.where(take[:, None], z_new, z)
+    ll = torch.where(take, ll_new, ll)
+    grad = torch.where(take[:, None], grad_new, grad)
+    return z, ll, grad, log_accept.exp()
+
+
+def ais(
+    log_lik: LogLik,
+    x: torch.Tensor,
+    latent_dim: int,
+    betas: torch.Tensor,
+    *,
+    chains: int,
+    leapfrog: int,
+    step_size: float,
+    target_accept: float = 0.65,
+    adapt: float = 0.05,
+    generator: torch.Generator,
+    start: torch.Tensor | None = None,
+    step_sizes: torch.Tensor | None = None,
+) -> Chains:
+    """AIS for the images x (B, ...) with `chains` chains each, through the distributions of `betas`.
+
+    Forward (start None): chains start from the prior; the step size is adapted per image after every transition,
+    ×(1 + adapt) when its chains' mean acceptance probability exceeds target_accept and ×(1 − adapt) otherwise
+    (Wu et al. 2017), within STEP_SIZE_RANGE. Reverse (start = exact posterior samples (B, L), step_sizes = the
+    forward run's (T − 1, B)): chains start at β = 1 and anneal to the prior with the recorded step sizes, fixed.
+    """
+    b, steps = x.shape[0], len(betas) - 1
+    reverse = start is not None
+    if reverse and (step_sizes is None or step_sizes.shape != (steps - 1, b)):
+        raise ValueError("a reverse AIS run needs the forward run's step sizes, shape (T - 1, B)")
+    device = x.device
+    xs = x.repeat(chains, *[1] * (x.dim() - 1))  # (K·B, ...): row k·B + i is chain k of image i
+    if reverse:
+        z = start.to(device, torch.float32).repeat(chains, 1)
+    else:
+        z = torch.randn(chains * b, latent_dim, generator=generator, device=device)
+    ll, grad = _value_and_grad(log_lik, z, xs)
+    log_w = torch.zeros(chains * b, dtype=torch.float64, device=device)
+    eps = torch.full((b,), step_size, device=device)
+    used = torch.empty(max(steps - 1, 0), b, device=device)
+    accept_sum = 0.0
+    betas = betas.tolist()
+    for i in range(1, steps + 1):
+        if reverse:  # t = T, …, 1: weight at z_t, then the transition of π_{t−1} (none after the prior's)
+            t = steps - i + 1
+            log_w += (betas[t - 1] - betas[t]) * ll.double()
+            if t == 1:
+                break
+            beta, eps = betas[t - 1], step_sizes[t - 2].to(device)
+        else:  # t = 1, …, T: weight at z_{t−1}, then the transition of π_t (none at β_T = 1: it would be unused)
+            t = i
+            log_w += (betas[t] - betas[t - 1]) * ll.double()
+            if t == steps:
+                break
+            beta = betas[t]
+        used[t - 1 if not reverse else t - 2] = eps
+        z, ll, grad, acc = _hmc(log_lik, xs, z, ll, grad, beta, eps.repeat(chains)[:, None], leapfrog, generator)
+        acc = acc.view(chains, b).mean(0)  # per image
+        accept_sum += acc.mean().item()
+        if not reverse:
+            eps = (eps * torch.where(acc > target_accept, 1 + adapt, 1 - adapt)).clamp(*STEP_SIZE_RANGE)
+    transitions = max(steps - 1, 1)
+    return Chains(log_w.view(chains, b), accept_sum / transitions, used.cpu(), 1 + (steps - 1) * leapfrog)
+
+
+@dataclass
+class BDMC:
+    lower: torch.Tensor  # (B,) forward AIS estimates of log p(x), stochastic lower bounds
+    upper: torch.Tensor  # (B,) reverse AIS estimates, stochastic upper bounds
+    accept: float
+
+    @property
+    def gap(self) -> float:
+        """Mean upper − lower bound, nats: how far the forward estimate can be from log p(x) on these data."""
+        return (self.upper - self.lower).mean().item()
+
+
+def bdmc(
+    log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, **kwargs
+) -> BDMC:
+    """Both bounds of log p(x) for x simulated from the model with latents z_star: forward AIS from the prior, then
+    reverse AIS from z_star replaying the forward run's adapted step sizes."""
+    fwd = ais(log_lik, x, z_star.shape[1], betas, generator=generator, **kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("target_accept", "adapt")}
+    rev = ais(
+        log_lik, x, z_star.shape[1], betas, generator=generator, start=z_star, step_sizes=fwd.step_sizes, **kwargs
+    )
+    return BDMC(fwd.log_mean_w.cpu(), -rev.log_mean_w.cpu(), 0.5 * (fwd.accept + rev.accept))
+
+
+# ------------------------------------------------------------------------------------ GANs and VAEs under AIS
+
+
+@contextmanager
+def frozen(model):
+    """Eval mode (BatchNorm's running statistics), no parameter gradients, strict fp32; restored afterwards."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with strict_fp32():
+            yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _images(x: torch.Tensor, device) -> torch.Tensor:
+    return x.to(device).float() / 255.0  # uint8 → [0, 1], the decoders' mean scale
+
+
+def estimate(model, images: torch.Tensor, sigma: float, cfg, steps: int, seed: int) -> tuple[torch.Tensor, Chains]:
+    """log p(x) of uint8 images (N, C, H, W) under the model's decoder with Gaussian noise σ, per image (N,) on the
+    CPU, in batches of cfg.batch_images; also the last batch's Chains (acceptance, cost)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    betas = schedule(steps, cfg.schedule)
+    log_lik = gaussian_log_lik(model.decoder_mean, sigma)
+    out, accept, last = [], [], None
+    for chunk in images.split(cfg.batch_images):
+        last = ais(
+            log_lik,
+            _images(chunk, device),
+            model.config.latent_dim,
+            betas,
+            chains=cfg.chains,
+            leapfrog=cfg.leapfrog,
+            step_size=cfg.step_size,
+            target_accept=cfg.target_accept,
+            generator=gen,
+        )
+        out.append(last.log_mean_w.cpu())
+        accept.append(last.accept)
+    last.accept = sum(accept) / len(accept)
+    return torch.cat(out), last
+
+
+def choose_sigma(model, validation: torch.Tensor, cfg, seed: int) -> tuple[float, dict[float, float]]:
+    """The observation σ of the grid cfg.sigmas with the highest mean AIS log-likelihood of the validation images
+    (cfg.validation_steps intermediate distributions): Wu et al.'s choice of the variance on a validation set."""
+    scores = {s: estimate(model, validation, s, cfg, cfg.validation_steps, seed)[0].mean().item() for s in cfg.sigmas}
+    return max(scores, key=lambda s: scores[s]), scores
+
+
+def simulate(model, n: int, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images from the model's Gaussian observation model and their latents: x = f(z*) + σ ε, z* ~ N(0, I)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(n, model.config.latent_dim, generator=gen, device=device)
+    mean = model.decoder_mean(z)
+    return mean + sigma * torch.randn(mean.shape, generator=gen, device=device), z
+
+
+def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable[[str], None] = print) -> dict:
+    """AIS metrics of a GAN generator or VAE decoder: σ chosen on the validation images (the last
+    cfg.validation_images of the test split), nll_ais and bits_per_dim_ais on the first cfg.images, the BDMC gap on
+    cfg.bdmc_images simulated images, and the cost. Returns {"metrics": …, "validation": {σ: mean log p}}."""
+    if cfg.images + cfg.validation_images > len(test):
+        raise ValueError(
+            f"eval.ais.images ({cfg.images}) + eval.ais.validation_images ({cfg.validation_images}) exceed the "
+            f"{len(test)} test images"
+        )
+    scored, validation = test[: cfg.images], test[len(test) - cfg.validation_images :]
+    dims = math.prod(test.shape[1:])
+    with frozen(model):
+        start = time.perf_counter()
+        if len(cfg.sigmas) > 1:
+            sigma, scores = choose_sigma(model, validation, cfg, seed)
+        else:
+            sigma, scores = cfg.sigmas[0], {}
+        select_s = time.perf_counter() - start
+        echo(f"      AIS: σ = {sigma:g} chosen on {len(validation)} validation images in {select_s:.0f}s")
+        start = time.perf_counter()
+        log_px, chains = estimate(model, scored, sigma, cfg, cfg.steps, seed)
+        test_s = time.perf_counter() - start
+        nll = -log_px.mean().item()
+        metrics = {
+            NLL_AIS: nll,
+            BITS_PER_DIM_AIS: nll / (dims * math.log(2)) + 8.0,
+            "ais/nll_stderr": log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
+            "ais/sigma": sigma,
+            "ais/accept": chains.accept,
+            "ais/gradient_evals_per_chain": float(chains.gradient_evals),
+            "time/ais_select_s": select_s,
+            "time/ais_s": test_s,
+        }
+        if scores:
+            metrics["ais/validation_nll"] = -scores[sigma]
+        if cfg.bdmc_images:
+            start = time.perf_counter()
+            x, z_star = simulate(model, cfg.bdmc_images, sigma, seed + 1)
+            gen = torch.Generator(device=x.device).manual_seed(seed + 2)
+            b = bdmc(
+                gaussian_log_lik(model.decoder_mean, sigma),
+                x,
+                z_star,
+                schedule(cfg.steps, cfg.schedule),
+                chains=cfg.chains,
+                leapfrog=cfg.leapfrog,
+                step_size=cfg.step_size,
+                target_accept=cfg.target_accept,
+                generator=gen,
+            )
+            metrics.update(
+                {
+                    "ais/bdmc_lower": b.lower.mean().item(),
+                    "ais/bdmc_upper": b.upper.mean().item(),
+                    "ais/bdmc_gap": b.gap,
+                    "time/ais_bdmc_s": time.perf_counter() - start,
+                }
+            )
+    return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}}
