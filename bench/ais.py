@@ -68,8 +68,8 @@ class Chains:
 
     @property
     def log_mean_w(self) -> torch.Tensor:
-        """log of the mean weight over the chains, per image (B,): the estimate of log p(x) (forward) or of
-        −log p(x)'s negation's bound (reverse: log of an unbiased estimate of 1/p(x))."""
+        """log of the mean weight over the chains, per image (B,). Forward: the estimate of log p(x). Reverse: the log
+        of an unbiased estimate of 1/p(x), whose negation bounds log p(x) from above."""
         return torch.logsumexp(self.log_w, dim=0) - math.log(self.log_w.shape[0])
 
 
@@ -175,9 +175,7 @@ class BDMC:
         return (self.upper - self.lower).mean().item()
 
 
-def bdmc(
-    log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, **kwargs
-) -> BDMC:
+def bdmc(log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, **kwargs) -> BDMC:
     """Both bounds of log p(x) for x simulated from the model with latents z_star: forward AIS from the prior, then
     reverse AIS from z_star replaying the forward run's adapted step sizes."""
     fwd = ais(log_lik, x, z_star.shape[1], betas, generator=generator, **kwargs)
@@ -273,6 +271,13 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
             sigma, scores = cfg.sigmas[0], {}
         select_s = time.perf_counter() - start
         echo(f"      AIS: σ = {sigma:g} chosen on {len(validation)} validation images in {select_s:.0f}s")
+        warning = ""
+        if scores and sigma in (min(cfg.sigmas), max(cfg.sigmas)):
+            warning = (
+                f"the chosen σ = {sigma:g} is at the edge of eval.ais.sigmas {list(cfg.sigmas)}: the best σ may lie "
+                "beyond it; widen the grid"
+            )
+            echo(f"      warning: {warning}")
         start = time.perf_counter()
         log_px, chains = estimate(model, scored, sigma, cfg, cfg.steps, seed)
         test_s = time.perf_counter() - start
@@ -312,4 +317,4 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
                     "time/ais_bdmc_s": time.perf_counter() - start,
                 }
             )
-    return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}}
+    return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}, "warning": warning}

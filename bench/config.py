@@ -75,7 +75,7 @@ class AISConfig:
     leapfrog: int = 10  # leapfrog steps per HMC transition
     step_size: float = 0.1  # initial HMC step size, then adapted per image towards target_accept
     target_accept: float = 0.65
-    sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)  # candidate observation std (pixels in [0, 1])
+    sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)  # candidate observation std (pixels in [0, 1])
     validation_images: int = 100  # the last images of the test split (disjoint from the scored ones) that choose σ
     validation_steps: int = 200  # intermediate distributions of the σ search
     bdmc_images: int = 16  # images simulated from the model for the BDMC gap; 0 = none

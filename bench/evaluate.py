@@ -141,9 +141,7 @@ def fingerprint(proto: dict) -> str:
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def evaluate(
-    model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print
-) -> Evaluation:
+def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
     start = time.perf_counter()
     device = next(model.parameters()).device
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)

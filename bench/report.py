@@ -119,11 +119,12 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
             )
         if group.get("metrics.nll_ais", pd.Series(dtype=float)).notna().any():
             notes.append(
-                "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a Gaussian "
-                "density N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; bits/dim "
-                "(AIS) is the same density on the 0–256 scale. It is a stochastic lower bound of the log-likelihood, "
-                "so the NLL an upper bound; the BDMC gap (upper − lower bound on data simulated from the model) says "
-                "how loose it can be. Not comparable with NLL (IWAE), a Bernoulli likelihood of binarised pixels."
+                "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a "
+                "Gaussian density N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; "
+                "bits/dim (AIS) is the same density on the 0–256 scale. AIS bounds log p(x) from below "
+                "(stochastically), so NLL (AIS) is an upper bound; the BDMC gap (upper − lower bound on data simulated "
+                "from the model) says how loose it can be. Not comparable with NLL (IWAE), a Bernoulli likelihood of "
+                "binarised pixels."
             )
         extractor = str(group.iloc[-1].get("params.eval.extractor", ""))
         published = [

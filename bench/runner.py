@@ -100,6 +100,7 @@ def run_suite(
     for name in suite.datasets:
         echo(f"loading dataset {name} ...")
         datasets[name] = load_dataset(name)
+        _check_ais(suite.eval, datasets[name])
     extractors = {}
     for name in suite.datasets:
         echo(f"feature extractor {suite.eval.extractor} for {name} ...")
@@ -196,6 +197,10 @@ def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:
             f"feature dimensions of the {extractor.name} extractor, so FID against it is undefined; use another "
             f"eval.reference_split, a larger dataset or the domain extractor"
         )
+
+
+def _check_ais(cfg, dataset: Dataset) -> None:
+    """AIS scores the first eval.ais.images test images and chooses σ on the last validation_images: disjoint."""
     ais, test = cfg.ais, len(dataset.test_images)
     if ais.images and ais.images + ais.validation_images > test:
         raise ConfigError(

@@ -67,6 +67,13 @@ def test_defaults_live_on_the_fields(tmp_path):
         (MINIMAL.replace("seeds = [0]", "seeds = [0, 0]"), "seeds has duplicates"),
         (MINIMAL.replace("seeds = [0]", "seeds = []"), "seeds must not be empty"),
         (MINIMAL + "[extra]\na = 1\n", "[top level] unknown key 'extra'"),
+        (
+            MINIMAL + "[suites.s.eval.ais]\nschedule = 'cosine'\n",
+            "[suites.s.eval.ais] schedule must be one of sigmoid, linear; got 'cosine'",
+        ),
+        (MINIMAL + "[suites.s.eval.ais]\nsigmas = []\n", "[suites.s.eval.ais] sigmas must be a non-empty list"),
+        (MINIMAL + "[suites.s.eval.ais]\nsteps = 1\n", "steps and validation_steps must be >= 2"),
+        (MINIMAL + "[suites.s.eval.ais]\nleapfrogs = 3\n", "[suites.s.eval.ais] unknown key 'leapfrogs'"),
         ("[suites.s]\nmodels = ['gan-mlp']\n", "[suites.s] missing key(s): datasets"),
         ("[suites.s\n", "bench.toml is not valid TOML"),
     ],
@@ -125,6 +132,24 @@ def test_cell_key_covers_config_and_seed_but_not_suite():
     import dataclasses
 
     assert dataclasses.replace(a, suite="other").key("d") == a.key("d")
+
+
+def test_cell_key_covers_ais_only_when_it_runs():
+    """AIS off: its settings are not in the key, so cells finished before AIS existed are not re-run."""
+    import dataclasses
+
+    from bench.config import AISConfig
+
+    off = config.load(BENCH_TOML, ["eval.ais.images=0"], "quick")
+    cell = config.expand(off, off.suite("quick"))[0]
+    assert dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, ais=AISConfig(chains=3))).key("d") == cell.key(
+        "d"
+    )
+    on = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, ais=AISConfig(images=5)))
+    assert on.key("d") != cell.key("d")
+    assert dataclasses.replace(on, eval=dataclasses.replace(on.eval, ais=AISConfig(images=5, chains=3))).key(
+        "d"
+    ) != on.key("d")
 
 
 def test_to_toml_round_trips():

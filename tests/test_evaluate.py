@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from bench.config import EvalConfig
+from bench.config import AISConfig, EvalConfig
 from bench.data import load
 from bench.evaluate import fingerprint, protocol
 from bench.features import Extractor
@@ -33,6 +33,23 @@ CHANGES = {
     "prc_neighborhood": 5,
     "isc_splits": 5,
     "seed": 1,
+    "ais": AISConfig(images=10),
+}
+
+# A different valid value for every AIS setting (AIS on).
+AIS_CHANGES = {
+    "images": 20,
+    "chains": 8,
+    "steps": 500,
+    "schedule": "linear",
+    "leapfrog": 5,
+    "step_size": 0.05,
+    "target_accept": 0.8,
+    "sigmas": (0.1,),
+    "validation_images": 50,
+    "validation_steps": 100,
+    "bdmc_images": 0,
+    "batch_images": 50,
 }
 
 
@@ -47,6 +64,23 @@ def test_changing_an_eval_setting_changes_the_fingerprint(parts, field):
     base = fingerprint(protocol(cfg, dataset, extractor, ref, CPU))
     changed = dataclasses.replace(cfg, **{field: CHANGES[field]})
     assert fingerprint(protocol(changed, dataset, extractor, ref, CPU)) != base
+
+
+def test_every_ais_setting_changes_the_fingerprint_and_ais_off_leaves_it_as_before(parts):
+    cfg, dataset, extractor, ref = parts
+    assert set(AIS_CHANGES) == {f.name for f in dataclasses.fields(AISConfig)}
+    on = dataclasses.replace(cfg, ais=AISConfig(images=10))
+    base = fingerprint(protocol(on, dataset, extractor, ref, CPU))
+    changed = {
+        fingerprint(
+            protocol(dataclasses.replace(on, ais=dataclasses.replace(on.ais, **{k: v})), dataset, extractor, ref, CPU)
+        )
+        for k, v in AIS_CHANGES.items()
+    }
+    assert base not in changed and len(changed) == len(AIS_CHANGES)
+    # with AIS off its settings are not part of the protocol: runs from before AIS keep their fingerprints
+    off = protocol(dataclasses.replace(cfg, ais=AISConfig(chains=3)), dataset, extractor, ref, CPU)
+    assert "likelihood_ais" not in off and fingerprint(off) == fingerprint(protocol(cfg, dataset, extractor, ref, CPU))
 
 
 def test_extractor_reference_and_data_change_the_fingerprint(parts):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -149,6 +150,39 @@ def test_artifacts_inputs_and_step_metrics(quick_run):
         assert [m.step for m in client.get_metric_history(run_id, train_metric)] == [10, 20]
         inputs = client.get_run(run_id).inputs.dataset_inputs
         assert inputs[0].dataset.name == "digits" and len(inputs[0].dataset.digest) > 8
+
+
+def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
+    """Both families get nll_ais (tiny AIS: 8 test images, 2 chains, 10 distributions), bits/dim on the 0–256 scale,
+    the σ chosen on the validation images, the BDMC bounds and the cost; the validation scores are an artifact."""
+    client = mlflow.MlflowClient(quick_run["uri"])
+    runs = child_runs(quick_run["uri"])
+    assert set(runs["tags.bench.family"]) == {"gan", "vae"}
+    for m in ("nll_ais", "bits_per_dim_ais", "ais/sigma", "ais/accept", "ais/bdmc_gap", "time/ais_s", "best/nll_ais"):
+        assert runs[f"metrics.{m}"].notna().all(), m
+    bpd = runs["metrics.nll_ais"] / (28 * 28 * math.log(2)) + 8
+    assert (bpd - runs["metrics.bits_per_dim_ais"]).abs().max() < 1e-9
+    assert runs["metrics.ais/sigma"].isin([0.05, 0.1, 0.2, 0.4]).all()  # the quick suite's grid
+    gap = runs["metrics.ais/bdmc_upper"] - runs["metrics.ais/bdmc_lower"]
+    assert (gap - runs["metrics.ais/bdmc_gap"]).abs().max() < 1e-6 and gap.gt(0).all()  # 10 distributions: loose
+    assert runs["metrics.ais/accept"].between(0, 1).all() and runs["metrics.time/ais_s"].gt(0).all()
+    for run_id, sigma in zip(runs["run_id"], runs["metrics.ais/sigma"], strict=True):
+        details = json.loads(Path(client.download_artifacts(run_id, "ais.json")).read_text())
+        scores = {float(k): v for k, v in details["validation"].items()}
+        assert set(scores) == {0.05, 0.1, 0.2, 0.4} and max(scores, key=scores.get) == sigma
+        protocol = json.loads(Path(client.download_artifacts(run_id, "protocol.json")).read_text())
+        assert protocol["likelihood_ais"]["images"] == 8 and protocol["likelihood_ais"]["chains"] == 2
+
+
+def test_ais_images_beyond_the_test_split_fail_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "eval.ais.images=350"])
+    assert result.exit_code == 2, result.output
+    assert (
+        "eval.ais.images (350) + eval.ais.validation_images (25) exceed the 360 test images of digits" in result.output
+    )
+    assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
 
 
 def test_second_run_skips_finished_cells(quick_run):
