@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, PNG): FID over training steps and wall-clock, sample grids, VAE likelihoods.
+"""Report figures (matplotlib, PNG): FID over training steps and wall-clock, sample grids, VAE likelihoods, AIS
+log-likelihoods of GANs and VAEs.
 
 Pure plotting on data the report has already read from MLflow (bench.tracking); never imports torch.
 """
@@ -100,6 +101,36 @@ def likelihood_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False)
     ax.set_title(f"{title}: VAE test likelihood (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ais_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """GANs and VAEs on one likelihood scale: NLL (AIS) per model (marker, with the spread over seeds), and the
+    BDMC gap drawn to its left (how much lower the true NLL can be, measured on data simulated from the model)."""
+    rows = table[table["family"].isin(["gan", "vae"]) & table["nll_ais_mean"].notna()]
+    if rows.empty:
+        return None
+    rows = rows.sort_values("nll_ais_mean")
+    y = np.arange(len(rows))
+    nll, gap = rows["nll_ais_mean"].to_numpy(), rows["ais/bdmc_gap_mean"].fillna(0).to_numpy()
+    colours = ["C3" if f == "gan" else "C0" for f in rows["family"]]
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.5 * len(rows)))
+    ax.barh(y, gap, left=nll - gap, color=colours, alpha=0.25, label="BDMC gap (simulated data)")
+    ax.errorbar(nll, y, xerr=rows["nll_ais_std"].fillna(0), fmt="none", ecolor="black", capsize=3)
+    for family, colour in (("gan", "C3"), ("vae", "C0")):
+        pick = (rows["family"] == family).to_numpy()
+        if pick.any():
+            ax.plot(nll[pick], y[pick], "D", color=colour, label=f"NLL (AIS), {family.upper()}s")
+    sigmas = rows["ais/sigma_mean"].to_numpy()
+    ax.set_yticks(y, [f"{label} (σ={s:g})" for label, s in zip(rows["label"], sigmas, strict=True)])
+    ax.invert_yaxis()
+    ax.set_xlabel("nats per image of a Gaussian density on [0, 1] pixels (lower is better)")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.use_sticky_edges = False  # bars pin the axis to their left edge otherwise
+    ax.margins(x=0.08)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"{title}: log-likelihood by AIS, GANs and VAEs (mean over seeds)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

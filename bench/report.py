@@ -304,6 +304,9 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
     path = figures.likelihood_chart(section.table, section.dataset, folder / f"{stem}-likelihood.png")
     if path:
         out.append(("VAE test likelihood: rate, distortion and the IWAE bound", path))
+    path = figures.ais_chart(section.table, section.dataset, folder / f"{stem}-ais.png")
+    if path:
+        out.append(("GANs and VAEs on one scale: NLL by AIS, with the BDMC gap", path))
     return out
 
 

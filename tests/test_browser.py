@@ -69,7 +69,7 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     ]  # fmt: skip
     # every figure is embedded and decoded by the browser; nothing was fetched from anywhere
     images = browser.find_elements(By.CSS_SELECTOR, "figure img")
-    assert len(images) == 3
+    assert len(images) == 4
     assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 300 for img in images)
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(url.startswith(("data:", "file:")) for url in fetched), fetched
