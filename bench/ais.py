@@ -121,7 +121,8 @@ def ais(
 
     Forward (start None): chains start from the prior; the step size is adapted per image after every transition,
     ×(1 + adapt) when its chains' mean acceptance probability exceeds target_accept and ×(1 − adapt) otherwise
-    (Wu et al. 2017), within STEP_SIZE_RANGE. Reverse (start = exact posterior samples (B, L), step_sizes = the
+    (Wu et al. 2017), within STEP_SIZE_RANGE. (Adapting on the chains' own history makes the kernels depend on it,
+    so the estimator is not exactly unbiased; the PPCA test bounds the effect.) Reverse (start = exact posterior samples (B, L), step_sizes = the
     forward run's (T − 1, B)): chains start at β = 1 and anneal to the prior with the recorded step sizes, fixed.
     """
     b, steps = x.shape[0], len(betas) - 1
@@ -138,7 +139,7 @@ def ais(
     log_w = torch.zeros(chains * b, dtype=torch.float64, device=device)
     eps = torch.full((b,), step_size, device=device)
     used = torch.empty(max(steps - 1, 0), b, device=device)
-    accept_sum = 0.0
+    accept_sum = torch.zeros((), device=device)  # summed on the device: no host sync per transition
     betas = betas.tolist()
     for i in range(1, steps + 1):
         if reverse:  # t = T, …, 1: weight at z_t, then the transition of π_{t−1} (none after the prior's)
@@ -156,11 +157,11 @@ def ais(
         used[t - 1 if not reverse else t - 2] = eps
         z, ll, grad, acc = _hmc(log_lik, xs, z, ll, grad, beta, eps.repeat(chains)[:, None], leapfrog, generator)
         acc = acc.view(chains, b).mean(0)  # per image
-        accept_sum += acc.mean().item()
+        accept_sum += acc.mean()
         if not reverse:
             eps = (eps * torch.where(acc > target_accept, 1 + adapt, 1 - adapt)).clamp(*STEP_SIZE_RANGE)
     transitions = max(steps - 1, 1)
-    return Chains(log_w.view(chains, b), accept_sum / transitions, used.cpu(), 1 + (steps - 1) * leapfrog)
+    return Chains(log_w.view(chains, b), accept_sum.item() / transitions, used.cpu(), 1 + (steps - 1) * leapfrog)
 
 
 @dataclass
