@@ -121,10 +121,12 @@ def ais(
 
     Forward (start None): chains start from the prior; the step size is adapted per image after every transition,
     ×(1 + adapt) when its chains' mean acceptance probability exceeds target_accept and ×(1 − adapt) otherwise
-    (Wu et al. 2017), within STEP_SIZE_RANGE. (Adapting on the chains' own history makes the kernels depend on it,
-    so the estimator is not exactly unbiased; the PPCA test bounds the effect.) Reverse (start = exact posterior samples (B, L), step_sizes = the
-    forward run's (T − 1, B)): chains start at β = 1 and anneal to the prior with the recorded step sizes, fixed.
-    """
+    (Wu et al. 2017), within STEP_SIZE_RANGE. Adapting on the chains' own history makes the kernels depend on it,
+    so the estimator is not exactly unbiased; the PPCA test bounds the effect.
+
+    Reverse (start = exact posterior samples (B, L), step_sizes = the forward run's (T − 1, B)): chains start at
+    β = 1 and anneal to the prior with the recorded step sizes, fixed.
+    """"""
     b, steps = x.shape[0], len(betas) - 1
     reverse = start is not None
     if reverse and (step_sizes is None or step_sizes.shape != (steps - 1, b)):
