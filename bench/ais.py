@@ -126,7 +126,7 @@ def ais(
 
     Reverse (start = exact posterior samples (B, L), step_sizes = the forward run's (T − 1, B)): chains start at
     β = 1 and anneal to the prior with the recorded step sizes, fixed.
-    """"""
+    """
     b, steps = x.shape[0], len(betas) - 1
     reverse = start is not None
     if reverse and (step_sizes is None or step_sizes.shape != (steps - 1, b)):
