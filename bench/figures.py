@@ -6,6 +6,7 @@ Pure plotting on data the report has already read from MLflow (bench.tracking); 
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -70,9 +71,10 @@ def sample_panel(grids: list[tuple[str, Path]], title: str, path: Path) -> Path 
         ax.imshow(strip, cmap="gray" if strip.ndim == 2 else None, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_ylabel(textwrap.fill(label, 18, break_on_hyphens=False), rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"{title}: samples of the final checkpoint, one seed per model", fontsize=10)
     fig.tight_layout()
+    fig.subplots_adjust(left=0.2)  # the row labels sit left of the axes, outside what tight_layout reserves
     return _save(fig, path)
 
 
