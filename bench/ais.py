@@ -175,7 +175,6 @@ def ais(
 class BDMC:
     lower: torch.Tensor  # (B,) forward AIS estimates of log p(x), stochastic lower bounds
     upper: torch.Tensor  # (B,) reverse AIS estimates, stochastic upper bounds
-    accept: float
 
     @property
     def gap(self) -> float:
@@ -187,11 +186,10 @@ def bdmc(log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Te
     """Both bounds of log p(x) for x simulated from the model with latents z_star: forward AIS from the prior, then
     reverse AIS from z_star replaying the forward run's adapted step sizes."""
     fwd = ais(log_lik, x, z_star.shape[1], betas, generator=generator, **kwargs)
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("target_accept", "adapt")}
-    rev = ais(
+    rev = ais(  # the reverse run does not adapt: target_accept and adapt go unused there
         log_lik, x, z_star.shape[1], betas, generator=generator, start=z_star, step_sizes=fwd.step_sizes, **kwargs
     )
-    return BDMC(fwd.log_mean_w.cpu(), -rev.log_mean_w.cpu(), 0.5 * (fwd.accept + rev.accept))
+    return BDMC(fwd.log_mean_w.cpu(), -rev.log_mean_w.cpu())
 
 
 # ------------------------------------------------------------------------------------ GANs and VAEs under AIS
@@ -214,6 +212,27 @@ def frozen(model):
         model.train(was_training)
 
 
+def _hmc_settings(cfg) -> dict:
+    """The keyword arguments of `ais` (and `bdmc`) that AISConfig sets."""
+    return {
+        "chains": cfg.chains,
+        "leapfrog": cfg.leapfrog,
+        "step_size": cfg.step_size,
+        "target_accept": cfg.target_accept,
+    }
+
+
+def check_test_split(cfg, test_images: int, dataset: str = "") -> None:
+    """The scored images (the first cfg.images) and the σ-choosing ones (the last validation_images) must be
+    disjoint parts of the test split; ValueError otherwise."""
+    if cfg.images and cfg.images + cfg.validation_images > test_images:
+        raise ValueError(
+            f"eval.ais.images ({cfg.images}) + eval.ais.validation_images ({cfg.validation_images}) exceed the "
+            f"{test_images} test images{f' of {dataset}' if dataset else ''} (σ is chosen on test images disjoint "
+            "from the scored ones); lower them"
+        )
+
+
 def _images(x: torch.Tensor, device) -> torch.Tensor:
     return x.to(device).float() / 255.0  # uint8 → [0, 1], the decoders' mean scale
 
@@ -228,15 +247,7 @@ def estimate(model, images: torch.Tensor, sigma: float, cfg, steps: int, seed: i
     out, accept = [], []
     for chunk in images.split(cfg.batch_images):
         chains = ais(
-            log_lik,
-            _images(chunk, device),
-            model.config.latent_dim,
-            betas,
-            chains=cfg.chains,
-            leapfrog=cfg.leapfrog,
-            step_size=cfg.step_size,
-            target_accept=cfg.target_accept,
-            generator=gen,
+            log_lik, _images(chunk, device), model.config.latent_dim, betas, generator=gen, **_hmc_settings(cfg)
         )
         out.append(chains.log_mean_w.cpu())
         accept.append(chains.accept)
@@ -263,11 +274,7 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
     """AIS metrics of a GAN generator or VAE decoder: σ chosen on the validation images (the last
     cfg.validation_images of the test split), nll_ais and bits_per_dim_ais on the first cfg.images, the BDMC gap on
     cfg.bdmc_images simulated images, and the cost. Returns {"metrics": …, "validation": {σ: mean log p}}."""
-    if cfg.images + cfg.validation_images > len(test):
-        raise ValueError(
-            f"eval.ais.images ({cfg.images}) + eval.ais.validation_images ({cfg.validation_images}) exceed the "
-            f"{len(test)} test images"
-        )
+    check_test_split(cfg, len(test))
     scored, validation = test[: cfg.images], test[len(test) - cfg.validation_images :]
     dims = math.prod(test.shape[1:])
     with frozen(model):
@@ -305,17 +312,8 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
             start = time.perf_counter()
             x, z_star = simulate(model, cfg.bdmc_images, sigma, seed + 1)
             gen = torch.Generator(device=x.device).manual_seed(seed + 2)
-            b = bdmc(
-                gaussian_log_lik(model.decoder_mean, sigma),
-                x,
-                z_star,
-                schedule(cfg.steps, cfg.schedule),
-                chains=cfg.chains,
-                leapfrog=cfg.leapfrog,
-                step_size=cfg.step_size,
-                target_accept=cfg.target_accept,
-                generator=gen,
-            )
+            log_lik, betas = gaussian_log_lik(model.decoder_mean, sigma), schedule(cfg.steps, cfg.schedule)
+            b = bdmc(log_lik, x, z_star, betas, generator=gen, **_hmc_settings(cfg))
             metrics.update(
                 {
                     "ais/bdmc_lower": b.lower.mean().item(),

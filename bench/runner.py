@@ -26,6 +26,7 @@ from torchvision.utils import make_grid
 
 import baselines
 from bench import tracking
+from bench.ais import check_test_split
 from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
 from bench.data import Dataset
 from bench.data import load as load_dataset
@@ -200,13 +201,10 @@ def _check_sample_counts(cfg, dataset: Dataset, extractor: Extractor) -> None:
 
 
 def _check_ais(cfg, dataset: Dataset) -> None:
-    """AIS scores the first eval.ais.images test images and chooses σ on the last validation_images: disjoint."""
-    ais, test = cfg.ais, len(dataset.test_images)
-    if ais.images and ais.images + ais.validation_images > test:
-        raise ConfigError(
-            f"eval.ais.images ({ais.images}) + eval.ais.validation_images ({ais.validation_images}) exceed the {test} "
-            f"test images of {dataset.name} (σ is chosen on test images disjoint from the scored ones); lower them"
-        )
+    try:
+        check_test_split(cfg.ais, len(dataset.test_images), dataset.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 REAL_MODEL = tracking.REAL_MODEL
