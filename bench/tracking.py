@@ -205,10 +205,18 @@ class Run:
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
+        from mlflow.exceptions import MlflowException
 
         dataset = MetaDataset(CodeDatasetSource({"loader": source, "sha256": digest}), name=name, digest=digest[:36])
         entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-        self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
+        try:
+            self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
+        except MlflowException as e:
+            # cells starting at once (the Ray executor) can both insert the dataset's row into a sqlite store; the
+            # loser fails on the UNIQUE constraint, and a second attempt finds and links the winner's row
+            if "UNIQUE constraint failed" not in str(e):
+                raise
+            self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
 
     def status(self) -> str:
         return self.client.get_run(self.run_id).info.status

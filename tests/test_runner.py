@@ -443,3 +443,28 @@ def test_unwritable_results_or_report_directory_is_a_clear_error(tmp_path, monke
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
     result = CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(blocker / "report")])
     assert result.exit_code == 2 and "error: cannot write the report to" in result.output
+
+
+def test_a_lost_race_on_the_dataset_row_is_retried(tmp_path, monkeypatch):
+    """Two cells starting at once (Ray) can both insert the dataset's row into sqlite; the loser's UNIQUE-constraint
+    error is retried, and its run still gets the dataset input (a fresh-clone Ray test once lost a cell to it)."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "race", tmp_path / "artifacts")
+    run = tracker.start_run("cell", {})
+    real, calls = run.client.log_inputs, []
+
+    def lose_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run.client, "log_inputs", lose_once)
+    run.log_dataset("digits", "d" * 64, "sklearn")
+    assert len(calls) == 2
+    inputs = run.client.get_run(run.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["digits"]
+    monkeypatch.setattr(run.client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
+    with pytest.raises(MlflowException, match="other"):
+        run.log_dataset("digits", "d" * 64, "sklearn")
