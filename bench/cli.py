@@ -136,6 +136,11 @@ def run(
               help="Time each loop this many times, alternating, and keep the best.")  # fmt: skip
 @click.option("--overhead-steps", type=click.IntRange(1), default=300, show_default=True,
               help="Steps of the logged gan-mlp loop that measures tracking overhead.")  # fmt: skip
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="genbench's loop: bf16 autocast (train.precision).")  # fmt: skip
+@click.option("--channels-last", is_flag=True, help="genbench's loop: NHWC memory format (train.channels_last).")
+@click.option("--compile", "compile_", is_flag=True, help="genbench's loop: torch.compile (train.compile).")
+@click.option("--tf32", is_flag=True, help="genbench's loop: TF32 matmuls/convolutions on CUDA (train.tf32).")
 @uri_option
 def perf(
     models: str,
@@ -145,10 +150,15 @@ def perf(
     device: str,
     repeats: int,
     overhead_steps: int,
+    precision: str,
+    channels_last: bool,
+    compile_: bool,
+    tf32: bool,
     tracking_uri: str | None,
 ) -> None:
     """Training throughput against a plain PyTorch loop, evaluation throughput, tracking overhead; logged to the
-    MLflow experiment `perf`."""
+    MLflow experiment `perf`. The speed options apply to genbench's loop; the reference loop stays plain fp32 eager.
+    On CUDA the GPU's utilisation is sampled too (time enough steps, e.g. --steps 1000, for NVML to see them)."""
     import baselines
     from bench import perf as perf_mod
     from bench import tracking
@@ -166,11 +176,15 @@ def perf(
         dev = resolve_device(device)
     except ConfigError as e:
         _fail(str(e))
-    click.echo(f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}")
-    rows, overhead = perf_mod.measure(
-        names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats
+    speed = {"precision": precision, "channels_last": channels_last, "compile": compile_, "tf32": tf32}
+    click.echo(
+        f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}, "
+        f"genbench's loop {perf_mod.speed_label(speed)}"
     )
-    text = perf_mod.table(rows, overhead, dev)
+    rows, overhead = perf_mod.measure(
+        names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats, speed
+    )
+    text = perf_mod.table(rows, overhead, dev, speed)
     click.echo("\n" + text)
     uri = tracking.resolve_uri(tracking_uri, _results())
     params = {
@@ -178,6 +192,8 @@ def perf(
         "steps": steps,
         "batch_size": batch_size,
         "threads": __import__("torch").get_num_threads(),
+        "repeats": repeats,
+        **speed,
     }
     run_id = perf_mod.log(uri, rows, overhead, params, text)
     click.echo(f"logged to MLflow experiment perf (run {run_id}) at {uri}")

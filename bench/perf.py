@@ -4,14 +4,20 @@ For each baseline and image shape, the same model and batch size go through
 - genbench's training loop (bench.train: the dataset resident on the device, batches drawn by index), and
 - a reference loop written the way most PyTorch code is: a torchvision-style Dataset (uint8 array → PIL image →
   ToTensor, as torchvision's MNIST and CIFAR10 do) and a shuffling DataLoader,
-side by side in this process, after a warm-up; the ratio is genbench's images/s over the reference's. Evaluation
-throughput is images/s through the feature extractor; tracking overhead is the share of a training loop's wall time
-spent inside MLflow calls. Everything is logged to the MLflow experiment `perf`.
+side by side in this process, after a warm-up; the ratio is genbench's images/s over the reference's. genbench's
+loop can be given the speed path (`speed`: precision, channels_last, compile, tf32, as in [suites.NAME.train]); the
+reference always runs plain fp32 eager, as a user's own loop would. On CUDA the GPU's utilisation (NVML's: the share
+of time a kernel was running, what nvidia-smi shows) is sampled during both timed loops. Evaluation throughput is
+images/s through the feature extractor; tracking overhead is the share of a training loop's wall time spent inside
+MLflow calls. Everything is logged to the MLflow experiment `perf`.
 """
 
 from __future__ import annotations
 
+import math
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ from bench.train import train
 
 SHAPES = {"28": (1, 28, 28), "32": (3, 32, 32)}
 WARMUP = 3
+SPEED_KEYS = ("precision", "channels_last", "compile", "tf32")  # the TrainConfig fields of the speed path
 
 
 class ReferenceImages(VisionDataset):
@@ -56,6 +63,8 @@ class Row:
     ours: float  # images/s
     reference: float
     eval_ips: float = float("nan")
+    ours_util: float = float("nan")  # mean GPU utilisation (%) during the timed loops; nan off CUDA
+    reference_util: float = float("nan")
 
     @property
     def ratio(self) -> float:
@@ -80,17 +89,90 @@ def _model(name: str, shape, device):
     return baselines.build(name, None, shape).to(device)
 
 
-def ours(name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device) -> float:
-    """genbench's loop: TrainResult.images_per_s over `steps` steps, after a warm-up run on the same model."""
+class GpuUtilisation:
+    """Mean GPU utilisation in % while the `with` block runs, sampled every `interval` s on a background thread.
+
+    `read` returns one reading (0-100). By default on CUDA: NVML through torch.cuda.utilization (needs the
+    nvidia-ml-py package), else nvidia-smi; off CUDA, or when neither answers, there is no reader and `mean` is nan.
+    NVML's own sampling period is 1/6 s to 1 s, so loops shorter than a few seconds give no reliable figure:
+    `mean` is nan below `min_samples` readings.
+    """
+
+    def __init__(self, device, interval: float = 0.05, read: Callable[[], float] | None = None, min_samples: int = 5):
+        self.read = read if read is not None else gpu_reader(device)
+        self.interval, self.min_samples = interval, min_samples
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append(float(self.read()))
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.read is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples) if len(self.samples) >= self.min_samples else float("nan")
+
+
+def gpu_reader(device) -> Callable[[], float] | None:
+    """A function returning the device's current utilisation in %, or None (not CUDA; no NVML and no nvidia-smi)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        torch.cuda.utilization(index)
+        return lambda: torch.cuda.utilization(index)
+    except Exception:  # pynvml (nvidia-ml-py) missing or NVML unusable: ask nvidia-smi
+        pass
+
+    def smi() -> float:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"--id={index}"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+        return parse_smi(out)
+
+    try:
+        smi()
+        return smi
+    except Exception:
+        return None
+
+
+def parse_smi(out: str) -> float:
+    """nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits prints e.g. '87\n'."""
+    return float(out.strip().splitlines()[0])
+
+
+def ours(
+    name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device, speed: dict | None = None
+) -> tuple[float, float]:
+    """genbench's loop: TrainResult.images_per_s over `steps` steps, after a warm-up run on the same model (which also
+    compiles, with speed compile=True); and the mean GPU utilisation during the timed run."""
     model = _model(name, shape, device)
     data = images.to(device)
     quiet = dict(batch_size=batch_size, log_every=10**9, sample_every=10**9, checkpoint_every=10**9, eval_every=0)
+    quiet.update(speed or {})
     train(model, data, TrainConfig(steps=WARMUP, **quiet), seed=0, logger=_Quiet(), progress=False)
     # every step reads its losses back (.item()), so the loop's own clock covers the device work
-    return train(model, data, TrainConfig(steps=steps, **quiet), seed=1, logger=_Quiet(), progress=False).images_per_s
+    with GpuUtilisation(device) as util:
+        result = train(model, data, TrainConfig(steps=steps, **quiet), seed=1, logger=_Quiet(), progress=False)
+    return result.images_per_s, util.mean
 
 
-def reference(name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device) -> float:
+def reference(name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device) -> tuple[float, float]:
     """The plain loop: Dataset + DataLoader(shuffle), `.to(device)` per batch, the same train_step."""
     model = _model(name, shape, device)
     optimizers = model.optimizers()
@@ -112,7 +194,9 @@ def reference(name: str, shape, images: torch.Tensor, steps: int, batch_size: in
         return time.perf_counter() - start
 
     run(WARMUP)
-    return steps * per_step / run(steps)
+    with GpuUtilisation(device) as util:
+        seconds = run(steps)
+    return steps * per_step / seconds, util.mean
 
 
 def eval_throughput(shape, device, n: int = 2000, batch_size: int = 500) -> float:
@@ -162,40 +246,59 @@ def measure(
     echo: Callable[[str], None] = print,
     overhead_steps: int = 300,
     repeats: int = 1,
+    speed: dict | None = None,
 ) -> tuple[list[Row], tuple[float, float]]:
     """Each loop timed `repeats` times, alternating genbench and reference so slow drifts of the machine hit both;
-    the best of each is kept (the usual benchmark convention: noise only ever slows a run down)."""
+    the best of each is kept (the usual benchmark convention: noise only ever slows a run down), with the GPU
+    utilisation of that best run."""
     rows = []
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         images = _data(shape, 4096)
         eval_ips = eval_throughput(shape, device)
         for name in models:
-            a = b = 0.0
+            a = b = (0.0, float("nan"))
             for _ in range(repeats):
-                a = max(a, ours(name, shape, images, steps, batch_size, device))
-                b = max(b, reference(name, shape, images, steps, batch_size, device))
-            rows.append(Row(name, "x".join(map(str, shape)), a, b, eval_ips))
-            echo(f"  {name:<9} {rows[-1].shape:<8} genbench {a:9.0f} img/s   reference {b:9.0f} img/s   "
-                 f"ratio {a / b:5.2f}")  # fmt: skip
+                a = max(a, ours(name, shape, images, steps, batch_size, device, speed), key=lambda r: r[0])
+                b = max(b, reference(name, shape, images, steps, batch_size, device), key=lambda r: r[0])
+            rows.append(Row(name, "x".join(map(str, shape)), a[0], b[0], eval_ips, a[1], b[1]))
+            util = "" if math.isnan(a[1]) and math.isnan(b[1]) else f"   GPU util {a[1]:3.0f}% / {b[1]:3.0f}%"
+            echo(f"  {name:<9} {rows[-1].shape:<8} genbench {a[0]:9.0f} img/s   reference {b[0]:9.0f} img/s   "
+                 f"ratio {a[0] / b[0]:5.2f}{util}")  # fmt: skip
     return rows, tracking_overhead(device, overhead_steps)
 
 
-def table(rows: list[Row], overhead: tuple[float, float], device) -> str:
+def speed_label(speed: dict | None) -> str:
+    """'fp32' for the defaults, else e.g. 'bf16 + channels_last + compile'."""
+    speed = {**{"precision": "fp32", "channels_last": False, "compile": False, "tf32": False}, **(speed or {})}
+    return " + ".join([speed["precision"]] + [k for k in SPEED_KEYS[1:] if speed[k]])
+
+
+def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | None = None) -> str:
+    gpu = any(not (math.isnan(r.ours_util) and math.isnan(r.reference_util)) for r in rows)
     lines = [
         f"device: {device}; images/s after {WARMUP} warm-up steps, best of the repeats",
+        f"genbench's loop: {speed_label(speed)}; the reference loop: fp32, eager, Dataset + DataLoader",
         "",
-        "| model | shape | genbench train img/s | reference train img/s | ratio | eval img/s (domain extractor) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | shape | genbench train img/s | reference train img/s | ratio | eval img/s (domain extractor) |"
+        + (" GPU util genbench / reference |" if gpu else ""),
+        "|---|---|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.shape} | {r.ours:,.0f} | {r.reference:,.0f} | {r.ratio:.2f} | {r.eval_ips:,.0f} |"
+            + (f" {_pct(r.ours_util)} / {_pct(r.reference_util)} |" if gpu else "")
         )
     seconds, wall = overhead
     lines += ["", f"tracking overhead: {seconds:.2f} s in MLflow calls over {wall:.1f} s of training "
               f"({100 * seconds / wall:.2f}%)"]  # fmt: skip
+    if gpu and any(math.isnan(r.ours_util) or math.isnan(r.reference_util) for r in rows):
+        lines.append("n/a GPU util: the timed loop was too short for NVML's sampling; time more steps (--steps)")
     return "\n".join(lines)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.0f}%"
 
 
 def log(uri: str, rows: list[Row], overhead: tuple[float, float], params: dict, text: str) -> str:
@@ -206,6 +309,9 @@ def log(uri: str, rows: list[Row], overhead: tuple[float, float], params: dict, 
     for r in rows:
         key = f"{r.model}/{r.shape}"
         metrics.update({f"train_ips/{key}": r.ours, f"reference_ips/{key}": r.reference, f"ratio/{key}": r.ratio})
+        for prefix, util in (("gpu_util", r.ours_util), ("reference_gpu_util", r.reference_util)):
+            if not math.isnan(util):
+                metrics[f"{prefix}/{key}"] = util
         metrics[f"eval_ips/domain/{r.shape}"] = r.eval_ips
     metrics["tracking_overhead"] = overhead[0] / overhead[1]
     run.log_metrics(metrics)

@@ -40,3 +40,58 @@ def test_bench_perf_cli_prints_and_logs(tmp_path, monkeypatch):
     assert 0 < metrics["tracking_overhead"] < 1
     bad = CliRunner().invoke(main, ["perf", "--models", "nope", "--shapes", "28"])
     assert bad.exit_code == 2 and "unknown model(s) ['nope']" in bad.output
+
+
+def test_speed_options_reach_genbench_loop_and_are_logged(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    args = ["perf", "--models", "dcgan", "--shapes", "28", "--steps", "1", "--overhead-steps", "10"]
+    result = CliRunner().invoke(main, [*args, "--precision", "bf16", "--channels-last"])
+    assert result.exit_code == 0, result.output
+    assert "genbench's loop: bf16 + channels_last; the reference loop: fp32, eager" in result.output
+    assert "GPU util" not in result.output  # no GPU: no utilisation column
+    client = mlflow.MlflowClient(tracking.default_uri(tmp_path))
+    (run,) = client.search_runs([client.get_experiment_by_name("perf").experiment_id])
+    assert run.data.params["precision"] == "bf16" and run.data.params["channels_last"] == "True"
+    assert run.data.params["compile"] == "False"
+
+
+def test_ours_applies_the_speed_path(monkeypatch):
+    seen = []
+    real = perf.train
+
+    def spy(model, data, cfg, **kw):
+        seen.append((cfg.precision, cfg.channels_last))
+        return real(model, data, cfg, **kw)
+
+    monkeypatch.setattr(perf, "train", spy)
+    ips, util = perf.ours("dcgan", perf.SHAPES["28"], perf._data(perf.SHAPES["28"], 256), 1, 8, "cpu",
+                          {"precision": "bf16", "channels_last": True})  # fmt: skip
+    assert ips > 0 and util != util  # nan off CUDA
+    assert seen == [("bf16", True), ("bf16", True)]  # warm-up and timed run
+
+
+def test_gpu_utilisation_sampler_averages_readings_and_needs_enough_of_them():
+    import time
+
+    readings = iter(range(1000))
+    with perf.GpuUtilisation("cuda", interval=0.001, read=lambda: next(readings)) as util:
+        time.sleep(0.1)
+    n = len(util.samples)
+    assert n >= 5 and util.samples == list(range(n)) and util.mean == (n - 1) / 2
+    with perf.GpuUtilisation("cpu") as off:  # no reader off CUDA: nothing sampled
+        time.sleep(0.01)
+    assert off.read is None and off.samples == [] and off.mean != off.mean
+    few = perf.GpuUtilisation("cuda", read=lambda: 50.0, min_samples=5)
+    few.samples = [50.0] * 4
+    assert few.mean != few.mean  # nan below min_samples
+
+
+def test_nvidia_smi_output_and_table_with_gpu_column():
+    assert perf.parse_smi("87\n") == 87.0 and perf.parse_smi(" 3\n12\n") == 3.0
+    rows = [perf.Row("gan-mlp", "1x28x28", 300.0, 100.0, 50.0, 91.0, 40.0),
+            perf.Row("sngan", "1x28x28", 30.0, 30.0, 50.0, float("nan"), 99.0)]  # fmt: skip
+    text = perf.table(rows, (0.1, 10.0), "cuda", {"precision": "bf16", "compile": True})
+    assert "genbench's loop: bf16 + compile;" in text
+    assert "| gan-mlp | 1x28x28 | 300 | 100 | 3.00 | 50 | 91% / 40% |" in text
+    assert "| sngan | 1x28x28 | 30 | 30 | 1.00 | 50 | n/a / 99% |" in text and "too short for NVML" in text
