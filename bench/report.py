@@ -98,11 +98,12 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
         multi = table["model"].duplicated(keep=False)
         if multi.any():
             notes.append(
-                "Models with several configurations in this table are listed once per variant "
-                "(bench.variant tag); compare their params in the MLflow UI."
+                "Models with several configurations in this table are listed once per variant (bench.variant tag), "
+                "labelled by the params in which their variants differ; compare all params in the MLflow UI."
             )
         table["label"] = [
-            f"{m} ({v[:8]})" if dup else m for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
+            f"{m} ({variant_label(group, m, v)})" if dup else m
+            for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
         ]
         # the real-data reference row first and unranked; models ranked by FID
         table["_real"] = table["family"] == "real"
@@ -141,6 +142,25 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
             notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(published, 1)]
         sections.append(Section(dataset, protocol, _describe(group.iloc[-1]), table, notes, group, extractor))
     return sections
+
+
+# params that are the same for every variant of a cell by construction, or not config at all
+_NOT_VARIANT = ("params.cell.", "params.overrides", "params.executor", "params.cells", "params.suite")
+
+
+def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) -> str:
+    """What sets this variant apart from the model's other variants in `group`: the params whose values differ
+    among them, as `key=value` (at most `most`, then "+N more"); the variant hash's first 8 characters when no
+    param differs (e.g. a store written before a param existed)."""
+    runs = group[group["bench.model"] == model]
+    first = runs.drop_duplicates("bench.variant").set_index("bench.variant")
+    keys = [c for c in first.columns if c.startswith("params.") and not c.startswith(_NOT_VARIANT)]
+    values = first[keys].astype(str)  # NaN (a param one variant lacks) reads "nan"
+    differ = [k for k in keys if values[k].nunique() > 1]
+    if not differ:
+        return variant[:8]
+    parts = [f"{k.removeprefix('params.')}={values.at[variant, k]}" for k in sorted(differ)]
+    return ", ".join(parts[:most]) + (f", +{len(parts) - most} more" if len(parts) > most else "")
 
 
 def _published_rows(published: list) -> pd.DataFrame:
