@@ -481,6 +481,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     )
     if result.resumed_from:
         run.set_tags({"bench.resumed_from_step": result.resumed_from})
+        ctx.echo(f"    resumed from its checkpoint at step {result.resumed_from} (an interrupted earlier attempt)")
 
     ctx.echo("    evaluating the final checkpoint ...")
     extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]

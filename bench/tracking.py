@@ -281,6 +281,8 @@ def download_artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | Non
     if path not in names:
         return None
     Path(dst).mkdir(parents=True, exist_ok=True)
+    # a report fetches one small file per run: MLflow's per-file progress bar would only bury the report's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return Path(client.download_artifacts(run_id, path, str(dst)))
 
 

@@ -118,6 +118,7 @@ def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0, out
     assert "left RUNNING by a process that no longer exists: marked KILLED" in out
+    assert f"resumed from its checkpoint at step {step}" in out
     reference = _bench_run(whole, *RESUME)
     out_whole, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out_whole
