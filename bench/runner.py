@@ -4,6 +4,7 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fi
 from bench.executors import EXECUTORS
 from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
-from bench.train import train
+from bench.train import StopRequest, train
 
 
 @dataclass
@@ -85,7 +87,45 @@ def run_suite(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED)."""
+    """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED). SIGTERM stops it
+    as Ctrl-C does (a checkpoint, runs marked KILLED, KeyboardInterrupt)."""
+    with _terminate_as_interrupt():
+        return _run_suite(config, suite_name, tracking_uri, results, overrides, executor, ray_address, progress, echo)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (`kill PID`, a scheduler's stop) raises KeyboardInterrupt in the main thread, like Ctrl-C, so the
+    suite shuts down the way Ctrl-C does; a repeated SIGTERM while it does is the same request. Signals reach the
+    main thread only: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = []
+
+    def handle(signum, frame):
+        if not seen:
+            seen.append(signum)
+            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_suite(
+    config: BenchConfig,
+    suite_name: str,
+    tracking_uri: str | None,
+    results: Path,
+    overrides: tuple[str, ...],
+    executor: str,
+    ray_address: str | None,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> list[Outcome]:
     suite = config.suite(suite_name)
     cells = expand(config, suite)
     results = Path(results)
@@ -345,10 +385,15 @@ def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label:
         run.set_tags(tracking.owner_tags(proc.pid))
         try:
             proc.join()
-        except KeyboardInterrupt:  # the worker got the same signal: let it checkpoint and close its run
+        except KeyboardInterrupt:
+            # A Ctrl-C reached the worker too, a `kill` of this process did not: ask it to stop in any case (for a
+            # worker already stopping, a repeated SIGTERM is the same request), then let it checkpoint and close
+            # its run.
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
             proc.join(timeout=120)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(timeout=10)
             if run.status() == "RUNNING":
                 run.set_tags({"bench.error": "interrupted; run the same command to resume"})
@@ -374,7 +419,18 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _cell_worker(spec: dict, result_path: str) -> None:
-    """Entry point of a cell's own process: run the cell, report the outcome as JSON."""
+    """Entry point of a cell's own process: run the cell, report the outcome as JSON. Outside training (where
+    train.StopRequest takes over), the first SIGINT or SIGTERM interrupts the cell; a SIGTERM after that is the same
+    request (the suite's process forwards one after a Ctrl-C that reached both), another SIGINT interrupts again."""
+
+    def interrupt(signum, frame):
+        if StopRequest.stopping and signum == signal.SIGTERM:
+            return
+        StopRequest.stopping = True
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
     report = _work(spec)
     Path(result_path).write_text(json.dumps(report))
 

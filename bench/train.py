@@ -28,9 +28,14 @@ class DivergenceError(RuntimeError):
 class StopRequest:
     """SIGINT/SIGTERM during training only set a flag; the loop finishes its step, writes a checkpoint and then
     raises KeyboardInterrupt, so an interrupted cell resumes exactly where it stopped. Installed only in the main
-    thread (where Python delivers signals); the previous handlers come back on exit."""
+    thread (where Python delivers signals); the previous handlers come back on exit.
+
+    Once a process has been asked to stop (`stopping`, for the whole process), another SIGTERM is the same request
+    (the suite's process forwards one to its cell's worker, which a Ctrl-C may have reached already); only another
+    SIGINT, a second Ctrl-C, stops at once without the checkpoint."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    stopping = False
 
     def __init__(self):
         self.requested: int | None = None
@@ -43,9 +48,12 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None:  # a second Ctrl-C: stop now, without the checkpoint
-            raise KeyboardInterrupt
+        if self.requested is not None or StopRequest.stopping:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop now, without the checkpoint
+                raise KeyboardInterrupt
+            return
         self.requested = signum
+        StopRequest.stopping = True
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():

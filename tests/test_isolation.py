@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
 from bench import tracking
@@ -135,14 +136,21 @@ def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run
     assert not any(checkpoints.glob("*/last.pt"))  # the finished run holds its checkpoints
 
 
-def test_sigint_stops_cleanly_with_a_checkpoint(quick_run, tmp_path):
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda pid: os.killpg(pid, signal.SIGINT), id="ctrl-c"),  # Ctrl-C reaches the whole group
+        pytest.param(lambda pid: os.kill(pid, signal.SIGTERM), id="sigterm-to-bench"),  # `kill PID`: bench only
+    ],
+)
+def test_sigint_or_sigterm_stops_cleanly_with_a_checkpoint(quick_run, tmp_path, stop):
     _seed_cache(quick_run, tmp_path)
     settings = ("models=['gan-mlp']", "seeds=[0]", "train.steps=2000", "train.checkpoint_every=5000")
     proc = _bench_run(tmp_path, *settings)
     uri = tracking.default_uri(tmp_path)
 
     wait_until(lambda: _training_started(tmp_path), 120, "the first sample grid")
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground group
+    stop(proc.pid)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
     assert "interrupted" in out
