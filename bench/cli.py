@@ -163,6 +163,7 @@ def perf(
     from bench import perf as perf_mod
     from bench import tracking
     from bench.runner import resolve_device
+    from bench.train import bf16_note
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in names if m not in baselines.MODELS]
@@ -181,6 +182,8 @@ def perf(
         f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}, "
         f"genbench's loop {perf_mod.speed_label(speed)}"
     )
+    if precision == "bf16" and (note := bf16_note(dev)):
+        click.echo(note)
     rows, overhead = perf_mod.measure(
         names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats, speed
     )

@@ -24,6 +24,7 @@ from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
 from bench.likelihood import reconstruction_quality, vae_likelihood
 from bench.metrics import fid, sample_metrics
+from bench.train import native_bf16
 
 
 @dataclass
@@ -177,6 +178,17 @@ def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache
     return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start, ref)
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems, so /proc/cpuinfo first)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def environment(device) -> dict:
     """Versions, device and git commit: the `environment.json` artifact."""
     import subprocess
@@ -199,7 +211,9 @@ def environment(device) -> dict:
         "torch-fidelity": version("torch-fidelity"),
         "mlflow": version("mlflow"),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels PyTorch picked: AVX2, AVX512, ...
+        "bf16_native": native_bf16(device),
         "git_commit": commit,
     }

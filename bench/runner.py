@@ -36,7 +36,7 @@ from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fi
 from bench.executors import EXECUTORS
 from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
-from bench.train import StopRequest, train
+from bench.train import StopRequest, bf16_note, train
 
 
 @dataclass
@@ -165,6 +165,8 @@ def _run_suite(
         echo(f"run {name} ({run_id}) was left RUNNING by a process that no longer exists: marked KILLED")
     finished = tracker.finished_cells()
     echo(f"suite {suite.name}: {len(cells)} cells on {device}; tracking at {uri}")
+    if any(c.train.precision == "bf16" for c in cells) and (note := bf16_note(device)):
+        echo(note)
 
     parent = tracker.start_run(
         f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",

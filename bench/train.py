@@ -227,6 +227,28 @@ def _precision(cfg: TrainConfig, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs in hardware on `device`: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
+    Elsewhere (an AVX2-only CPU, say) PyTorch emulates bf16, which trains several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def bf16_note(device: torch.device) -> str | None:
+    """A note for a user who asked for bf16 where it is emulated; None where bf16 runs in hardware."""
+    if native_bf16(device):
+        return None
+    found = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
+    return (
+        f"note: train.precision = bf16, but this {device.type.upper()} ({found}) has no bf16 arithmetic "
+        "(AVX512-BF16 or AMX on a CPU): PyTorch emulates it, and training runs several times slower than fp32"
+    )
+
+
 def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:
     """The same latent draws at every call (fixed seed), so grids over training are comparable."""
     device = next(model.parameters()).device

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from bench import perf, tracking
 from bench.cli import main
+from bench.train import native_bf16
 from tests.conftest import REPO
 
 
@@ -50,6 +51,7 @@ def test_speed_options_reach_genbench_loop_and_are_logged(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "genbench's loop: bf16 + channels_last; the reference loop: fp32, eager" in result.output
     assert "GPU util" not in result.output  # no GPU: no utilisation column
+    assert ("PyTorch emulates it" in result.output) == (not native_bf16(torch.device("cpu")))  # this CPU's bf16
     client = mlflow.MlflowClient(tracking.default_uri(tmp_path))
     (run,) = client.search_runs([client.get_experiment_by_name("perf").experiment_id])
     assert run.data.params["precision"] == "bf16" and run.data.params["channels_last"] == "True"

@@ -7,7 +7,7 @@ import torch
 
 import baselines
 from bench.config import TrainConfig
-from bench.train import DivergenceError, train
+from bench.train import DivergenceError, bf16_note, native_bf16, train
 
 
 class Recorder:
@@ -180,6 +180,19 @@ def test_speed_options_bf16_channels_last_and_tf32_flags():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     _losses("gan-mlp", tf32=True)
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before  # restored
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(False, False), (True, False), (False, True)])
+def test_bf16_note_only_where_the_cpu_emulates_bf16(monkeypatch, avx512_bf16, amx):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu) == (avx512_bf16 or amx)
+    note = bf16_note(cpu)
+    if avx512_bf16 or amx:
+        assert note is None
+    else:
+        assert "PyTorch emulates it" in note and torch.backends.cpu.get_cpu_capability() in note
 
 
 def test_compile_matches_eager():
