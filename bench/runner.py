@@ -4,7 +4,6 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import functools
@@ -14,7 +13,6 @@ import multiprocessing
 import os
 import signal
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fi
 from bench.executors import EXECUTORS
 from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
-from bench.train import StopRequest, bf16_note, train
+from bench.train import bf16_note, interrupt_on, train
 
 
 @dataclass
@@ -89,30 +87,8 @@ def run_suite(
 ) -> list[Outcome]:
     """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED). SIGTERM stops it
     as Ctrl-C does (a checkpoint, runs marked KILLED, KeyboardInterrupt)."""
-    with _terminate_as_interrupt():
+    with interrupt_on(signal.SIGTERM):
         return _run_suite(config, suite_name, tracking_uri, results, overrides, executor, ray_address, progress, echo)
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (`kill PID`, a scheduler's stop) raises KeyboardInterrupt in the main thread, like Ctrl-C, so the
-    suite shuts down the way Ctrl-C does; a repeated SIGTERM while it does is the same request. Signals reach the
-    main thread only: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    seen = []
-
-    def handle(signum, frame):
-        if not seen:
-            seen.append(signum)
-            raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_suite(
@@ -421,20 +397,12 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _cell_worker(spec: dict, result_path: str) -> None:
-    """Entry point of a cell's own process: run the cell, report the outcome as JSON. Outside training (where
-    train.StopRequest takes over), the first SIGINT or SIGTERM interrupts the cell; a SIGTERM after that is the same
-    request (the suite's process forwards one after a Ctrl-C that reached both), another SIGINT interrupts again."""
-
-    def interrupt(signum, frame):
-        if StopRequest.stopping and signum == signal.SIGTERM:
-            return
-        StopRequest.stopping = True
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupt)
-    report = _work(spec)
-    Path(result_path).write_text(json.dumps(report))
+    """Entry point of a cell's own process: run the cell, report the outcome as JSON. SIGINT and SIGTERM interrupt
+    the cell; a SIGTERM after the first signal is the same request (the suite's process forwards one after a
+    Ctrl-C that reached both)."""
+    with interrupt_on(signal.SIGINT, signal.SIGTERM):
+        report = _work(spec)
+        Path(result_path).write_text(json.dumps(report))
 
 
 def _work(spec: dict) -> dict:

@@ -227,6 +227,31 @@ def _precision(cfg: TrainConfig, device: torch.device):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
+def _interrupt(signum, frame) -> None:
+    """Outside training: the first SIGINT or SIGTERM raises KeyboardInterrupt; a SIGTERM after that is the same
+    request (StopRequest.stopping), another SIGINT interrupts again."""
+    if StopRequest.stopping and signum == signal.SIGTERM:
+        return
+    StopRequest.stopping = True
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextmanager
+def interrupt_on(*signals: signal.Signals):
+    """These signals raise KeyboardInterrupt, as Ctrl-C does, with a repeated SIGTERM taken as the same request;
+    inside training, StopRequest takes over. Signals reach the main thread only: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        StopRequest.stopping = False  # a later run in this process starts afresh
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 runs in hardware on `device`: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
     Elsewhere (an AVX2-only CPU, say) PyTorch emulates bf16, which trains several times slower than fp32."""
