@@ -32,5 +32,5 @@ class BetaVAE(ConvVAE):
 
     Config = Config
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers, beta=self.config.beta)  # logs rate and distortion apart

@@ -145,14 +145,15 @@ class LatentVariableModel:
 
     def elbo_step(
         self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer], beta: float = 1.0
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """One Adam step on −(E_q[log p(x|z)] − β·KL) for a batch x in [0, 1]; β = 1 is the ELBO."""
         log_px, kl = self.elbo_terms(self.observe(x))
         loss = (beta * kl - log_px).mean()
         descend(optimizers["vae"], loss)
-        logs = {"loss": loss.item(), "rate": kl.mean().item(), "distortion": -log_px.mean().item()}
+        rate, distortion = kl.mean().detach(), -log_px.mean().detach()
+        logs = {"loss": loss.detach(), "rate": rate, "distortion": distortion}
         if beta != 1.0:
-            logs["elbo"] = -(logs["rate"] + logs["distortion"])
+            logs["elbo"] = -(rate + distortion)
         return logs
 
     def observe(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

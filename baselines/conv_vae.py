@@ -81,5 +81,5 @@ class ConvVAE(LatentVariableModel, nn.Module):
         self.encoder = Encoder(config, image_shape)
         self.decoder = Decoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers)

@@ -83,5 +83,5 @@ class DCGAN(ImageGenerator, nn.Module):
         self.discriminator = Discriminator(config, image_shape)
         dcgan_init(self)
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return nonsaturating_step(self, x, optimizers)

@@ -105,11 +105,11 @@ class GANMLP(ImageGenerator, nn.Module):
         self.generator = Generator(config, image_shape)
         self.discriminator = Discriminator(config, image_shape)
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return nonsaturating_step(self, x, optimizers)
 
 
-def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
     """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W): the discriminator on
     eq. 1 of Goodfellow et al. 2014, the generator on the non-saturating loss (also dcgan's step)."""
     real = model.to_model_range(x)
@@ -121,8 +121,8 @@ def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim
     g_loss = generator_loss(model.discriminator(fake))
     descend(optimizers["g"], g_loss)
     return {
-        "d_loss": d_loss.item(),
-        "g_loss": g_loss.item(),
-        "d_real": torch.sigmoid(real_logits).mean().item(),
-        "d_fake": torch.sigmoid(fake_logits).mean().item(),
+        "d_loss": d_loss.detach(),
+        "g_loss": g_loss.detach(),
+        "d_real": torch.sigmoid(real_logits).mean().detach(),
+        "d_fake": torch.sigmoid(fake_logits).mean().detach(),
     }

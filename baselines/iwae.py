@@ -58,7 +58,7 @@ class IWAE(LatentVariableModel, nn.Module):
         """L_k per image, differentiable: logsumexp of k log importance weights − log k."""
         return torch.logsumexp(self.log_weights(x, k), dim=0) - math.log(k)
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         bound = self.iwae_bound(self.observe(x), self.config.k).mean()
         descend(optimizers["vae"], -bound)
-        return {"loss": -bound.item()}
+        return {"loss": -bound.detach()}

@@ -86,7 +86,7 @@ class SNGAN(ImageGenerator, nn.Module):
         self.generator = Generator(config, image_shape)
         self.discriminator = Discriminator(config, image_shape)
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         """n_dis discriminator updates, one per real batch in x (n_dis·B, C, H, W) in [0, 1], then one generator
         update with the hinge generator loss −D(G(z))."""
         for real in split_batches(self.to_model_range(x), self.config.n_dis):
@@ -98,8 +98,8 @@ class SNGAN(ImageGenerator, nn.Module):
 
         g_loss = critic_generator_step(self, len(real), optimizers)
         return {
-            "d_loss": d_loss.item(),
-            "g_loss": g_loss.item(),
-            "d_real": real_logits.mean().item(),
-            "d_fake": fake_logits.mean().item(),
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "d_real": real_logits.mean().detach(),
+            "d_fake": fake_logits.mean().detach(),
         }

@@ -48,5 +48,5 @@ class VAEMLP(LatentVariableModel, nn.Module):
             nn.Unflatten(-1, (p * c, h, w)),  # (B, P·C, H, W) observation params
         )
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers)

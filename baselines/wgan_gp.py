@@ -50,7 +50,7 @@ class WGANGP(ImageGenerator, nn.Module):
         self.discriminator = Discriminator(config, image_shape, batchnorm=False)
         dcgan_init(self)
 
-    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         """n_critic critic updates, one per real batch in x (n_critic·B, C, H, W) in [0, 1], then one generator
         update."""
         c = self.config
@@ -64,4 +64,4 @@ class WGANGP(ImageGenerator, nn.Module):
             descend(optimizers["d"], d_loss)
 
         g_loss = critic_generator_step(self, len(real), optimizers)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "wasserstein": wasserstein.item(), "gp": gp.item()}
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}

@@ -77,6 +77,14 @@ def main() -> None:
     help="Ray cluster to join (e.g. ray://head:10001); default: a local Ray instance. A remote cluster needs "
     "--tracking-uri http://...",
 )
+@click.option(
+    "--cells-per-gpu",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Cells run at once on the device: local: that many worker processes sharing it; ray: 1/N of a GPU per "
+    "cell. Small models leave most of a GPU idle; the summary reports the aggregate throughput.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
 @config_option
 def run(
@@ -85,6 +93,7 @@ def run(
     overrides: tuple[str, ...],
     executor: str,
     ray_address: str | None,
+    cells_per_gpu: int,
     no_progress: bool,
     config_path: str,
 ) -> None:
@@ -106,6 +115,7 @@ def run(
             ray_address=ray_address,
             progress=not no_progress,
             echo=click.echo,
+            cells_per_gpu=cells_per_gpu,
         )
     except (ConfigError, DataError, ExtractorError, TrackingError) as e:
         _fail(str(e))
@@ -141,6 +151,10 @@ def run(
 @click.option("--channels-last", is_flag=True, help="genbench's loop: NHWC memory format (train.channels_last).")
 @click.option("--compile", "compile_", is_flag=True, help="genbench's loop: torch.compile (train.compile).")
 @click.option("--tf32", is_flag=True, help="genbench's loop: TF32 matmuls/convolutions on CUDA (train.tf32).")
+@click.option("--cuda-graph", is_flag=True, help="genbench's loop: one CUDA graph per step (train.cuda_graph).")
+@click.option("--variant", "variants", multiple=True, metavar="SPEC",
+              help="Time several variants of genbench's loop against one reference loop, e.g. --variant fp32 "
+              "--variant bf16+channels_last+cuda_graph (replaces the single-variant flags).")  # fmt: skip
 @uri_option
 def perf(
     models: str,
@@ -154,6 +168,8 @@ def perf(
     channels_last: bool,
     compile_: bool,
     tf32: bool,
+    cuda_graph: bool,
+    variants: tuple[str, ...],
     tracking_uri: str | None,
 ) -> None:
     """Training throughput against a plain PyTorch loop, evaluation throughput, tracking overhead; logged to the
@@ -177,17 +193,26 @@ def perf(
         dev = resolve_device(device)
     except ConfigError as e:
         _fail(str(e))
-    speed = {"precision": precision, "channels_last": channels_last, "compile": compile_, "tf32": tf32}
+    speed = {"precision": precision, "channels_last": channels_last, "compile": compile_, "tf32": tf32,
+             "cuda_graph": cuda_graph}  # fmt: skip
+    try:
+        speeds = [perf_mod.parse_variant(v) for v in variants] if variants else [perf_mod.parse_variant("")]
+    except ValueError as e:
+        _fail(str(e))
+    if not variants:
+        speeds = [speed]
+        if compile_ and cuda_graph:
+            _fail("--compile and --cuda-graph cannot be combined; choose one of the two")
     click.echo(
         f"bench perf on {dev}: {steps} timed steps per loop, batch {batch_size}, "
-        f"genbench's loop {perf_mod.speed_label(speed)}"
+        f"genbench's loop {', '.join(perf_mod.speed_label(s) for s in speeds)}"
     )
-    if precision == "bf16" and (note := bf16_note(dev)):
+    if any(s["precision"] == "bf16" for s in speeds) and (note := bf16_note(dev)):
         click.echo(note)
     rows, overhead = perf_mod.measure(
-        names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats, speed
+        names, shapes.split(","), steps, batch_size, dev, click.echo, overhead_steps, repeats, speeds
     )
-    text = perf_mod.table(rows, overhead, dev, speed)
+    text = perf_mod.table(rows, overhead, dev, speeds)
     click.echo("\n" + text)
     uri = tracking.resolve_uri(tracking_uri, _results())
     params = {
@@ -196,7 +221,7 @@ def perf(
         "batch_size": batch_size,
         "threads": __import__("torch").get_num_threads(),
         "repeats": repeats,
-        **speed,
+        **(speeds[0] if len(speeds) == 1 else {"variants": "; ".join(perf_mod.speed_label(s) for s in speeds)}),
     }
     run_id = perf_mod.log(uri, rows, overhead, params, text)
     click.echo(f"logged to MLflow experiment perf (run {run_id}) at {uri}")

@@ -54,9 +54,12 @@ class TrainConfig:
     tf32: bool = False  # TF32 matmuls/convolutions while training on CUDA (evaluation features are always fp32)
     channels_last: bool = False  # NHWC memory format for the convolutional models
     compile: bool = False  # torch.compile the model's networks
+    cuda_graph: bool = False  # capture each training step as one CUDA graph and replay it (CUDA only; off elsewhere)
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples")
+        if self.cuda_graph and self.compile:
+            raise ValueError("train.cuda_graph and train.compile cannot be combined; choose one of the two")
         _one_of(self, "precision", PRECISIONS)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = no periodic evaluation), got {self.eval_every}")

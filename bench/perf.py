@@ -38,7 +38,25 @@ from bench.train import train
 
 SHAPES = {"28": (1, 28, 28), "32": (3, 32, 32)}
 WARMUP = 3
-SPEED_KEYS = ("precision", "channels_last", "compile", "tf32")  # the TrainConfig fields of the speed path
+SPEED_KEYS = ("precision", "channels_last", "compile", "tf32", "cuda_graph")  # the TrainConfig fields of the speed path
+DEFAULT_SPEED = {"precision": "fp32", "channels_last": False, "compile": False, "tf32": False, "cuda_graph": False}
+
+
+def parse_variant(spec: str) -> dict:
+    """'fp32', 'bf16+channels_last+cuda_graph', ... → the speed fields of TrainConfig (ValueError naming the
+    unknown word)."""
+    speed = dict(DEFAULT_SPEED)
+    for word in filter(None, (w.strip() for w in spec.split("+"))):
+        if word in ("fp32", "bf16"):
+            speed["precision"] = word
+        elif word in SPEED_KEYS[1:]:
+            speed[word] = True
+        else:
+            raise ValueError(f"unknown word {word!r} in variant {spec!r}; use fp32 or bf16 and any of "
+                             f"{', '.join(SPEED_KEYS[1:])}, joined by '+'")  # fmt: skip
+    if speed["compile"] and speed["cuda_graph"]:
+        raise ValueError(f"variant {spec!r}: compile and cuda_graph cannot be combined")
+    return speed
 
 
 class ReferenceImages(VisionDataset):
@@ -65,6 +83,7 @@ class Row:
     eval_ips: float = float("nan")
     ours_util: float = float("nan")  # mean GPU utilisation (%) during the timed loops; nan off CUDA
     reference_util: float = float("nan")
+    variant: str = "fp32"  # genbench's loop: speed_label of its speed options
 
     @property
     def ratio(self) -> float:
@@ -160,16 +179,30 @@ def ours(
     name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device, speed: dict | None = None
 ) -> tuple[float, float]:
     """genbench's loop: TrainResult.images_per_s over `steps` steps, after a warm-up run on the same model (which also
-    compiles, with speed compile=True); and the mean GPU utilisation during the timed run."""
-    model = _model(name, shape, device)
+    compiles, with speed compile=True); and the mean GPU utilisation during the timed run. train() waits for the
+    device before it reads its clock, so the time covers the device's work.
+
+    With cuda_graph, every train() call warms up eagerly and captures its graph first; that start-up is timed out
+    by difference: the same loop over `steps` and over 2·`steps` steps, images/s = steps·batch / (t2 − t1)."""
     data = images.to(device)
     quiet = dict(batch_size=batch_size, log_every=10**9, sample_every=10**9, checkpoint_every=10**9, eval_every=0)
     quiet.update(speed or {})
-    train(model, data, TrainConfig(steps=WARMUP, **quiet), seed=0, logger=_Quiet(), progress=False)
-    # every step reads its losses back (.item()), so the loop's own clock covers the device work
+
+    def run(n: int, seed: int):
+        return train(model, data, TrainConfig(steps=n, **quiet), seed=seed, logger=_Quiet(), progress=False)
+
+    model = _model(name, shape, device)
+    if not quiet.get("cuda_graph") or torch.device(device).type != "cuda":
+        run(WARMUP, 0)
+        with GpuUtilisation(device) as util:
+            result = run(steps, 1)
+        return result.images_per_s, util.mean
+    short = run(steps, 1)
+    model = _model(name, shape, device)
     with GpuUtilisation(device) as util:
-        result = train(model, data, TrainConfig(steps=steps, **quiet), seed=1, logger=_Quiet(), progress=False)
-    return result.images_per_s, util.mean
+        long = run(2 * steps, 1)
+    per_step = long.images_per_s * long.seconds / long.steps  # images per step
+    return steps * per_step / max(long.seconds - short.seconds, 1e-9), util.mean
 
 
 def reference(name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device) -> tuple[float, float]:
@@ -246,47 +279,58 @@ def measure(
     echo: Callable[[str], None] = print,
     overhead_steps: int = 300,
     repeats: int = 1,
-    speed: dict | None = None,
+    speed: dict | list[dict] | None = None,
 ) -> tuple[list[Row], tuple[float, float]]:
     """Each loop timed `repeats` times, alternating genbench and reference so slow drifts of the machine hit both;
     the best of each is kept (the usual benchmark convention: noise only ever slows a run down), with the GPU
-    utilisation of that best run."""
+    utilisation of that best run. `speed` may list several speed variants of genbench's loop: each is a row,
+    against the one reference loop of its model and shape."""
+    speeds = speed if isinstance(speed, list) else [speed or {}]
     rows = []
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         images = _data(shape, 4096)
         eval_ips = eval_throughput(shape, device)
         for name in models:
-            a = b = (0.0, float("nan"))
+            best = [(0.0, float("nan"))] * len(speeds)
+            b = (0.0, float("nan"))
             for _ in range(repeats):
-                a = max(a, ours(name, shape, images, steps, batch_size, device, speed), key=lambda r: r[0])
+                for i, sp in enumerate(speeds):
+                    best[i] = max(best[i], ours(name, shape, images, steps, batch_size, device, sp), key=lambda r: r[0])
                 b = max(b, reference(name, shape, images, steps, batch_size, device), key=lambda r: r[0])
-            rows.append(Row(name, "x".join(map(str, shape)), a[0], b[0], eval_ips, a[1], b[1]))
-            util = "" if math.isnan(a[1]) and math.isnan(b[1]) else f"   GPU util {a[1]:3.0f}% / {b[1]:3.0f}%"
-            echo(f"  {name:<9} {rows[-1].shape:<8} genbench {a[0]:9.0f} img/s   reference {b[0]:9.0f} img/s   "
-                 f"ratio {a[0] / b[0]:5.2f}{util}")  # fmt: skip
+            for sp, a in zip(speeds, best, strict=True):
+                rows.append(Row(name, "x".join(map(str, shape)), a[0], b[0], eval_ips, a[1], b[1], speed_label(sp)))
+                util = "" if math.isnan(a[1]) and math.isnan(b[1]) else f"   GPU util {a[1]:3.0f}% / {b[1]:3.0f}%"
+                label = f" [{rows[-1].variant}]" if len(speeds) > 1 else ""
+                echo(f"  {name:<9} {rows[-1].shape:<8} genbench {a[0]:9.0f} img/s   reference {b[0]:9.0f} img/s   "
+                     f"ratio {a[0] / b[0]:5.2f}{util}{label}")  # fmt: skip
     return rows, tracking_overhead(device, overhead_steps)
 
 
 def speed_label(speed: dict | None) -> str:
     """'fp32' for the defaults, else e.g. 'bf16 + channels_last + compile'."""
-    speed = {**{"precision": "fp32", "channels_last": False, "compile": False, "tf32": False}, **(speed or {})}
+    speed = {**DEFAULT_SPEED, **(speed or {})}
     return " + ".join([speed["precision"]] + [k for k in SPEED_KEYS[1:] if speed[k]])
 
 
-def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | None = None) -> str:
+def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | list[dict] | None = None) -> str:
     gpu = any(not (math.isnan(r.ours_util) and math.isnan(r.reference_util)) for r in rows)
+    speeds = speed if isinstance(speed, list) else [speed]
+    several = len(speeds) > 1
     lines = [
         f"device: {device}; images/s after {WARMUP} warm-up steps, best of the repeats",
-        f"genbench's loop: {speed_label(speed)}; the reference loop: fp32, eager, Dataset + DataLoader",
+        f"genbench's loop: {', '.join(speed_label(s) for s in speeds)}; the reference loop: fp32, eager, "
+        "Dataset + DataLoader",
         "",
-        "| model | shape | genbench train img/s | reference train img/s | ratio | eval img/s (domain extractor) |"
+        "| model | shape |" + (" genbench loop |" if several else "")
+        + " genbench train img/s | reference train img/s | ratio | eval img/s (domain extractor) |"
         + (" GPU util genbench / reference |" if gpu else ""),
-        "|---|---|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+        "|---|---|" + ("---|" if several else "") + "---:|---:|---:|---:|" + ("---:|" if gpu else ""),
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.shape} | {r.ours:,.0f} | {r.reference:,.0f} | {r.ratio:.2f} | {r.eval_ips:,.0f} |"
+            f"| {r.model} | {r.shape} |" + (f" {r.variant} |" if several else "")
+            + f" {r.ours:,.0f} | {r.reference:,.0f} | {r.ratio:.2f} | {r.eval_ips:,.0f} |"
             + (f" {_pct(r.ours_util)} / {_pct(r.reference_util)} |" if gpu else "")
         )
     seconds, wall = overhead
@@ -306,8 +350,9 @@ def log(uri: str, rows: list[Row], overhead: tuple[float, float], params: dict, 
     run = tracker.start_run(f"perf-{time.strftime('%Y%m%d-%H%M%S')}", {"bench.perf": "true"})
     run.log_params(params)
     metrics = {}
+    several = len({r.variant for r in rows}) > 1
     for r in rows:
-        key = f"{r.model}/{r.shape}"
+        key = f"{r.model}/{r.shape}" + (f"/{r.variant.replace(' + ', '-')}" if several else "")
         metrics.update({f"train_ips/{key}": r.ours, f"reference_ips/{key}": r.reference, f"ratio/{key}": r.ratio})
         for prefix, util in (("gpu_util", r.ours_util), ("reference_gpu_util", r.reference_util)):
             if not math.isnan(util):

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -63,6 +64,24 @@ class Context:
     uri: str = ""
     mode: str = "process"  # each cell in its own process (executor local), in this one (inline), or a Ray task
     executor: Any = None
+    cells_at_once: int = 1  # cells sharing the device (--cells-per-gpu): threads and progress bars are split
+
+
+# The cells' worker processes now running (local executor), so an interrupt can reach every one of them.
+_WORKERS: set = set()
+_WORKERS_LOCK = threading.Lock()
+
+
+def _stop_workers() -> None:
+    """Ask every running cell's worker to stop (SIGTERM: it finishes its step, checkpoints and reports KILLED)."""
+    with _WORKERS_LOCK:
+        procs = list(_WORKERS)
+    for proc in procs:
+        if proc.is_alive() and proc.pid:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,11 +103,15 @@ def run_suite(
     ray_address: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    cells_per_gpu: int = 1,
 ) -> list[Outcome]:
     """Run every cell of the suite; returns one Outcome per cell (FINISHED, SKIPPED or FAILED). SIGTERM stops it
-    as Ctrl-C does (a checkpoint, runs marked KILLED, KeyboardInterrupt)."""
+    as Ctrl-C does (a checkpoint, runs marked KILLED, KeyboardInterrupt). `cells_per_gpu` cells run at once on the
+    device (local: that many worker processes; ray: fractional GPUs)."""
     with interrupt_on(signal.SIGTERM):
-        return _run_suite(config, suite_name, tracking_uri, results, overrides, executor, ray_address, progress, echo)
+        return _run_suite(
+            config, suite_name, tracking_uri, results, overrides, executor, ray_address, progress, echo, cells_per_gpu
+        )
 
 
 def _run_suite(
@@ -101,6 +124,7 @@ def _run_suite(
     ray_address: str | None,
     progress: bool,
     echo: Callable[[str], None],
+    cells_per_gpu: int = 1,
 ) -> list[Outcome]:
     suite = config.suite(suite_name)
     cells = expand(config, suite)
@@ -110,7 +134,10 @@ def _run_suite(
     uri = tracking.resolve_uri(tracking_uri, results)
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    runner = EXECUTORS[executor](ray_address, uri) if executor == "ray" else EXECUTORS[executor]()
+    if executor == "ray":
+        runner = EXECUTORS[executor](ray_address, uri, cells_per_gpu)
+    else:
+        runner = EXECUTORS[executor](cells_per_gpu)
 
     # Preflight: data, feature extractors and the tracking store, before any training starts.
     datasets = {}
@@ -149,7 +176,13 @@ def _run_suite(
         {"bench.suite": suite.name, "bench.parent": "true", **tracking.owner_tags(os.getpid())},
     )
     parent.log_params(
-        {"suite": suite.name, "overrides": " ".join(overrides) or "-", "executor": executor, "cells": len(cells)}
+        {
+            "suite": suite.name,
+            "overrides": " ".join(overrides) or "-",
+            "executor": executor,
+            "cells": len(cells),
+            "cells_per_gpu": cells_per_gpu,
+        }
     )
     ctx = Context(
         tracker,
@@ -164,26 +197,56 @@ def _run_suite(
         uri=uri,
         mode=runner.mode,
         executor=runner,
+        cells_at_once=cells_per_gpu,
     )
     outcomes: list[Outcome] = []
     try:
         for name in suite.datasets:
             run_real_reference(datasets[name], suite, ctx)
         jobs = [(i, len(cells), cell, ctx) for i, cell in enumerate(cells, 1)]
-        outcomes = runner.map(_run_cell_job, jobs)
+        start = time.perf_counter()
+        outcomes = runner.map(_run_cell_job, jobs, on_interrupt=_stop_workers)
+        wall = time.perf_counter() - start
     except KeyboardInterrupt:
         parent.end("KILLED")
         raise
     failed = sum(o.status == "FAILED" for o in outcomes)
+    throughput = aggregate_throughput(outcomes, wall)
     parent.log_metrics(
         {
             "cells/finished": sum(o.status == "FINISHED" for o in outcomes),
             "cells/skipped": sum(o.status == "SKIPPED" for o in outcomes),
             "cells/failed": failed,
+            **throughput,
         }
     )
+    if throughput.get("suite/cells_per_hour"):
+        echo(
+            f"{int(throughput['suite/cells_run'])} cells in {wall:.0f} s with {cells_per_gpu} at a time: "
+            f"{throughput['suite/cells_per_hour']:.1f} cells/hour, aggregate training throughput "
+            f"{throughput['suite/train_images_per_s']:,.0f} images/s"
+        )
     parent.end("FAILED" if failed else "FINISHED")
     return outcomes
+
+
+def aggregate_throughput(outcomes: list[Outcome], wall: float) -> dict[str, float]:
+    """What packing buys: cells (finished or failed, not skipped) per hour of the suite's wall time, and the training
+    images of the finished cells per second of it."""
+    ran = [o for o in outcomes if o.status in ("FINISHED", "FAILED")]
+    if not ran or wall <= 0:
+        return {}
+    images = sum(
+        o.metrics.get("throughput/train_images_per_s", 0.0) * o.metrics.get("time/train_s", 0.0)
+        for o in ran
+        if o.status == "FINISHED"
+    )
+    return {
+        "suite/wall_s": wall,
+        "suite/cells_run": float(len(ran)),
+        "suite/cells_per_hour": len(ran) * 3600.0 / wall,
+        "suite/train_images_per_s": images / wall,
+    }
 
 
 def _check_writable(results: Path) -> None:
@@ -360,6 +423,8 @@ def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label:
             target=_cell_worker, args=(spec, str(result)), name=f"bench {cell.name}"
         )
         proc.start()
+        with _WORKERS_LOCK:
+            _WORKERS.add(proc)
         run.set_tags(tracking.owner_tags(proc.pid))
         try:
             proc.join()
@@ -377,6 +442,9 @@ def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label:
                 run.set_tags({"bench.error": "interrupted; run the same command to resume"})
                 run.end("KILLED")
             raise
+        finally:
+            with _WORKERS_LOCK:
+                _WORKERS.discard(proc)
         if result.is_file():
             return _reported(cell, run, json.loads(result.read_text()))
     message = _describe_exit(proc.exitcode)
@@ -466,9 +534,9 @@ def _spec(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> 
         "uri": ctx.uri,
         "results": str(ctx.results.resolve()),
         "device": str(ctx.device),
-        "progress": ctx.progress,
+        "progress": ctx.progress and ctx.cells_at_once == 1,  # several cells' bars would garble one terminal
         "label": label,
-        "threads": torch.get_num_threads(),
+        "threads": max(1, torch.get_num_threads() // ctx.cells_at_once),
     }
 
 

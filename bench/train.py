@@ -7,7 +7,7 @@ import math
 import signal
 import threading
 import time
-from collections import defaultdict
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +91,7 @@ def save_checkpoint(
     train_seconds: float = 0.0,
 ) -> None:
     """A plain dict {model, optimizers, config, step, rng, train_seconds}, written atomically."""
+    device = next(model.parameters()).device
     state = {
         "train_seconds": train_seconds,  # training wall time up to this step, over every resume
         "model": model.state_dict(),
@@ -100,7 +101,8 @@ def save_checkpoint(
         "rng": {
             "torch": torch.get_rng_state(),
             "batches": batch_rng.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # the training device's CUDA generator only: a checkpoint resumes on a machine with other GPUs, or none
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +129,11 @@ def train(
     written there every cfg.checkpoint_every steps and at the end. `evaluator` runs every cfg.eval_every steps and
     at the end; its time is excluded from the training time and throughput, and `periodic/train_s` (training
     seconds so far in this process) is logged with it for curves over wall-clock.
+
+    The loop never waits for the device between steps: a step's losses stay on the device (`LossLog`) and are read
+    back once per log interval (and before a sample grid, an evaluation or a checkpoint), where a non-finite loss
+    raises DivergenceError naming its step. With cfg.cuda_graph on a CUDA device, the whole step (batch gather,
+    forward, backward, optimiser updates) is captured once as a CUDA graph and replayed (`GraphStep`).
     """
     device = images.device
     if cfg.channels_last:
@@ -139,20 +146,30 @@ def train(
     torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
     step, before = 0, 0.0  # before: training seconds of earlier processes (resumes)
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        # on the CPU: the RNG states must stay CPU ByteTensors (map_location=cuda would move them and break
+        # set_rng_state); load_state_dict copies the weights and optimiser moments onto the model's device
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         step, before = state["step"], state.get("train_seconds", 0.0)
         torch.set_rng_state(state["rng"]["torch"])
         batch_rng.set_state(state["rng"]["batches"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_rng = state["rng"].get("cuda")
+        if device.type == "cuda" and torch.is_tensor(cuda_rng):  # none from a CPU run: keep the fresh seed's
+            torch.cuda.set_rng_state(cuda_rng, device)
     resumed_from = step
 
     model.train()
-    running: dict[str, float] = defaultdict(float)
-    count, last = 0, {}
+    # GANs with several discriminator updates per generator update (wgan-gp, sngan) take that many real batches
+    # per step: a step is one generator update, as their papers count iterations.
+    reals_per_step = cfg.batch_size * getattr(model, "batches_per_step", 1)
+    graph = GraphStep(model, images, optimizers, cfg, reals_per_step) if use_cuda_graph(cfg, device) else None
+    if graph is None:
+        for opt in optimizers.values():  # e.g. a checkpoint of a CUDA-graph run, resumed on the CPU
+            make_capturable(opt, False)
+    losses = LossLog(resumed_from)
+    last: dict[str, float] = {}
     start = time.perf_counter()
     eval_seconds = 0.0
     bar = tqdm(
@@ -163,48 +180,46 @@ def train(
         dynamic_ncols=True,
         leave=False,
     )
-    # GANs with several discriminator updates per generator update (wgan-gp, sngan) take that many real batches
-    # per step: a step is one generator update, as their papers count iterations.
-    reals_per_step = cfg.batch_size * getattr(model, "batches_per_step", 1)
     with StopRequest() as stop:
         while step < cfg.steps:
-            idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng).to(device)
-            x = images[idx].float().div_(255.0)  # (B, C, H, W) in [0, 1]
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _precision(cfg, device):
-                logs = model.train_step(x, optimizers)
+            idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng)
+            if graph is not None:
+                logs = graph(idx)
+            else:
+                x = batch(images, _to_device(idx, device), cfg.channels_last)
+                with _precision(cfg, device):
+                    logs = model.train_step(x, optimizers)
             step += 1
             bar.update(1)
-            if not all(math.isfinite(v) for v in logs.values()):
-                raise DivergenceError(f"training diverged at step {step}: non-finite loss {logs}")
-            for k, v in logs.items():
-                running[k] += v
-            count += 1
+            losses.append(logs)
             final = step == cfg.steps
             if step % cfg.log_every == 0 or final:
-                last = {k: v / count for k, v in running.items()}
+                last = losses.flush()
                 logger.log_metrics({f"train/{k}": v for k, v in last.items()}, step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
-                running.clear()
-                count = 0
             if step % cfg.sample_every == 0 or final:
+                losses.check()
                 logger.log_samples(sample_grid(model, seed), step)
             if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or final):
+                losses.check()
                 t = time.perf_counter()
                 trained = t - start - eval_seconds
                 logs = evaluator(model, step)
                 eval_seconds += time.perf_counter() - t
                 logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
+                losses.check()  # never checkpoint a diverged model
                 trained = time.perf_counter() - start - eval_seconds
                 save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
             if stop.requested is not None:
+                losses.check()
                 if checkpoint is not None:
                     trained = time.perf_counter() - start - eval_seconds
                     save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
                 bar.close()
                 raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
+    losses.check()
+    synchronize(device)  # the clock covers the device's work, not only its queueing
     bar.close()
     seconds = time.perf_counter() - start - eval_seconds
     done = step - resumed_from
@@ -212,14 +227,173 @@ def train(
     return TrainResult(step, seconds, images_per_s, last, resumed_from)
 
 
+def batch(images: torch.Tensor, idx: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """The images at `idx` as float (B, C, H, W) in [0, 1], on the images' device."""
+    x = images[idx].float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _to_device(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU index tensor on `device` without stalling the host: a plain `.to(cuda)` of pageable memory waits for
+    the copy, and with it for every step queued before; from pinned memory the copy is queued like a kernel."""
+    if device.type != "cuda":
+        return idx.to(device)
+    return idx.pin_memory().to(device, non_blocking=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class LossLog:
+    """The training losses of the steps since the last read, kept on the device (one small stack per step) and read
+    back in one transfer: the loop never waits for the device between steps. `check` raises DivergenceError at the
+    first step with a non-finite loss; `flush` also returns the means since the last flush."""
+
+    def __init__(self, step: int = 0):
+        self.step = step  # the step of the last appended row
+        self.names: list[str] | None = None
+        self.rows: list[torch.Tensor] = []
+        self.checked = 0  # rows already checked for finiteness
+        self.sums: torch.Tensor | None = None
+
+    def append(self, logs: dict) -> None:
+        if self.names is None:
+            self.names = list(logs)
+        values = [v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)) for v in logs.values()]
+        self.rows.append(torch.stack(values) if len(values) > 1 else values[0].reshape(1))
+        self.step += 1
+
+    def _matrix(self) -> torch.Tensor:
+        """(steps, losses) on the CPU: one transfer for all the steps since the last read."""
+        if len(self.rows) > self.checked:
+            tail = torch.stack([r.to(self.rows[-1].device) for r in self.rows[self.checked :]]).cpu()
+            self.rows[self.checked :] = list(tail)  # now on the CPU: read once
+            self.checked = len(self.rows)
+            bad = (~torch.isfinite(tail)).any(dim=1).nonzero()
+            if len(bad):
+                first = self.step - len(tail) + int(bad[0]) + 1
+                values = dict(zip(self.names or [], tail[int(bad[0])].tolist(), strict=False))
+                raise DivergenceError(f"training diverged at step {first}: non-finite loss {values}")
+        return torch.stack(self.rows) if self.rows else torch.empty(0, 0)
+
+    def check(self) -> None:
+        self._matrix()
+
+    def flush(self) -> dict[str, float]:
+        matrix = self._matrix()
+        self.rows, self.checked = [], 0
+        if not len(matrix):
+            return {}
+        return dict(zip(self.names or [], matrix.double().mean(dim=0).tolist(), strict=False))
+
+
+def use_cuda_graph(cfg: TrainConfig, device: torch.device) -> bool:
+    """CUDA graphs where asked for and possible: a CUDA device; ignored on the CPU, where there is nothing to
+    replay (the cell's key still records the setting)."""
+    return cfg.cuda_graph and device.type == "cuda"
+
+
+class GraphStep:
+    """One training step (batch gather, forward, backward and every optimiser update) captured as a CUDA graph and
+    replayed, so a step costs one launch instead of hundreds: small GANs and VAEs at batch 64 are bound by kernel
+    launches on a data-centre GPU, not by arithmetic.
+
+    The trajectory is the eager one: the first `WARMUP` steps run eagerly (on a side stream, as capture requires;
+    they also create the optimisers' state), the next is captured, and every later step replays it. The batch
+    indices are still drawn on the CPU by the loop's generator and copied into the graph's index buffer; the models'
+    own noise comes from the default CUDA generator, which graphs advance as eager code does. Adam runs with
+    `capturable=True` (its step counts on the device). A step that cannot be captured (a model that reads a value
+    back to the host, say) falls back to eager steps with a warning, never to a wrong result."""
+
+    WARMUP = 3
+
+    def __init__(self, model, images: torch.Tensor, optimizers: dict, cfg: TrainConfig, reals_per_step: int):
+        self.model, self.images, self.optimizers, self.cfg = model, images, optimizers, cfg
+        self.device = images.device
+        self.idx = torch.zeros(reals_per_step, dtype=torch.long, device=self.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.eager = False  # capture failed: plain eager steps from then on
+        self.calls = 0
+        for opt in optimizers.values():
+            make_capturable(opt)
+
+    def _step(self) -> dict[str, torch.Tensor]:
+        x = batch(self.images, self.idx, self.cfg.channels_last)
+        with _precision(self.cfg, self.device, cache=False):  # autocast's weight cache cannot live in a graph
+            return self.model.train_step(x, self.optimizers)
+
+    def __call__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.idx.copy_(idx.pin_memory(), non_blocking=True)
+        self.calls += 1
+        if self.eager:
+            return self._step()
+        if self.graph is not None:
+            self.graph.replay()
+            return {k: v.clone() for k, v in self.outputs.items()}  # the next replay overwrites the outputs
+        if self.calls <= self.WARMUP:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                logs = self._step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return logs
+        return self._capture()
+
+    def _capture(self) -> dict[str, torch.Tensor]:
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        try:
+            with torch.cuda.graph(graph):
+                outputs = self._step()
+        except Exception as e:  # e.g. a host read-back (.item()) inside the step: not capturable
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            warnings.warn(
+                f"train.cuda_graph: the training step of {type(self.model).__name__} could not be captured as a "
+                f"CUDA graph ({type(e).__name__}: {str(e).splitlines()[0][:200]}); training eagerly instead",
+                stacklevel=2,
+            )
+            self.eager = True
+            torch.cuda.synchronize(self.device)
+            return self._step()
+        self.graph, self.outputs = graph, {k: v.detach() for k, v in outputs.items()}
+        graph.replay()  # capture records the step without running it
+        return {k: v.clone() for k, v in self.outputs.items()}
+
+
+def make_capturable(opt: torch.optim.Optimizer, on: bool = True) -> None:
+    """An optimiser whose step can live in a CUDA graph (`on`): `capturable=True` (Adam, AdamW, ... keep their step
+    counts on the device), with any step counts already loaded from a checkpoint moved there; or back (`on=False`:
+    step counts on the CPU), for a checkpoint of a CUDA-graph run that resumes without one."""
+    if "capturable" not in opt.defaults:
+        if on:
+            raise ValueError(f"train.cuda_graph: {type(opt).__name__} has no capturable mode; set train.cuda_graph = false")
+        return
+    for group in opt.param_groups:
+        if not on and not group.get("capturable"):
+            continue
+        group["capturable"] = on
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            step = state.get("step")
+            target = p.device if on else torch.device("cpu")
+            if torch.is_tensor(step) and step.device != target:
+                state["step"] = step.to(target, torch.float32)
+
+
 @contextmanager
-def _precision(cfg: TrainConfig, device: torch.device):
+def _precision(cfg: TrainConfig, device: torch.device, cache: bool = True):
     """bf16 autocast when asked, and the TF32 switches as the config says (restored after the step)."""
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     try:
         if cfg.precision == "bf16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache):
                 yield
         else:
             yield

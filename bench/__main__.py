@@ -1,0 +1,5 @@
+"""`python -m bench ...`: the `bench` command without its console script (e.g. from a source checkout)."""
+
+from bench.cli import main
+
+main(prog_name="bench")
