@@ -50,9 +50,10 @@ def discretized_logistic_log_prob(mean: torch.Tensor, log_scale: torch.Tensor, x
 def normal_log_prob(
     z: torch.Tensor, mu: torch.Tensor | float = 0.0, logvar: torch.Tensor | float = 0.0
 ) -> torch.Tensor:
-    """log N(z; mu, diag(exp(logvar))), summed over the last dimension."""
-    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
-    return (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar))).sum(-1)
+    """log N(z; mu, diag(exp(logvar))), summed over the last dimension. A float logvar stays a Python number: a
+    tensor made from it on a GPU would be a host-to-device copy, which a CUDA graph cannot capture (IWAE's prior)."""
+    inv_var = math.exp(-logvar) if isinstance(logvar, int | float) else torch.exp(-logvar)
+    return (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * inv_var)).sum(-1)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

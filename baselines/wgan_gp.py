@@ -64,4 +64,9 @@ class WGANGP(ImageGenerator, nn.Module):
             descend(optimizers["d"], d_loss)
 
         g_loss = critic_generator_step(self, len(real), optimizers)
-        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(), "wasserstein": wasserstein.detach(), "gp": gp.detach()}
+        return {
+            "d_loss": d_loss.detach(),
+            "g_loss": g_loss.detach(),
+            "wasserstein": wasserstein.detach(),
+            "gp": gp.detach(),
+        }

@@ -3,7 +3,6 @@ resumable checkpoints. The model owns its math (`train_step`); this loop owns th
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 import time
@@ -79,6 +78,7 @@ class TrainResult:
     images_per_s: float
     last: dict[str, float]  # the last logged training metrics
     resumed_from: int  # 0 unless resumed from a checkpoint
+    steady_images_per_s: float | None = None  # with a CUDA graph: images/s after its warm-up and capture
 
 
 def save_checkpoint(
@@ -170,6 +170,7 @@ def train(
             make_capturable(opt, False)
     losses = LossLog(resumed_from)
     last: dict[str, float] = {}
+    steady: tuple[int, float, float] | None = None  # (step, clock, eval seconds) once a CUDA graph replays
     start = time.perf_counter()
     eval_seconds = 0.0
     bar = tqdm(
@@ -185,6 +186,9 @@ def train(
             idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng)
             if graph is not None:
                 logs = graph(idx)
+                if graph.captured_at == graph.calls:  # the first replay is queued: from here on, the steady state
+                    synchronize(device)
+                    steady = (step + 1, time.perf_counter(), eval_seconds)
             else:
                 x = batch(images, _to_device(idx, device), cfg.channels_last)
                 with _precision(cfg, device):
@@ -221,10 +225,14 @@ def train(
     losses.check()
     synchronize(device)  # the clock covers the device's work, not only its queueing
     bar.close()
-    seconds = time.perf_counter() - start - eval_seconds
+    end = time.perf_counter()
+    seconds = end - start - eval_seconds
     done = step - resumed_from
     images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
-    return TrainResult(step, seconds, images_per_s, last, resumed_from)
+    steady_ips = None
+    if steady is not None and step > steady[0]:
+        steady_ips = (step - steady[0]) * reals_per_step / (end - steady[1] - (eval_seconds - steady[2]))
+    return TrainResult(step, seconds, images_per_s, last, resumed_from, steady_ips)
 
 
 def batch(images: torch.Tensor, idx: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -261,7 +269,9 @@ class LossLog:
     def append(self, logs: dict) -> None:
         if self.names is None:
             self.names = list(logs)
-        values = [v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)) for v in logs.values()]
+        values = [
+            v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)) for v in logs.values()
+        ]
         self.rows.append(torch.stack(values) if len(values) > 1 else values[0].reshape(1))
         self.step += 1
 
@@ -317,6 +327,7 @@ class GraphStep:
         self.outputs: dict[str, torch.Tensor] = {}
         self.eager = False  # capture failed: plain eager steps from then on
         self.calls = 0
+        self.captured_at = 0  # the call that captured (and first replayed) the graph; 0 = not yet
         for opt in optimizers.values():
             make_capturable(opt)
 
@@ -362,6 +373,7 @@ class GraphStep:
             torch.cuda.synchronize(self.device)
             return self._step()
         self.graph, self.outputs = graph, {k: v.detach() for k, v in outputs.items()}
+        self.captured_at = self.calls
         graph.replay()  # capture records the step without running it
         return {k: v.clone() for k, v in self.outputs.items()}
 
@@ -372,7 +384,9 @@ def make_capturable(opt: torch.optim.Optimizer, on: bool = True) -> None:
     step counts on the CPU), for a checkpoint of a CUDA-graph run that resumes without one."""
     if "capturable" not in opt.defaults:
         if on:
-            raise ValueError(f"train.cuda_graph: {type(opt).__name__} has no capturable mode; set train.cuda_graph = false")
+            raise ValueError(
+                f"train.cuda_graph: {type(opt).__name__} has no capturable mode; set train.cuda_graph = false"
+            )
         return
     for group in opt.param_groups:
         if not on and not group.get("capturable"):

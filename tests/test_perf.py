@@ -97,3 +97,25 @@ def test_nvidia_smi_output_and_table_with_gpu_column():
     assert "genbench's loop: bf16 + compile;" in text
     assert "| gan-mlp | 1x28x28 | 300 | 100 | 3.00 | 50 | 91% / 40% |" in text
     assert "| sngan | 1x28x28 | 30 | 30 | 1.00 | 50 | n/a / 99% |" in text and "too short for NVML" in text
+
+
+def test_gpu_check_script_runs_its_phases_and_writes_the_summary(tmp_path):
+    """scripts/gpu-check is the one prepared command for a lent GPU machine: tried here on the CPU with --tiny, two
+    cheap phases end to end (environment; extractor, Inception and AIS throughput)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "gc"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gpu-check"), "--device", "cpu", "--tiny", "--out", str(out),
+         "--phases", "env,eval", "--wheels", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["env"]["gpu"] == "none (CPU)" and results["env"]["torch"] == torch.__version__
+    for key in ("domain_images_per_s/28", "inception_images_per_s/32", "ais_gradient_evals_per_s/sngan"):
+        assert results["eval"][key] > 0, key
+    summary = (out / "summary.md").read_text()
+    assert summary in proc.stdout and "device: none (CPU)" in summary and "ais_gradient_evals_per_s/iwae" in summary

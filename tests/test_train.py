@@ -201,3 +201,68 @@ def test_compile_matches_eager():
     model, compiled = _losses("vae-mlp", compile=True)
     assert any(getattr(m, "_compiled_call_impl", None) is not None for m in model.children())
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+class _LateNaN(torch.nn.Module):
+    """A model whose loss turns NaN at step `at` (a tensor on the device, as the baselines return)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.w, self.at, self.calls = torch.nn.Parameter(torch.zeros(1)), at, 0
+
+    def optimizers(self):
+        return {}
+
+    def train_step(self, x, optimizers):
+        self.calls += 1
+        return {"loss": torch.tensor(float("nan") if self.calls >= self.at else 1.0), "other": torch.tensor(2.0)}
+
+    def sample(self, n, generator=None):
+        return torch.zeros(n, 1, 28, 28, dtype=torch.uint8)
+
+
+def test_divergence_between_log_steps_names_its_step_and_is_never_checkpointed(tmp_path):
+    """Losses are read back once per log interval, not per step: a NaN at step 7 is still reported as step 7, and no
+    checkpoint is written after it (the check runs before every checkpoint)."""
+    ck = tmp_path / "last.pt"
+    cfg = TrainConfig(steps=20, batch_size=4, log_every=10, sample_every=100, checkpoint_every=5)
+    with pytest.raises(DivergenceError, match=r"training diverged at step 7: non-finite loss \{'loss': nan"):
+        train(_LateNaN(at=7), IMAGES, cfg, seed=0, logger=Recorder(), progress=False, checkpoint=ck)
+    assert torch.load(ck, weights_only=False)["step"] == 5  # the last checkpoint before the divergence
+
+
+def test_loss_log_means_over_the_interval():
+    from bench.train import LossLog
+
+    log = LossLog()
+    for v in (1.0, 2.0, 6.0):
+        log.append({"a": torch.tensor(v), "b": v * 10})  # tensors and plain floats (a plugin's) alike
+    assert log.flush() == {"a": pytest.approx(3.0), "b": pytest.approx(30.0)}
+    assert log.flush() == {}
+
+
+def test_cuda_graph_is_ignored_on_the_cpu_and_refused_with_compile():
+    a, b = fresh("dcgan"), fresh("dcgan")
+    base = dict(steps=4, batch_size=8, log_every=2)
+    train(a, IMAGES, TrainConfig(**base), seed=0, logger=Recorder(), progress=False)
+    train(b, IMAGES, TrainConfig(**base, cuda_graph=True), seed=0, logger=Recorder(), progress=False)
+    assert torch.equal(params(a), params(b))
+    with pytest.raises(ValueError, match="cuda_graph and train.compile cannot be combined"):
+        TrainConfig(cuda_graph=True, compile=True)
+
+
+def test_a_cuda_graph_checkpoint_resumes_without_one(tmp_path):
+    """A CUDA-graph run saves Adam with capturable=True and its step counts on the GPU; resumed on a CPU (or with
+    cuda_graph off) the optimiser must be turned back, or Adam refuses to step."""
+    ck = tmp_path / "last.pt"
+    model = fresh("dcgan")
+    cfg = TrainConfig(steps=2, batch_size=8, log_every=1, checkpoint_every=1)
+    train(model, IMAGES, cfg, seed=0, logger=Recorder(), progress=False, checkpoint=ck)
+    state = torch.load(ck, weights_only=False)
+    for opt in state["optimizers"].values():  # as a CUDA-graph run writes it (the step counts as float tensors)
+        for group in opt["param_groups"]:
+            group["capturable"] = True
+    torch.save(state, ck)
+    result = train(fresh("dcgan"), IMAGES, TrainConfig(steps=4, batch_size=8, log_every=1, checkpoint_every=1),
+                   seed=0, logger=Recorder(), progress=False, checkpoint=ck)  # fmt: skip
+    assert result.resumed_from == 2 and result.steps == 4
