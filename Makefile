@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test lint clean browser
+.PHONY: run test lint clean browser gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf results/mlflow.db results/artifacts results/cache results/checkpoints results/reports
+
+# On a CUDA machine: environment, throughput, numerics, the fashion suite and packing (README, "On a GPU").
+gpu-check:
+	$(PYTHON) scripts/gpu-check

@@ -300,6 +300,10 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     from bench import tracking
 
     uri = tracking.resolve_uri(tracking_uri, _results())
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as e:
+        _fail(str(e))
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         _fail(f"no tracking store at {uri}; run `bench run --suite quick` first or pass --tracking-uri")
     with socket.socket() as s:

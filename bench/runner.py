@@ -132,6 +132,7 @@ def _run_suite(
     _check_writable(results)
     device = resolve_device(suite.train.device)
     uri = tracking.resolve_uri(tracking_uri, results)
+    tracking.check_reachable(uri)  # seconds, before data, extractors or training
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
     if executor == "ray":

@@ -42,7 +42,32 @@ def resolve_uri(uri: str | None, results: Path) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
 
 
+REACH_TIMEOUT_S = 5.0  # the one preflight request to a tracking server; MLflow's own calls keep their retries
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """An HTTP tracking server answers at all, asked once with a short timeout and no retries: MLflow's client
+    retries a refused connection with backoff for minutes before it gives up, so a wrong --tracking-uri would
+    otherwise hang the command. Any HTTP answer counts (an auth proxy's 401 too): only the connection is checked."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"cannot use tracking store {uri}: no answer within {timeout:.0f}s ({reason}); start the MLflow server "
+            "or fix --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def _client(uri: str):
+    check_reachable(uri)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow import MlflowClient
@@ -108,8 +133,9 @@ class Tracker:
         runs = _search(self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{CELL_TAG}` != ''")
         return {run.data.tags[CELL_TAG]: run.info.run_id for run in runs}
 
-    def start_run(self, name: str, tags: dict[str, str], parent: Run | None = None) -> Run:
-        tags = dict(tags)
+    def start_run(self, name: str, tags: dict[str, Any], parent: Run | None = None) -> Run:
+        # every value a string: the sqlite store takes an int silently, a tracking server's REST client raises
+        tags = {k: str(v) for k, v in tags.items()}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -241,6 +267,8 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     try:
         client = _client(uri)
         exp = client.get_experiment_by_name(experiment)
+    except TrackingError:
+        raise
     except Exception as e:
         raise TrackingError(f"cannot read tracking store {uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     if exp is None:
