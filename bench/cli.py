@@ -47,6 +47,7 @@ uri_option = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="genbench", prog_name="bench")
 def main() -> None:
     """genbench: train and evaluate GAN and VAE baselines over a matrix of datasets × models × seeds, with every
     number logged to MLflow alongside its evaluation protocol."""
@@ -86,6 +87,7 @@ def main() -> None:
     "cell. Small models leave most of a GPU idle; the summary reports the aggregate throughput.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+@click.option("--dry-run", is_flag=True, help="Print each cell, its bench.cell hash and what would happen to it.")
 @config_option
 def run(
     suite: str,
@@ -95,14 +97,25 @@ def run(
     ray_address: str | None,
     cells_per_gpu: int,
     no_progress: bool,
+    dry_run: bool,
     config_path: str,
 ) -> None:
     """Train and evaluate every cell of a suite; log everything to MLflow."""
     cfg = _load(config_path, overrides, suite)
     from bench.data import DataError
     from bench.features import ExtractorError
-    from bench.runner import run_suite
+    from bench.runner import plan_suite, run_suite
     from bench.tracking import TrackingError
+
+    if dry_run:
+        try:
+            plan = plan_suite(cfg, suite, tracking_uri=tracking_uri, results=_results())
+        except (ConfigError, DataError, TrackingError) as e:
+            _fail(str(e))
+        click.echo(f"suite {suite}: {len(plan)} cells (dry run: nothing is trained or logged)")
+        for i, (cell, key, action) in enumerate(plan, 1):
+            click.echo(f"  [{i}/{len(plan)}] {cell.name:<32} {key}  {action}")
+        return
 
     try:
         outcomes = run_suite(
@@ -223,7 +236,7 @@ def perf(
         "repeats": repeats,
         **(speeds[0] if len(speeds) == 1 else {"variants": "; ".join(perf_mod.speed_label(s) for s in speeds)}),
     }
-    run_id = perf_mod.log(uri, rows, overhead, params, text)
+    run_id = perf_mod.log(uri, rows, overhead, params, text, _results())
     click.echo(f"logged to MLflow experiment perf (run {run_id}) at {uri}")
 
 
@@ -295,8 +308,11 @@ def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: st
 @uri_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
-def ui(tracking_uri: str | None, host: str, port: int) -> None:
-    """Serve the MLflow UI on the suite's tracking store."""
+@click.option("--suite", default=None, help="Print the link to this suite's training-runs table.")
+def ui(tracking_uri: str | None, host: str, port: int, suite: str | None) -> None:
+    """Serve the MLflow UI on the suite's tracking store (or, for a tracking server, print its address)."""
+    import signal
+
     from bench import tracking
 
     uri = tracking.resolve_uri(tracking_uri, _results())
@@ -304,14 +320,34 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
         tracking.check_reachable(uri)
     except tracking.TrackingError as e:
         _fail(str(e))
+    if uri.startswith(("http://", "https://")):  # a server already serves its own UI: nothing to start
+        click.echo(f"the tracking store is an MLflow server; its UI: {_runs_url(uri.rstrip('/'), uri, suite)}")
+        return
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         _fail(f"no tracking store at {uri}; run `bench run --suite quick` first or pass --tracking-uri")
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:
             _fail(f"port {port} on {host} is in use; choose another with --port")
     proc = tracking.serve_ui(uri, host, port)
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl-C to stop)")
+    click.echo(f"MLflow UI for {uri} at {_runs_url(f'http://{host}:{port}', uri, suite)}  (Ctrl-C to stop)")
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # a `kill` of bench ui stops the server it started, as Ctrl-C does
     try:
         sys.exit(proc.wait())
     except KeyboardInterrupt:
         tracking.stop_ui(proc)
+
+
+def _runs_url(base: str, uri: str, suite: str | None) -> str:
+    """The suite's training-runs table (MLflow 3 opens an experiment on its GenAI overview otherwise)."""
+    from bench import tracking
+
+    if suite is None:
+        return base
+    experiment_id = tracking.experiment_id(uri, suite)
+    if experiment_id is None:
+        _fail(f"no experiment {suite!r} in {uri}; run `bench run --suite {suite}` first")
+    return f"{base}/#/experiments/{experiment_id}/runs"

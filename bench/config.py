@@ -226,6 +226,18 @@ class BenchConfig:
         return self.suites[name]
 
 
+# The libraries whose versions are part of the evaluation protocol (bench/evaluate.py) and of every cell's key. They
+# are pinned exactly in pyproject.toml: a checkout has one set, and a pin bump re-runs the cells under a new protocol
+# instead of mixing old and new numbers in one table.
+PROTOCOL_LIBRARIES = ("torch", "torch-fidelity", "torchmetrics")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in PROTOCOL_LIBRARIES}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One (model, dataset, seed) of a suite with everything that defines its result."""
@@ -260,6 +272,7 @@ class Cell:
         if not with_seed:
             del spec["cell"]["seed"]
         spec["dataset_digest"] = dataset_digest
+        spec["versions"] = library_versions()  # an upgrade of a library in the protocol re-runs the cell
         if not self.eval.ais.images:  # AIS off: the key of cells from before AIS existed, so they are not re-run
             del spec["eval"]["ais"]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]

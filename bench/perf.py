@@ -338,8 +338,10 @@ def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.0f}%"
 
 
-def log(uri: str, rows: list[Row], overhead: tuple[float, float], params: dict, text: str) -> str:
-    tracker = tracking.Tracker(uri, "perf", Path(tempfile.gettempdir()) / "genbench-perf-artifacts")
+def log(
+    uri: str, rows: list[Row], overhead: tuple[float, float], params: dict, text: str, results: Path = Path("results")
+) -> str:
+    tracker = tracking.Tracker(uri, "perf", Path(results) / "artifacts")  # beside the suites' artifacts
     run = tracker.start_run(f"perf-{time.strftime('%Y%m%d-%H%M%S')}", {"bench.perf": "true"})
     run.log_params(params)
     metrics = {}

@@ -11,7 +11,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shlex
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -174,7 +176,12 @@ def _run_suite(
 
     parent = tracker.start_run(
         f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        {"bench.suite": suite.name, "bench.parent": "true", **tracking.owner_tags(os.getpid())},
+        {
+            "bench.suite": suite.name,
+            "bench.parent": "true",
+            "mlflow.note.content": _description(suite, overrides),  # the run's description in the MLflow UI
+            **tracking.owner_tags(os.getpid()),
+        },
     )
     parent.log_params(
         {
@@ -231,6 +238,13 @@ def _run_suite(
     return outcomes
 
 
+def _description(suite, overrides: tuple[str, ...]) -> str:
+    command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    lines = [f"**{suite.name}**: {suite.description or '-'}", "", f"command: `{command}`"]
+    lines.append(f"overrides: {' '.join(f'`--set {o}`' for o in overrides) if overrides else 'none'}")
+    return "\n".join(lines)
+
+
 def aggregate_throughput(outcomes: list[Outcome], wall: float) -> dict[str, float]:
     """What packing buys: cells (finished or failed, not skipped) per hour of the suite's wall time, and the training
     images of the finished cells per second of it."""
@@ -248,6 +262,38 @@ def aggregate_throughput(outcomes: list[Outcome], wall: float) -> dict[str, floa
         "suite/cells_per_hour": len(ran) * 3600.0 / wall,
         "suite/train_images_per_s": images / wall,
     }
+
+
+def plan_suite(
+    config: BenchConfig, suite_name: str, *, tracking_uri: str | None = None, results: Path = Path("results")
+) -> list[tuple[Cell, str, str]]:
+    """What `bench run` would do to each cell, without training or writing anything: (cell, its bench.cell hash,
+    "run" | "skip: FINISHED as run ID" | "resume from step N"). Reads the data (for its digests), the tracking
+    store (an embedded store that does not exist yet is empty) and the checkpoints."""
+    suite = config.suite(suite_name)
+    cells = expand(config, suite)
+    uri = tracking.resolve_uri(tracking_uri, Path(results))
+    tracking.check_reachable(uri)
+    digests = {name: load_dataset(name).digest for name in suite.datasets}
+    finished: dict[str, str] = {}
+    if not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
+        runs = tracking.load_runs(uri, suite.name)
+        if not runs.empty:
+            done = runs[runs["status"] == "FINISHED"]
+            finished = dict(zip(done["bench.cell"], done["run_id"], strict=True))
+    plan = []
+    for cell in cells:
+        key = cell.key(digests[cell.dataset])
+        checkpoint = checkpoint_path(Path(results), key)
+        if key in finished:
+            action = f"skip: FINISHED as run {finished[key]}"
+        elif checkpoint.is_file():
+            step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
+            action = f"resume from step {step} of {cell.train.steps}"
+        else:
+            action = f"run: train {cell.train.steps} steps and evaluate"
+        plan.append((cell, key, action))
+    return plan
 
 
 def _check_writable(results: Path) -> None:
@@ -368,19 +414,24 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
         return Outcome(cell, "SKIPPED", ctx.finished[key])
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     model_cls = baselines.MODELS[cell.model]
-    run = ctx.tracker.start_run(
-        cell.name,
-        {
-            "bench.suite": cell.suite,
-            "bench.model": cell.model,
-            "bench.family": model_cls.family,
-            "bench.dataset": cell.dataset,
-            "bench.seed": cell.seed,
-            "bench.cell": key,
-            "bench.variant": cell.key(dataset.digest, with_seed=False),
-        },
-        parent=ctx.parent,
-    )
+    previous = checkpointed_run(ctx.results, key)
+    run = ctx.tracker.reopen_run(previous, key) if previous else None
+    if run is not None:
+        ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
+    else:
+        run = ctx.tracker.start_run(
+            cell.name,
+            {
+                "bench.suite": cell.suite,
+                "bench.model": cell.model,
+                "bench.family": model_cls.family,
+                "bench.dataset": cell.dataset,
+                "bench.seed": cell.seed,
+                "bench.cell": key,
+                "bench.variant": cell.key(dataset.digest, with_seed=False),
+            },
+            parent=ctx.parent,
+        )
     if ctx.mode == "ray":
         return _run_on_ray(cell, key, run, ctx, label)
     if ctx.mode == "process":
@@ -389,11 +440,29 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
     return _execute(cell, key, dataset, ctx, run, model_cls, label)
 
 
-def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls, label: str) -> Outcome:
-    """Train and evaluate one cell into its run; an exception marks the run FAILED (KILLED on an interrupt)."""
-    start = time.perf_counter()
+def checkpoint_path(results: Path, key: str) -> Path:
+    return results / "checkpoints" / key / "last.pt"
+
+
+def checkpointed_run(results: Path, key: str) -> str | None:
+    """The MLflow run id an interrupted attempt of this cell saved in its checkpoint, if any."""
+    path = checkpoint_path(results, key)
+    if not path.is_file():
+        return None
     try:
-        metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
+        return torch.load(path, map_location="cpu", weights_only=False).get("run_id")
+    except Exception:  # an unreadable checkpoint: train() will say so; the cell gets a new run
+        return None
+
+
+def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls, label: str) -> Outcome:
+    """Train and evaluate one cell into its run, with MLflow's system metrics sampled meanwhile; an exception marks
+    the run FAILED (KILLED on an interrupt)."""
+    start = time.perf_counter()
+    resumed = checkpoint_path(ctx.results, key).is_file()
+    try:
+        with run.system_metrics(ctx.uri, resume=resumed):
+            metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
     except KeyboardInterrupt as e:
         run.set_tags({"bench.error": f"interrupted ({e or 'KeyboardInterrupt'}); run the same command to resume"})
         run.end("KILLED")
@@ -486,7 +555,9 @@ def _work(spec: dict) -> dict:
         extractors[(cell.dataset, name)] = build_extractor(name, dataset, cell.domain, results / "cache", device)
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
-    ctx = Context(None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo)
+    ctx = Context(
+        None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo, uri=spec["uri"]
+    )
     model_cls = baselines.MODELS[cell.model]
     try:
         outcome = _execute(cell, spec["key"], dataset, ctx, run, model_cls, spec["label"])
@@ -551,7 +622,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
     torch.manual_seed(cell.seed)
     model = baselines.build(cell.model, cell.model_config, dataset.image_shape, dataset.observation).to(ctx.device)
     images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
-    checkpoint = ctx.results / "checkpoints" / key / "last.pt"
+    checkpoint = checkpoint_path(ctx.results, key)
     best_path = checkpoint.with_name("best.pt")
     if not checkpoint.is_file():
         best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
@@ -573,6 +644,7 @@ def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, ru
         config=cell_dict,
         progress=ctx.progress,
         evaluator=evaluator,
+        run_id=run.run_id,
     )
     if result.resumed_from:
         run.set_tags({"bench.resumed_from_step": result.resumed_from})
@@ -661,4 +733,4 @@ class _CellLogger:
         self.run.log_metrics(metrics, step)
 
     def log_samples(self, images: torch.Tensor, step: int) -> None:
-        self.run.log_image(_grid(images), f"samples/step_{step:07d}.png")
+        self.run.log_image_step(_grid(images), "samples", step)  # MLflow's image view: a slider over the steps

@@ -7,6 +7,8 @@ metrics `train/...`, final metrics by name, timings, and artifacts.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import logging
@@ -135,14 +137,63 @@ class Tracker:
 
     def start_run(self, name: str, tags: dict[str, Any], parent: Run | None = None) -> Run:
         # every value a string: the sqlite store takes an int silently, a tracking server's REST client raises
-        tags = {k: str(v) for k, v in tags.items()}
+        tags = {**provenance_tags(), **{k: str(v) for k, v in tags.items()}}
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return Run(self.client, run.info.run_id, run.info.artifact_uri)
 
+    def reopen_run(self, run_id: str, cell_key: str) -> Run | None:
+        """The run an interrupted cell was logging into (its id kept in the cell's checkpoint), RUNNING again with
+        `bench.resumes` counted up, so a cell is one run with continuous curves however often it was interrupted;
+        None when that run is gone, finished, in another experiment or of another cell."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if (
+            run.info.experiment_id != self.experiment_id
+            or run.info.lifecycle_stage == "deleted"
+            or run.info.status == "FINISHED"
+            or run.data.tags.get(CELL_TAG) != cell_key
+        ):
+            return None
+        resumes = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
+        self.client.update_run(run_id, status="RUNNING")
+        if "bench.error" in run.data.tags:
+            self.client.delete_tag(run_id, "bench.error")  # the interruption's reason: history now
+        handle = Run(self.client, run_id, run.info.artifact_uri)
+        handle.set_tags({RESUMES_TAG: resumes})
+        return handle
+
+
+@functools.cache
+def provenance_tags() -> dict[str, str]:
+    """MLflow's own provenance tags, which its UI shows by itself (the fluent API sets them; MlflowClient does not):
+    who ran it, from which command, at which git commit of genbench (when run from a git checkout)."""
+    import getpass
+
+    tags = {
+        "mlflow.user": getpass.getuser(),
+        "mlflow.source.name": sys.argv[0] or "bench",
+        "mlflow.source.type": "LOCAL",
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0 and commit.stdout.strip():
+            tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git: no commit tag
+        pass
+    return tags
+
 
 HOST_TAG, PID_TAG = "bench.host", "bench.pid"
+RESUMES_TAG = "bench.resumes"  # how often a cell's run was resumed after an interruption
+SYSTEM_METRICS_INTERVAL_S = 10.0  # one psutil/NVML sample and one logged batch per 10 s: well under 1% of a cell
 
 
 def owner_tags(pid: int) -> dict[str, str]:
@@ -208,6 +259,44 @@ class Run:
 
     def log_file(self, local_path: Path, artifact_dir: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(local_path), artifact_dir)
+
+    def log_image_step(self, image: np.ndarray, key: str, step: int) -> None:
+        """An (H, W, C) uint8 image as an MLflow image at `step` (`log_image(key=, step=)`): the UI's image view
+        slides through a run's steps and compares runs side by side."""
+        from PIL import Image
+
+        self._timed(
+            self.client.log_image,
+            self.run_id,
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image),
+            key=key,
+            step=step,
+            synchronous=True,
+        )
+
+    @contextlib.contextmanager
+    def system_metrics(self, uri: str, resume: bool = False, interval: float = SYSTEM_METRICS_INTERVAL_S):
+        """MLflow's system-metrics monitor for this run while the block runs: CPU, memory, disk, network, and on a
+        CUDA machine GPU utilisation and memory (NVML, the `gpu` extra), logged as system/* every `interval` s.
+        Monitoring never fails a cell: a monitor that cannot start is skipped."""
+        monitor = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=uri
+            )
+            monitor.start()
+        except Exception:  # e.g. psutil missing
+            monitor = None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                try:
+                    monitor.finish()
+                except Exception:
+                    pass
 
     def log_image(self, image: np.ndarray, path: str) -> None:
         """An (H, W, C) uint8 image as a PNG artifact."""
@@ -330,6 +419,11 @@ def attach_report(uri: str, experiment: str, files: list[Path], root: Path | Non
         sub = Path(f).parent.relative_to(root) if root is not None else Path(".")
         client.log_artifact(parents[0].info.run_id, str(f), str(Path("report") / sub) if str(sub) != "." else "report")
     return parents[0].info.run_id
+
+
+def experiment_id(uri: str, experiment: str) -> str | None:
+    exp = _client(uri).get_experiment_by_name(experiment)
+    return None if exp is None else exp.experiment_id
 
 
 def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:

@@ -89,10 +89,13 @@ def save_checkpoint(
     batch_rng: torch.Generator,
     config: dict,
     train_seconds: float = 0.0,
+    run_id: str | None = None,
 ) -> None:
-    """A plain dict {model, optimizers, config, step, rng, train_seconds}, written atomically."""
+    """A plain dict {model, optimizers, config, step, rng, train_seconds, run_id}, written atomically. `run_id` is
+    the MLflow run the cell logs into: a resume continues that run."""
     device = next(model.parameters()).device
     state = {
+        "run_id": run_id,
         "train_seconds": train_seconds,  # training wall time up to this step, over every resume
         "model": model.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -122,6 +125,7 @@ def train(
     config: dict | None = None,
     progress: bool = True,
     evaluator: PeriodicEvaluator | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Train `model` for cfg.steps on uint8 `images` (N, C, H, W), already on the model's device.
 
@@ -214,12 +218,14 @@ def train(
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
                 losses.check()  # never checkpoint a diverged model
                 trained = time.perf_counter() - start - eval_seconds
-                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
+                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained, run_id)
             if stop.requested is not None:
                 losses.check()
                 if checkpoint is not None:
                     trained = time.perf_counter() - start - eval_seconds
-                    save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained)
+                    save_checkpoint(
+                        checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained, run_id
+                    )
                 bar.close()
                 raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
     losses.check()

@@ -47,3 +47,20 @@ def test_remote_cluster_needs_a_tracking_server():
     pytest.importorskip("ray")
     with pytest.raises(ConfigError, match=r"remote Ray cluster .* --tracking-uri http://"):
         RayExecutor("ray://head:10001", "sqlite:////tmp/results/mlflow.db")
+
+
+def test_ray_cells_log_to_a_tracking_server(quick_run, local_ray, tmp_path):
+    """The remote-cluster path (a server, since workers cannot reach a local sqlite file), on a local Ray."""
+    from tests.test_server import server_process
+
+    with server_process(tmp_path / "server") as uri:
+        _seed_cache(quick_run, tmp_path)
+        extra = ("seeds=[0]", "models=['vae-mlp']")
+        outcomes = run_suite(
+            tiny_config(*extra), "quick", tracking_uri=uri, results=tmp_path, overrides=TINY + extra,
+            executor="ray", progress=False,
+        )  # fmt: skip
+        assert [o.status for o in outcomes] == ["FINISHED"]
+        runs = tracking.load_runs(uri, "quick")
+        cell = runs[runs["bench.executor"] == "ray"].iloc[0]
+        assert cell["status"] == "FINISHED" and cell["bench.seed"] == "0" and cell["metrics.elbo"] < 0

@@ -139,7 +139,11 @@ def test_artifacts_inputs_and_step_metrics(quick_run):
         names = {a.path for a in client.list_artifacts(run_id)}
         assert {"config.toml", "protocol.json", "environment.json", "samples", "checkpoints"} <= names
         samples = {a.path for a in client.list_artifacts(run_id, "samples")}
-        assert {"samples/step_0000010.png", "samples/step_0000020.png", "samples/final.png"} <= samples
+        assert {"samples/final.png"} <= samples
+        # the periodic grids as MLflow images by step (log_image key/step): the UI's image slider
+        images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+        assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images if "samples+step+" in p) == [10, 20]
+        assert client.get_run(run_id).data.tags.get("mlflow.loggedImages") == "True"
         assert ("reconstructions.png" in names) == (row["tags.bench.family"] == "vae")
         local = Path(client.download_artifacts(run_id, "protocol.json"))
         protocol = json.loads(local.read_text())
@@ -474,3 +478,32 @@ def test_a_lost_race_on_the_dataset_row_is_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(run.client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
     with pytest.raises(MlflowException, match="other"):
         run.log_dataset("digits", "d" * 64, "sklearn")
+
+
+def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    args = ["run", "--suite", "quick", "--dry-run", *(a for t in TINY for a in ("--set", t))]
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "fresh"))
+    fresh = CliRunner().invoke(main, args)
+    assert fresh.exit_code == 0, fresh.output
+    assert fresh.output.count("run: train 20 steps and evaluate") == 4
+    assert not (tmp_path / "fresh" / "mlflow.db").exists()  # a dry run writes nothing
+    monkeypatch.setenv("BENCH_RESULTS", str(quick_run["results"]))
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0 and done.output.count("skip: FINISHED as run") == 4, done.output
+    keys = set(child_runs(quick_run["uri"])["tags.bench.cell"])
+    assert all(k in done.output for k in keys)
+
+
+def test_runs_carry_mlflow_provenance_and_the_parent_its_description(quick_run):
+    runs = search(quick_run["uri"])
+    for tag in ("tags.mlflow.user", "tags.mlflow.source.name", "tags.mlflow.source.git.commit"):
+        assert runs[tag].notna().all(), tag
+    parent = runs[runs["tags.bench.parent"] == "true"].iloc[0]
+    note = parent["tags.mlflow.note.content"]
+    assert note.startswith("**quick**: Offline smoke benchmark") and "overrides: `--set train.steps=20`" in note
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == "bench, version 0.1.0"

@@ -4,10 +4,12 @@ there before every value was made a string in bench/tracking.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -18,10 +20,9 @@ from tests.conftest import REPO, TINY
 from tests.test_ui import free_port, wait_healthy
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`mlflow server` on a free loopback port, in its own process group (ended with it at teardown)."""
-    root = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def server_process(root: Path):
+    """`mlflow server` on a free loopback port, in its own process group (ended with it on exit); yields its URI."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -38,6 +39,12 @@ def server(tmp_path_factory):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with server_process(tmp_path_factory.mktemp("server")) as uri:
+        yield uri
 
 
 def test_quick_suite_and_report_against_a_tracking_server(server, tmp_path, monkeypatch):

@@ -1,0 +1,68 @@
+"""bench/tracking.py on its own: system metrics per run, reopening an interrupted cell's run, the server preflight."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import mlflow
+import pytest
+
+from bench import tracking
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")
+
+
+def test_system_metrics_are_logged_while_the_block_runs(tracker):
+    run = tracker.start_run("cell", {"bench.cell": "abc"})
+    with run.system_metrics(tracker.uri, interval=0.2):
+        time.sleep(1.5)
+    run.end()
+    metrics = mlflow.MlflowClient(tracker.uri).get_run(run.run_id).data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_reopen_continues_only_an_unfinished_run_of_the_same_cell(tracker):
+    run = tracker.start_run("cell", {"bench.cell": "abc", "bench.seed": 0})  # an int, as the runner passes
+    run.set_tags({"bench.error": "interrupted"})
+    run.end("KILLED")
+    assert tracker.reopen_run(run.run_id, "other-cell") is None
+    again = tracker.reopen_run(run.run_id, "abc")
+    assert again is not None and again.run_id == run.run_id
+    info = mlflow.MlflowClient(tracker.uri).get_run(run.run_id)
+    assert info.info.status == "RUNNING" and info.data.tags["bench.resumes"] == "1"
+    assert "bench.error" not in info.data.tags and info.data.tags["bench.seed"] == "0"
+    again.end("KILLED")
+    assert tracker.reopen_run(run.run_id, "abc") is not None  # a second resume counts 2
+    assert mlflow.MlflowClient(tracker.uri).get_run(run.run_id).data.tags["bench.resumes"] == "2"
+    run.end("FINISHED")
+    assert tracker.reopen_run(run.run_id, "abc") is None  # finished runs are never reopened
+    assert tracker.reopen_run("0" * 32, "abc") is None  # nor runs that do not exist
+
+
+def test_any_http_answer_counts_as_reachable():
+    class Denied(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # an auth proxy in front of the server
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Denied)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        tracking.check_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    start = time.perf_counter()
+    with pytest.raises(tracking.TrackingError, match="no answer within 5s"):
+        tracking.check_reachable("http://127.0.0.1:9")
+    assert time.perf_counter() - start < 6
+    tracking.check_reachable("sqlite:///nowhere.db")  # embedded stores need no check
