@@ -68,10 +68,18 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
         ) from None
 
 
+def _quiet() -> None:
+    """MLflow's INFO lines (migrations, the system-metrics monitor starting and stopping) off genbench's output;
+    after the import, which sets MLflow's own logger levels."""
+    import mlflow  # noqa: F401
+
+    for name in ("mlflow", "alembic", "mlflow.system_metrics.system_metrics_monitor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _client(uri: str):
     check_reachable(uri)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    _quiet()
     from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
@@ -283,6 +291,7 @@ class Run:
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+            _quiet()
             monitor = SystemMetricsMonitor(
                 self.run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=uri
             )

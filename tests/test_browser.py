@@ -4,6 +4,8 @@ installed by `make test` when missing) driven by Selenium. Screenshots go to res
 from __future__ import annotations
 
 import json
+import os
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -124,3 +126,48 @@ def test_bench_ui_shows_the_suite_runs(quick_run, browser):
     finally:
         tracking.stop_ui(proc)
     assert proc.poll() is not None
+
+
+def test_a_resumed_cell_is_one_run_with_continuous_curves_in_the_ui(quick_run, browser, tmp_path):
+    """Issue 15's acceptance, as a user would look: SIGKILL a quick-suite cell mid-training, rerun, open the run in
+    the MLflow UI. One run for the cell, FINISHED, whose periodic/fid chart covers every evaluation step from the
+    first (the API says which steps; the screenshot shows the chart) and whose images sit at every sample step."""
+    import mlflow
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from tests.test_isolation import RESUME, _bench_run, _seed_cache
+
+    _seed_cache(quick_run, tmp_path)
+    proc = _bench_run(tmp_path, *RESUME)
+    wait_until(lambda: any((tmp_path / "checkpoints").glob("*/last.pt")), 120, "the first checkpoint")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = _bench_run(tmp_path, *RESUME)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+
+    uri = tracking.default_uri(tmp_path)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("quick")
+    (cell,) = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("bench.model") == "gan-mlp"]
+    assert cell.info.status == "FINISHED" and cell.data.tags["bench.resumes"] == "1"
+    assert sorted({m.step for m in client.get_metric_history(cell.info.run_id, "periodic/fid")}) == [100, 200, 300]
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ui = tracking.serve_ui(uri, "127.0.0.1", port)
+    try:
+        wait_healthy(ui, base)
+        browser.get(f"{base}/#/experiments/{experiment.experiment_id}/runs/{cell.info.run_id}/model-metrics")
+        wait_until(lambda: "gan-mlp/digits/seed0" in _body_text(browser), 60, "the run page")
+        search = browser.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']")
+        search.send_keys("periodic")
+        wait_until(lambda: "train_s" in _body_text(browser), 30, "the periodic charts")
+        browser.save_screenshot(str(SHOTS / "mlflow-ui-resumed-run-periodic.png"))
+        search.send_keys(Keys.CONTROL, "a")
+        search.send_keys("samples")
+        wait_until(lambda: "samples" in _body_text(browser), 30, "the sample images")
+        browser.save_screenshot(str(SHOTS / "mlflow-ui-resumed-run-samples.png"))
+    finally:
+        tracking.stop_ui(ui)
