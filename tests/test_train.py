@@ -51,7 +51,15 @@ def test_logs_samples_and_checkpoints_on_schedule(tmp_path):
     assert set(rec.metrics[0][1]) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert rec.samples[0][1].shape == (64, 1, 28, 28) and rec.samples[0][1].dtype == torch.uint8
     state = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert state["step"] == 5 and set(state) == {"model", "optimizers", "config", "step", "rng", "train_seconds"}
+    assert state["step"] == 5 and set(state) == {
+        "model",
+        "optimizers",
+        "config",
+        "step",
+        "rng",
+        "train_seconds",
+        "run_id",
+    }
     assert result.steps == 5 and result.images_per_s > 0
 
 
