@@ -68,3 +68,26 @@ def test_cells_per_gpu_on_the_command_line():
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and "--cells-per-gpu" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
+    """On a cluster with GPUs each cell asks for 1/cells_per_gpu of one, and as many cells run at once as fit
+    (a stand-in for Ray records the resources asked for; a task asking for a whole GPU per cell on a 1-GPU
+    cluster would run one cell at a time)."""
+    import types
+
+    asked = []
+
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        cluster_resources=lambda: {"GPU": 2.0, "CPU": 16.0},
+        remote=lambda **resources: (asked.append(resources), lambda fn: fn)[1],
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    from bench.executors import RayExecutor
+
+    executor = RayExecutor(None, "sqlite:///x.db", cells_per_gpu=4)
+    assert executor.slots == 8
+    executor.task(lambda spec: spec)
+    assert asked == [{"num_gpus": 0.25, "num_cpus": 1}]
+    assert RayExecutor(None, "sqlite:///x.db").slots == 2  # one cell per GPU by default
