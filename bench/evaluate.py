@@ -100,6 +100,7 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
         "precision_recall": {
             "neighborhood": cfg.prc_neighborhood,
             "real_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),
+            "generated_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),  # equal counts
         },
         "inception_score": {"splits": cfg.isc_splits},
         "likelihood": {

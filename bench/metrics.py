@@ -63,11 +63,14 @@ def precision_recall(
     generated: torch.Tensor, real: torch.Tensor, neighborhood: int, seed: int = 0
 ) -> tuple[float, float]:
     """Improved precision and recall with k-NN balls (Kynkäänniemi et al. 2019), on equally many real and generated
-    images as in the paper: a larger real set is subsampled (without replacement, seeded). Equal sizes also keep the
-    k-NN radii comparable between the two sets, and memory at O(n²) of the generated count, not of the real split."""
-    if len(real) > len(generated):
-        idx = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[: len(generated)]
-        real = real[idx]
+    images as in the paper: the larger side is subsampled to the smaller one (without replacement, seeded). Equal
+    sizes keep the k-NN radii comparable between the two sets (a k-NN ball shrinks as its set grows), and memory at
+    O(n²) of the smaller count."""
+    n = min(len(real), len(generated))
+    if len(real) > n:
+        real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
+    if len(generated) > n:
+        generated = generated[torch.randperm(len(generated), generator=torch.Generator().manual_seed(seed))[:n]]
     out = prc_features_to_metric(
         generated, real, prc_neighborhood=neighborhood, prc_batch_size=5000, save_cpu_ram=True, verbose=False
     )

@@ -121,6 +121,28 @@ def test_precision_recall_subsamples_a_larger_real_set_to_the_generated_count():
     assert metrics.precision_recall(generated, real, neighborhood=3, seed=6) != (ref["precision"], ref["recall"])
 
 
+def test_precision_recall_subsamples_a_larger_generated_set_to_the_real_count():
+    """Equal counts on both sides whichever is larger (the quick suite scores 2,000 samples against 1,437 real
+    images): the generated side is subsampled too, not compared at 2,000 against 1,437."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(200, 8, generator=g, dtype=torch.float64)
+    generated = torch.cat([torch.randn(250, 8, generator=g, dtype=torch.float64), 2 + torch.randn(250, 8, generator=g)])
+    idx = torch.randperm(500, generator=torch.Generator().manual_seed(5))[:200]
+    ref = prc_features_to_metric(
+        generated[idx], real, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
+    assert metrics.precision_recall(generated, real, neighborhood=3, seed=5) == (ref["precision"], ref["recall"])
+    unequal = prc_features_to_metric(
+        generated, real, prc_neighborhood=3, prc_batch_size=10000, save_cpu_ram=False, verbose=False
+    )
+    assert metrics.precision_recall(generated, real, neighborhood=3, seed=5) != (
+        unequal["precision"],
+        unequal["recall"],
+    )
+
+
 def test_sanity_gates_refuse_impossible_values():
     cfg = EvalConfig(num_samples=300, kid_subset_size=100, kid_subsets=5)
     g = torch.Generator().manual_seed(0)
