@@ -323,7 +323,7 @@ def ui(tracking_uri: str | None, host: str, port: int, suite: str | None) -> Non
     if uri.startswith(("http://", "https://")):  # a server already serves its own UI: nothing to start
         click.echo(f"the tracking store is an MLflow server; its UI: {_runs_url(uri.rstrip('/'), uri, suite)}")
         return
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    if not tracking.store_exists(uri):
         _fail(f"no tracking store at {uri}; run `bench run --suite quick` first or pass --tracking-uri")
     with socket.socket() as s:
         if s.connect_ex((host, port)) == 0:

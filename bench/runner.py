@@ -276,7 +276,7 @@ def plan_suite(
     tracking.check_reachable(uri)
     digests = {name: load_dataset(name).digest for name in suite.datasets}
     finished: dict[str, str] = {}
-    if not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
+    if tracking.store_exists(uri):  # a dry run never creates the embedded store
         runs = tracking.load_runs(uri, suite.name)
         if not runs.empty:
             done = runs[runs["status"] == "FINISHED"]
@@ -284,12 +284,11 @@ def plan_suite(
     plan = []
     for cell in cells:
         key = cell.key(digests[cell.dataset])
-        checkpoint = checkpoint_path(Path(results), key)
+        attempt = interrupted_attempt(Path(results), key)
         if key in finished:
             action = f"skip: FINISHED as run {finished[key]}"
-        elif checkpoint.is_file():
-            step = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
-            action = f"resume from step {step} of {cell.train.steps}"
+        elif attempt is not None:
+            action = f"resume from step {attempt['step']} of {cell.train.steps}"
         else:
             action = f"run: train {cell.train.steps} steps and evaluate"
         plan.append((cell, key, action))
@@ -414,7 +413,7 @@ def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
         return Outcome(cell, "SKIPPED", ctx.finished[key])
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     model_cls = baselines.MODELS[cell.model]
-    previous = checkpointed_run(ctx.results, key)
+    previous = (interrupted_attempt(ctx.results, key) or {}).get("run_id")
     run = ctx.tracker.reopen_run(previous, key) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
@@ -444,15 +443,17 @@ def checkpoint_path(results: Path, key: str) -> Path:
     return results / "checkpoints" / key / "last.pt"
 
 
-def checkpointed_run(results: Path, key: str) -> str | None:
-    """The MLflow run id an interrupted attempt of this cell saved in its checkpoint, if any."""
+def interrupted_attempt(results: Path, key: str) -> dict | None:
+    """The step and MLflow run id an interrupted attempt of this cell saved in its checkpoint; None without one (or
+    with an unreadable one: train() says so, and the cell gets a new run)."""
     path = checkpoint_path(results, key)
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False).get("run_id")
-    except Exception:  # an unreadable checkpoint: train() will say so; the cell gets a new run
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
         return None
+    return {"step": state["step"], "run_id": state.get("run_id")}
 
 
 def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls, label: str) -> Outcome:

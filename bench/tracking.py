@@ -430,6 +430,11 @@ def attach_report(uri: str, experiment: str, files: list[Path], root: Path | Non
     return parents[0].info.run_id
 
 
+def store_exists(uri: str) -> bool:
+    """False only for an embedded sqlite store whose file is not there yet (opening it would create it)."""
+    return not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file())
+
+
 def experiment_id(uri: str, experiment: str) -> str | None:
     exp = _client(uri).get_experiment_by_name(experiment)
     return None if exp is None else exp.experiment_id

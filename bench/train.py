@@ -268,40 +268,36 @@ class LossLog:
     def __init__(self, step: int = 0):
         self.step = step  # the step of the last appended row
         self.names: list[str] | None = None
-        self.rows: list[torch.Tensor] = []
-        self.checked = 0  # rows already checked for finiteness
-        self.sums: torch.Tensor | None = None
+        self.pending: list[torch.Tensor] = []  # rows not yet read back, on the device
+        self.read: list[torch.Tensor] = []  # (steps, losses) blocks read back and checked, on the CPU
 
     def append(self, logs: dict) -> None:
         if self.names is None:
             self.names = list(logs)
+        device = next((v.device for v in logs.values() if torch.is_tensor(v)), torch.device("cpu"))
         values = [
             v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v)) for v in logs.values()
         ]
-        self.rows.append(torch.stack(values) if len(values) > 1 else values[0].reshape(1))
+        self.pending.append(torch.stack([v.to(device) for v in values]))
         self.step += 1
 
-    def _matrix(self) -> torch.Tensor:
-        """(steps, losses) on the CPU: one transfer for all the steps since the last read."""
-        if len(self.rows) > self.checked:
-            tail = torch.stack([r.to(self.rows[-1].device) for r in self.rows[self.checked :]]).cpu()
-            self.rows[self.checked :] = list(tail)  # now on the CPU: read once
-            self.checked = len(self.rows)
-            bad = (~torch.isfinite(tail)).any(dim=1).nonzero()
-            if len(bad):
-                first = self.step - len(tail) + int(bad[0]) + 1
-                values = dict(zip(self.names or [], tail[int(bad[0])].tolist(), strict=False))
-                raise DivergenceError(f"training diverged at step {first}: non-finite loss {values}")
-        return torch.stack(self.rows) if self.rows else torch.empty(0, 0)
-
     def check(self) -> None:
-        self._matrix()
+        if not self.pending:
+            return
+        block = torch.stack(self.pending).cpu()  # the one transfer (and wait) for these steps
+        self.pending = []
+        self.read.append(block)
+        bad = (~torch.isfinite(block)).any(dim=1).nonzero()
+        if len(bad):
+            first = self.step - len(block) + int(bad[0]) + 1
+            values = dict(zip(self.names or [], block[int(bad[0])].tolist(), strict=False))
+            raise DivergenceError(f"training diverged at step {first}: non-finite loss {values}")
 
     def flush(self) -> dict[str, float]:
-        matrix = self._matrix()
-        self.rows, self.checked = [], 0
-        if not len(matrix):
+        self.check()
+        if not self.read:
             return {}
+        matrix, self.read = torch.cat(self.read), []
         return dict(zip(self.names or [], matrix.double().mean(dim=0).tolist(), strict=False))
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 
 import mlflow
 import pytest
 
 from bench import tracking
+from tests.test_ui import http_stub
 
 
 @pytest.fixture
@@ -46,21 +45,8 @@ def test_reopen_continues_only_an_unfinished_run_of_the_same_cell(tracker):
 
 
 def test_any_http_answer_counts_as_reachable():
-    class Denied(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # an auth proxy in front of the server
-            self.send_response(401)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Denied)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        tracking.check_reachable(f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
+    with http_stub(401) as uri:  # an auth proxy in front of the server
+        tracking.check_reachable(uri)
     start = time.perf_counter()
     with pytest.raises(tracking.TrackingError, match="no answer within 5s"):
         tracking.check_reachable("http://127.0.0.1:9")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -89,28 +90,34 @@ def test_bench_ui_prints_the_runs_link_and_a_kill_stops_its_server(quick_run):
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the MLflow server outlived bench ui"
 
 
-def test_bench_ui_with_a_server_uri_points_at_that_server(monkeypatch):
+@contextlib.contextmanager
+def http_stub(status: int):
+    """A loopback HTTP server answering every GET with `status` (an MLflow server's /health, an auth proxy's 401)."""
     import http.server
     import threading
 
-    from click.testing import CliRunner
-
-    from bench.cli import main
-
-    class Up(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200)
+            self.send_response(status)
             self.end_headers()
             self.wfile.write(b"OK")
 
         def log_message(self, *args):
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Up)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        uri = f"http://127.0.0.1:{server.server_port}"
-        result = CliRunner().invoke(main, ["ui", "--tracking-uri", uri])
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+
+
+def test_bench_ui_with_a_server_uri_points_at_that_server():
+    from click.testing import CliRunner
+
+    from bench.cli import main
+
+    with http_stub(200) as uri:
+        result = CliRunner().invoke(main, ["ui", "--tracking-uri", uri])
     assert result.exit_code == 0 and f"its UI: {uri}" in result.output
