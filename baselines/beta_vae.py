@@ -1,11 +1,11 @@
 """β-VAE — Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained Variational Framework".
 
 Trains on E_q[log p(x|z)] − β·KL(q(z|x) || p(z)) with β > 1, trading reconstruction (distortion) for a more
-factorised, lower-rate code; the convolutional encoder/decoder of baselines/conv_vae.py with the paper's 10 latent
-units and Adam(1e-4). The training metrics report rate (KL, nats) and distortion (−log p(x|z), nats) separately;
-the evaluated `elbo` and `nll_iwae` are the β = 1 quantities, so the likelihood columns stay comparable across VAEs,
-and `rate`/`distortion` on the test split show where β moved the model on the rate–distortion plane (Alemi et al.
-2018).
+factorised, lower-rate code; the convolutional encoder/decoder of conv-vae (in baselines/common.py) with the paper's
+10 latent units and Adam(1e-4). The training metrics report rate (KL, nats) and distortion (−log p(x|z), nats)
+separately; the evaluated `elbo` and `nll_iwae` are the β = 1 quantities, so the likelihood columns stay comparable
+across VAEs, and `rate`/`distortion` on the test split show where β moved the model on the rate–distortion plane
+(Alemi et al. 2018).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
-from baselines.conv_vae import ConvVAE
+from baselines.common import ConvDecoder, ConvEncoder, LatentVariableModel, observation_model
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,17 @@ class Config:
     iwae_chunk: int = 100
 
 
-class BetaVAE(ConvVAE):
+class BetaVAE(LatentVariableModel, nn.Module):
     """The conv-vae networks trained on the β-weighted objective."""
 
     Config = Config
+
+    def __init__(self, config: Config, image_shape: tuple[int, int, int], observation: str = "bernoulli"):
+        super().__init__()
+        self.config, self.image_shape = config, image_shape
+        self.observation = observation_model(observation)
+        self.encoder = ConvEncoder(config, image_shape)
+        self.decoder = ConvDecoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers, beta=self.config.beta)  # logs rate and distortion apart

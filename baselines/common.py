@@ -273,3 +273,132 @@ def dcgan_init(module: nn.Module) -> None:
 def split_batches(x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
     """A step's real images (n·B, C, H, W) → n batches of B, one per discriminator update."""
     return x.chunk(n)
+
+
+# ------------------------------------------------------------------ networks and steps shared by two baselines
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """−log D(x) − log(1 − D(G(z))) (Goodfellow et al. 2014, eq. 1)."""
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating −log D(G(z)) (Goodfellow et al. 2014, section 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
+    """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W): the discriminator on
+    eq. 1 of Goodfellow et al. 2014, the generator on the non-saturating loss (also dcgan's step)."""
+    real = model.to_model_range(x)
+    fake = model.generator(model.noise(len(x)))
+    real_logits, fake_logits = model.discriminator(real), model.discriminator(fake.detach())
+    d_loss = discriminator_loss(real_logits, fake_logits)
+    descend(optimizers["d"], d_loss)
+
+    g_loss = generator_loss(model.discriminator(fake))
+    descend(optimizers["g"], g_loss)
+    return {
+        "d_loss": d_loss.detach(),
+        "g_loss": g_loss.detach(),
+        "d_real": torch.sigmoid(real_logits).mean().detach(),
+        "d_fake": torch.sigmoid(fake_logits).mean().detach(),
+    }
+
+
+class DCGenerator(nn.Module):
+    """DCGAN's generator (also wgan-gp's): fractionally strided convolutions with batch norm to a tanh image."""
+
+    def __init__(self, c, image_shape: tuple[int, int, int]):
+        super().__init__()
+        channels, height, _ = image_shape
+        base, n_up = upsampling_plan(height)
+        width = c.g_channels * 2 ** (n_up - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(c.latent_dim, width, base, 1, 0, bias=False),  # (B, W, base, base)
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(n_up - 1):  # each doubles the resolution and halves the width
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
+            layers += [nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # (B, C, H, W) in [−1, 1]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class DCDiscriminator(nn.Module):
+    """Strided convolutions to a single logit; `batchnorm=False` gives WGAN-GP's critic (Gulrajani et al. 2017)."""
+
+    def __init__(self, c, image_shape: tuple[int, int, int], batchnorm: bool = True):
+        super().__init__()
+        channels, height, _ = image_shape
+        base, n_down = upsampling_plan(height)
+        width = c.d_channels
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BN on input
+        for _ in range(n_down - 1):
+            norm = nn.BatchNorm2d(width * 2) if batchnorm else nn.Identity()
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=not batchnorm), norm, nn.LeakyReLU(0.2, True)]
+            width *= 2
+        # (B, 1, 1, 1) logit of "real"; a critic's output bias cancels in D(x) − D(G(z)) and gets no gradient
+        layers += [nn.Conv2d(width, 1, base, 1, 0, bias=batchnorm)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()  # (B,)
+
+
+class ConvEncoder(nn.Module):
+    """conv-vae's and beta-vae's encoder: 4×4 stride-2 convolutions, a fully connected layer, (mu, logvar)."""
+
+    def __init__(self, c, image_shape: tuple[int, int, int]):
+        super().__init__()
+        channels, height, _ = image_shape
+        base, n_down = upsampling_plan(height)
+        layers: list[nn.Module] = []
+        width_in = channels
+        for i in range(n_down):
+            width = c.channels * 2**i
+            layers += [nn.Conv2d(width_in, width, 4, 2, 1), nn.ReLU(True)]
+            width_in = width
+        layers += [nn.Flatten(), nn.Linear(width_in * base * base, c.hidden), nn.ReLU(True)]
+        layers += [nn.Linear(c.hidden, 2 * c.latent_dim)]  # (B, 2L): mu, logvar
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """The encoder's mirror image, to the observation model's parameters."""
+
+    def __init__(self, c, image_shape: tuple[int, int, int], out_channels: int):
+        super().__init__()
+        _, height, _ = image_shape
+        self.base, n_up = upsampling_plan(height)
+        self.width = c.channels * 2 ** (n_up - 1)
+        self.project = nn.Sequential(
+            nn.Linear(c.latent_dim, c.hidden),
+            nn.ReLU(True),
+            nn.Linear(c.hidden, self.width * self.base * self.base),
+            nn.ReLU(True),
+        )
+        layers: list[nn.Module] = []
+        width = self.width
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1)]  # (B, P·C, H, W) observation params
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]  # (B,) or (k, B) when importance sampling
+        h = self.project(z).view(-1, self.width, self.base, self.base)
+        out = self.net(h)
+        return out.view(*lead, *out.shape[1:])

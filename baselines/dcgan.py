@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from baselines.common import ImageGenerator, dcgan_init, upsampling_plan
-from baselines.gan_mlp import nonsaturating_step
+from baselines.common import DCDiscriminator, DCGenerator, ImageGenerator, dcgan_init, nonsaturating_step
 
 
 @dataclass(frozen=True)
@@ -30,57 +29,14 @@ class Config:
     beta2: float = 0.999
 
 
-class Generator(nn.Module):
-    def __init__(self, c: Config, image_shape: tuple[int, int, int]):
-        super().__init__()
-        channels, height, _ = image_shape
-        base, n_up = upsampling_plan(height)
-        width = c.g_channels * 2 ** (n_up - 1)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(c.latent_dim, width, base, 1, 0, bias=False),  # (B, W, base, base)
-            nn.BatchNorm2d(width),
-            nn.ReLU(True),
-        ]
-        for _ in range(n_up - 1):  # each doubles the resolution and halves the width
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2)]
-            layers += [nn.ReLU(True)]
-            width //= 2
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]  # (B, C, H, W) in [−1, 1]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
-
-
-class Discriminator(nn.Module):
-    """Strided convolutions to a single logit; `batchnorm=False` gives WGAN-GP's critic (Gulrajani et al. 2017)."""
-
-    def __init__(self, c: Config, image_shape: tuple[int, int, int], batchnorm: bool = True):
-        super().__init__()
-        channels, height, _ = image_shape
-        base, n_down = upsampling_plan(height)
-        width = c.d_channels
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BN on input
-        for _ in range(n_down - 1):
-            norm = nn.BatchNorm2d(width * 2) if batchnorm else nn.Identity()
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=not batchnorm), norm, nn.LeakyReLU(0.2, True)]
-            width *= 2
-        # (B, 1, 1, 1) logit of "real"; a critic's output bias cancels in D(x) − D(G(z)) and gets no gradient
-        layers += [nn.Conv2d(width, 1, base, 1, 0, bias=batchnorm)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()  # (B,)
-
-
 class DCGAN(ImageGenerator, nn.Module):
     Config = Config
 
     def __init__(self, config: Config, image_shape: tuple[int, int, int]):
         super().__init__()
         self.config = config
-        self.generator = Generator(config, image_shape)
-        self.discriminator = Discriminator(config, image_shape)
+        self.generator = DCGenerator(config, image_shape)
+        self.discriminator = DCDiscriminator(config, image_shape)
         dcgan_init(self)
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from baselines.common import ImageGenerator, descend
+from baselines.common import ImageGenerator, nonsaturating_step
 
 
 @dataclass(frozen=True)
@@ -83,18 +82,6 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)  # (B,)
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """−log D(x) − log(1 − D(G(z))) (Goodfellow et al. 2014, eq. 1)."""
-    return F.binary_cross_entropy_with_logits(
-        real_logits, torch.ones_like(real_logits)
-    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-
-
-def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating −log D(G(z)) (Goodfellow et al. 2014, section 3)."""
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-
-
 class GANMLP(ImageGenerator, nn.Module):
     Config = Config
     output_range = (0.0, 1.0)  # sigmoid output, as the paper's MNIST generator
@@ -107,22 +94,3 @@ class GANMLP(ImageGenerator, nn.Module):
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return nonsaturating_step(self, x, optimizers)
-
-
-def nonsaturating_step(model, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
-    """One discriminator and one generator update on a batch x in [0, 1], (B, C, H, W): the discriminator on
-    eq. 1 of Goodfellow et al. 2014, the generator on the non-saturating loss (also dcgan's step)."""
-    real = model.to_model_range(x)
-    fake = model.generator(model.noise(len(x)))
-    real_logits, fake_logits = model.discriminator(real), model.discriminator(fake.detach())
-    d_loss = discriminator_loss(real_logits, fake_logits)
-    descend(optimizers["d"], d_loss)
-
-    g_loss = generator_loss(model.discriminator(fake))
-    descend(optimizers["g"], g_loss)
-    return {
-        "d_loss": d_loss.detach(),
-        "g_loss": g_loss.detach(),
-        "d_real": torch.sigmoid(real_logits).mean().detach(),
-        "d_fake": torch.sigmoid(fake_logits).mean().detach(),
-    }

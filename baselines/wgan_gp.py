@@ -16,8 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from baselines.common import ImageGenerator, critic_generator_step, dcgan_init, descend, split_batches
-from baselines.dcgan import Discriminator, Generator
+from baselines.common import (
+    DCDiscriminator,
+    DCGenerator,
+    ImageGenerator,
+    critic_generator_step,
+    dcgan_init,
+    descend,
+    split_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,8 @@ class WGANGP(ImageGenerator, nn.Module):
         super().__init__()
         self.config = config
         self.batches_per_step = config.n_critic  # real batches the training loop hands to one train_step
-        self.generator = Generator(config, image_shape)
-        self.discriminator = Discriminator(config, image_shape, batchnorm=False)
+        self.generator = DCGenerator(config, image_shape)
+        self.discriminator = DCDiscriminator(config, image_shape, batchnorm=False)
         dcgan_init(self)
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:

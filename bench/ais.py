@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.features import strict_fp32
+from bench.devices import strict_fp32
+from bench.schema import AIS_BDMC_GAP, AIS_SIGMA, BITS_PER_DIM_AIS, NLL_AIS
 
 LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z (N, L), x (N, ...)) → log p(x|z), (N,)
 
-NLL_AIS, BITS_PER_DIM_AIS = "nll_ais", "bits_per_dim_ais"
 STEP_SIZE_RANGE = (1e-4, 0.5)  # the clamp of the adapted HMC step size (Wu et al.'s code uses the same bounds)
 
 
@@ -300,7 +300,7 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
             NLL_AIS: nll,
             BITS_PER_DIM_AIS: nll / (dims * math.log(2)) + 8.0,
             "ais/nll_stderr": log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
-            "ais/sigma": sigma,
+            AIS_SIGMA: sigma,
             "ais/accept": accept,
             "ais/gradient_evals_per_chain": float(gradient_evals(cfg.steps, cfg.leapfrog)),
             "time/ais_select_s": select_s,
@@ -318,7 +318,7 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
                 {
                     "ais/bdmc_lower": b.lower.mean().item(),
                     "ais/bdmc_upper": b.upper.mean().item(),
-                    "ais/bdmc_gap": b.gap,
+                    AIS_BDMC_GAP: b.gap,
                     "time/ais_bdmc_s": time.perf_counter() - start,
                 }
             )

@@ -1,4 +1,4 @@
-"""The `bench` command line: run, list, report, ui."""
+"""The `bench` command line: run, list, report, ui, perf."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from bench import config, schema
 from bench.config import DEFAULT_CONFIG, ConfigError
 
 EXIT_USAGE = 2  # bad input: nothing was started
@@ -25,8 +26,6 @@ def _fail(message: str) -> None:
 
 
 def _load(config_path: str, overrides: tuple[str, ...] = (), suite: str | None = None):
-    from bench import config
-
     try:
         cfg = config.load(config_path, overrides, suite)
         if suite is not None:
@@ -65,7 +64,7 @@ def main() -> None:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "inline", "ray"]),
+    type=click.Choice(config.EXECUTORS),
     default="local",
     show_default=True,
     help="local: each cell in its own process (a crash stays in its cell); inline: cells in this process "
@@ -149,17 +148,16 @@ def run(
 
 
 @main.command()
-@click.option("--models", default=",".join(["gan-mlp", "dcgan", "wgan-gp", "sngan", "vae-mlp", "conv-vae",
-              "beta-vae", "iwae"]), show_default=True, help="Comma-separated baselines.")  # fmt: skip
+@click.option("--models", default=None, help="Comma-separated baselines [all of them].")
 @click.option("--shapes", default="28,32", show_default=True, help="28 (1x28x28) and/or 32 (3x32x32).")
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Timed steps per loop.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(config.DEVICES), default="auto", show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Time each loop this many times, alternating, and keep the best.")  # fmt: skip
 @click.option("--overhead-steps", type=click.IntRange(1), default=300, show_default=True,
               help="Steps of the logged gan-mlp loop that measures tracking overhead.")  # fmt: skip
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(config.PRECISIONS), default="fp32", show_default=True,
               help="genbench's loop: bf16 autocast (train.precision).")  # fmt: skip
 @click.option("--channels-last", is_flag=True, help="genbench's loop: NHWC memory format (train.channels_last).")
 @click.option("--compile", "compile_", is_flag=True, help="genbench's loop: torch.compile (train.compile).")
@@ -191,10 +189,9 @@ def perf(
     import baselines
     from bench import perf as perf_mod
     from bench import tracking
-    from bench.runner import resolve_device
-    from bench.train import bf16_note
+    from bench.devices import bf16_note, resolve_device
 
-    names = [m.strip() for m in models.split(",") if m.strip()]
+    names = [m.strip() for m in (models or ",".join(baselines.MODELS)).split(",") if m.strip()]
     unknown = [m for m in names if m not in baselines.MODELS]
     bad_shapes = [s for s in shapes.split(",") if s not in perf_mod.SHAPES]
     if unknown or bad_shapes or not names:
@@ -272,7 +269,7 @@ def list_(config_path: str) -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
 @click.option(
     "--checkpoint",
-    type=click.Choice(["final", "best"]),
+    type=click.Choice(list(schema.CHECKPOINTS)),
     default="final",
     show_default=True,
     help="Report the final checkpoint's metrics, or the best checkpoint's (lowest periodic FID in training).",

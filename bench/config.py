@@ -16,21 +16,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
+import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from bench.storage import json_digest
 
 DEFAULT_CONFIG = "bench.toml"
 EXTRACTORS = ("domain", "inception")
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+EXECUTORS = ("local", "inline", "ray")  # bench.executors.EXECUTORS has one class per name
 AIS_SCHEDULES = ("sigmoid", "linear")
 
 
@@ -275,7 +276,7 @@ class Cell:
         spec["versions"] = library_versions()  # an upgrade of a library in the protocol re-runs the cell
         if not self.eval.ais.images:  # AIS off: the key of cells from before AIS existed, so they are not re-run
             del spec["eval"]["ais"]
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        return json_digest(spec)
 
 
 def expand(config: BenchConfig, suite: SuiteConfig) -> list[Cell]:
@@ -311,7 +312,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: st
     """Apply `KEY=VALUE` overrides to the raw TOML document.
 
     KEY is a suite field (`seeds`, `models`, `datasets`, `train.steps`, `eval.num_samples`, …) applied to the
-    selected suite, or a full path (`models.gan-mlp.lr`, `features.domain.epochs`). VALUE is a TOML value;
+    selected suite, or a full path (`models.gan-mlp.lr`, `features.domain.steps`). VALUE is a TOML value;
     a bare word is a string. Types are checked when the result is validated.
     """
     raw = copy.deepcopy(raw)

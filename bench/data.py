@@ -8,8 +8,8 @@ into the root; then torchvision's download (skipped when `BENCH_OFFLINE=1`).
 
 from __future__ import annotations
 
+import functools
 import gzip
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 import torchvision
+
+from bench.storage import atomic_write, bytes_digest
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -82,10 +84,8 @@ def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source:
             raise DataError(f"{name}: images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
     if train_images.shape[1:] != test_images.shape[1:]:
         raise DataError(f"{name}: train and test images differ in shape")
-    h = hashlib.sha256()
-    for a in (train_images, train_labels.long(), test_images, test_labels.long()):
-        h.update(str(tuple(a.shape)).encode())
-        h.update(a.contiguous().numpy().tobytes())
+    arrays = (train_images, train_labels.long(), test_images, test_labels.long())
+    digest = bytes_digest(part for a in arrays for part in (str(tuple(a.shape)), a.contiguous().numpy().tobytes()))
     return Dataset(
         name,
         train_images.contiguous(),
@@ -94,7 +94,7 @@ def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source:
         test_labels.long(),
         num_classes,
         source,
-        h.hexdigest(),
+        digest,
     )
 
 
@@ -169,12 +169,13 @@ def _stage_debian_fashion_mnist(root: Path) -> None:
         return
     if not all((DEBIAN_FASHION_MNIST / f"{f}.gz").is_file() for f in MNIST_FILES):
         return
-    raw.mkdir(parents=True, exist_ok=True)
-    for f in MNIST_FILES:
-        tmp = raw / f"{f}.partial"
-        with gzip.open(DEBIAN_FASHION_MNIST / f"{f}.gz", "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(raw / f)  # atomic: an interrupted copy never looks like a finished file
+    for f in MNIST_FILES:  # atomic: an interrupted copy never looks like a finished file
+        atomic_write(raw / f, functools.partial(_gunzip, DEBIAN_FASHION_MNIST / f"{f}.gz"))
+
+
+def _gunzip(src: Path, dst: Path) -> None:
+    with gzip.open(src, "rb") as a, open(dst, "wb") as b:
+        shutil.copyfileobj(a, b)
 
 
 def _load_torchvision(name: str, root: Path) -> Dataset:

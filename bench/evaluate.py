@@ -7,10 +7,7 @@ fingerprint (tag `bench.protocol`) decides which numbers may share a leaderboard
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -24,7 +21,7 @@ from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
 from bench.likelihood import reconstruction_quality, vae_likelihood
 from bench.metrics import fid, sample_metrics
-from bench.train import native_bf16
+from bench.storage import atomic_save, json_digest
 
 
 @dataclass
@@ -74,10 +71,7 @@ class PeriodicFID:
         if math.isfinite(value) and value < self.best_fid:
             self.best_fid = value
             state = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-            self.best_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.best_path.with_suffix(".partial")
-            torch.save({**state, "step": step, "fid": value}, tmp)
-            tmp.replace(self.best_path)
+            atomic_save({**state, "step": step, "fid": value}, self.best_path)
         return {"periodic/fid": value, "periodic/best_fid": self.best_fid}
 
 
@@ -140,7 +134,7 @@ def _ais_protocol(cfg: EvalConfig) -> dict:
 
 
 def fingerprint(proto: dict) -> str:
-    return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(proto, 12)
 
 
 def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
@@ -177,44 +171,3 @@ def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache
     proto = protocol(cfg, dataset, extractor, ref.digest, device)
     shown = dataset.split(other)[0][idx[:64]]  # a grid of the held-out images scored
     return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start, ref)
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (platform.processor() is empty on most Linux systems, so /proc/cpuinfo first)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def environment(device) -> dict:
-    """Versions, device and git commit: the `environment.json` artifact."""
-    import subprocess
-
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    device = torch.device(device)
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torchvision": version("torchvision"),
-        "torch-fidelity": version("torch-fidelity"),
-        "mlflow": version("mlflow"),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels PyTorch picked: AVX2, AVX512, ...
-        "bf16_native": native_bf16(device),
-        "git_commit": commit,
-    }

@@ -1,5 +1,6 @@
-"""Executors run the cells of a suite. The runner records each cell's outcome in its own run, so one cell's failure
-never stops the others.
+"""Executors run the cells of a suite, each behind one interface: `executor.run(job, ctx) -> Outcome` runs one
+opened cell (a bench.cell.CellJob), and `executor.map(fn, items)` runs a suite's worth of them, as many at once as
+the executor allows. The cell's own run records its outcome, so one cell's failure never stops the others.
 
 - `local` (default): cells on this machine, each in its own spawned process: an exception, a NaN, an out-of-memory
   kill or a segfault in one cell is recorded FAILED and the suite goes on. One cell at a time, or `cells_per_gpu`
@@ -11,35 +12,49 @@ never stops the others.
 
 from __future__ import annotations
 
+import functools
+import json
+import multiprocessing
 import os
+import signal
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError
+import torch
+
+from bench import schema, tracking
+from bench.cell import CellJob, Outcome, SuiteContext, execute
+from bench.config import Cell, ConfigError
+from bench.data import load as load_dataset
+from bench.features import build_extractor
+from bench.train import interrupt_on
 
 
 class LocalExecutor:
-    """Cells on this machine's device, each in a fresh process: in order, or `cells_per_gpu` at once (each waited
-    on by a thread of this process). `on_interrupt`, called when a Ctrl-C or SIGTERM reaches this process while
-    several cells run, asks every running cell to stop (they checkpoint and report KILLED); the interrupt is
-    raised once all have ended."""
-
-    mode = "process"
+    """Cells on this machine's device, each in a fresh process (spawned: CUDA-safe), so a crash, an out-of-memory
+    kill or a segfault there cannot take the suite down: the run is recorded FAILED with how the process ended.
+    In order, or `cells_per_gpu` at once (each waited on by a thread of this process). A Ctrl-C or SIGTERM that
+    reaches this process while several cells run asks every running cell to stop (they checkpoint and report
+    KILLED); the interrupt is raised once all have ended."""
 
     def __init__(self, cells_per_gpu: int = 1):
         if cells_per_gpu < 1:
             raise ConfigError(f"--cells-per-gpu must be at least 1, got {cells_per_gpu}")
         self.cells_per_gpu = cells_per_gpu
+        self._workers: set = set()  # the cells' worker processes now running, so an interrupt reaches them all
+        self._lock = threading.Lock()
 
-    def map(
-        self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_interrupt: Callable[[], None] | None = None
-    ) -> list[Any]:
-        jobs = list(jobs)
-        if self.cells_per_gpu == 1 or len(jobs) <= 1:
-            return [fn(job) for job in jobs]
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        items = list(items)
+        if self.cells_per_gpu == 1 or len(items) <= 1:
+            return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=self.cells_per_gpu) as pool:
-            futures = [pool.submit(fn, job) for job in jobs]
+            futures = [pool.submit(fn, item) for item in items]
             try:
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)  # a KeyboardInterrupt in a cell's thread too
                 if any(isinstance(f.exception(), KeyboardInterrupt) for f in done if f.done()):
@@ -47,29 +62,83 @@ class LocalExecutor:
             except KeyboardInterrupt:
                 for f in futures:
                     f.cancel()  # cells not started yet never start
-                if on_interrupt is not None:
-                    on_interrupt()
+                self.stop_workers()
                 wait(futures)
                 raise
             return [f.result() for f in futures]
 
+    def stop_workers(self) -> None:
+        """Ask every running cell's worker to stop (SIGTERM: it finishes its step, checkpoints and reports KILLED)."""
+        with self._lock:
+            procs = list(self._workers)
+        for proc in procs:
+            if proc.is_alive() and proc.pid:
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+        cell, run = job.cell, job.run
+        spec = detached_spec(job, ctx, self.cells_per_gpu)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "outcome.json"
+            proc = multiprocessing.get_context("spawn").Process(
+                target=_cell_process, args=(spec, str(result)), name=f"bench {cell.name}"
+            )
+            proc.start()
+            with self._lock:
+                self._workers.add(proc)
+            run.set_tags(tracking.owner_tags(proc.pid))
+            try:
+                proc.join()
+            except KeyboardInterrupt:
+                # A Ctrl-C reached the worker too, a `kill` of this process did not: ask it to stop in any case (for
+                # a worker already stopping, a repeated SIGTERM is the same request), then let it checkpoint and
+                # close its run.
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+                proc.join(timeout=120)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=10)
+                _mark_killed(run)
+                raise
+            finally:
+                with self._lock:
+                    self._workers.discard(proc)
+            if result.is_file():
+                return outcome_from_report(cell, run, json.loads(result.read_text()))
+        message = _describe_exit(proc.exitcode)
+        if run.status() == "RUNNING":
+            run.set_tags({schema.ERROR: message})
+            run.log_text(
+                f"{message}\n(the worker process of {cell.name} ended without reporting a result)\n",
+                schema.ERROR_ARTIFACT,
+            )
+            run.end("FAILED")
+        ctx.echo(f"{job.label} {cell.name}: FAILED — {message}")
+        return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+
 
 class InlineExecutor(LocalExecutor):
     """Cells in order inside this process."""
-
-    mode = "inline"
 
     def __init__(self, cells_per_gpu: int = 1):
         if cells_per_gpu != 1:
             raise ConfigError("--cells-per-gpu needs the local or ray executor (inline runs one cell at a time)")
         super().__init__(1)
 
+    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+        job.run.set_tags(tracking.owner_tags(os.getpid()))
+        return execute(job, ctx)
+
 
 class RayExecutor:
     """Cells as Ray tasks. The driver (this process) creates each cell's MLflow run; the task trains, evaluates
-    and logs into it, exactly as a local worker process does."""
-
-    mode = "ray"
+    and logs into it, exactly as a local worker process does; a task that dies (worker crash, node lost) is
+    recorded FAILED like a dead process."""
 
     def __init__(self, address: str | None = None, tracking_uri: str = "", cells_per_gpu: int = 1):
         try:
@@ -103,15 +172,113 @@ class RayExecutor:
             return self.ray.remote(num_gpus=1 / self.cells_per_gpu, num_cpus=1)(fn)
         return self.ray.remote(num_cpus=1)(fn)
 
-    def map(
-        self, fn: Callable[[Any], Any], jobs: Iterable[Any], on_interrupt: Callable[[], None] | None = None
-    ) -> list[Any]:
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         with ThreadPoolExecutor(max_workers=self.slots) as pool:  # each thread waits on one task at a time
-            return list(pool.map(fn, jobs))
+            return list(pool.map(fn, items))
+
+    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+        cell, run = job.cell, job.run
+        device = "cuda" if self.gpus and cell.train.device != "cpu" else "cpu"
+        spec = detached_spec(job, ctx, self.cells_per_gpu) | {"device": device, "threads": 1}
+        run.set_tags({schema.EXECUTOR: "ray", **tracking.owner_tags(os.getpid())})  # a local cluster dies with us
+        start = time.perf_counter()
+        ref = self.task(run_detached_cell).remote(spec)
+        try:
+            out = self.ray.get(ref)
+        except KeyboardInterrupt:
+            self.ray.cancel(ref)
+            _mark_killed(run)
+            raise
+        except Exception as e:  # ray.exceptions.RayTaskError / WorkerCrashedError / ...
+            message = f"the cell's Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            if run.status() == "RUNNING":
+                run.set_tags({schema.ERROR: message})
+                run.end("FAILED")
+            ctx.echo(f"{job.label} {cell.name}: FAILED — {message}")
+            return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+        return outcome_from_report(cell, run, out)
 
 
-EXECUTORS = {
+EXECUTORS = {  # the names are bench.config.EXECUTORS (the CLI's choices, without importing torch)
     "local": LocalExecutor,
     "inline": InlineExecutor,
     "ray": RayExecutor,
 }
+
+
+def build_executor(name: str, cells_per_gpu: int, ray_address: str | None, tracking_uri: str):
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}; known: {', '.join(EXECUTORS)}")
+    if name == "ray":
+        return RayExecutor(ray_address, tracking_uri, cells_per_gpu)
+    return EXECUTORS[name](cells_per_gpu)
+
+
+# ----------------------------------------------------------------------------- a cell away from the driver
+
+
+def detached_spec(job: CellJob, ctx: SuiteContext, cells_at_once: int) -> dict:
+    """What a worker process or Ray task needs to run the cell into the run the driver opened (picklable)."""
+    return {
+        "cell": job.cell,
+        "key": job.key,
+        "run_id": job.run.run_id,
+        "uri": ctx.uri,
+        "results": str(ctx.results.resolve()),
+        "device": str(ctx.device),
+        "progress": ctx.progress and cells_at_once == 1,  # several cells' bars would garble one terminal
+        "label": job.label,
+        "threads": max(1, torch.get_num_threads() // cells_at_once),
+    }
+
+
+def run_detached_cell(spec: dict) -> dict:
+    """A cell away from the driver (its own process, or a Ray task): rebuild what it needs (dataset, cached
+    extractors), run it into the run the driver created, return the outcome as a plain dict."""
+    torch.set_num_threads(spec["threads"])
+    cell: Cell = spec["cell"]
+    results, device = Path(spec["results"]), torch.device(spec["device"])
+    dataset = load_dataset(cell.dataset)
+    extractors = {}
+    for name in {cell.eval.extractor, "domain"} if cell.train.eval_every else {cell.eval.extractor}:
+        extractors[(cell.dataset, name)] = build_extractor(name, dataset, cell.domain, results / "cache", device)
+    run = tracking.attach_run(spec["uri"], spec["run_id"])
+    echo = functools.partial(print, flush=True)
+    ctx = SuiteContext(
+        None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo, uri=spec["uri"]
+    )
+    try:
+        outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)
+    except KeyboardInterrupt:
+        return {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
+    return {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics, "seconds": outcome.seconds}
+
+
+def outcome_from_report(cell: Cell, run: tracking.Run, out: dict) -> Outcome:
+    """The Outcome a worker or Ray task reported (`run_detached_cell`); an interrupted cell stops the suite."""
+    if out["status"] == "KILLED":
+        raise KeyboardInterrupt(f"{cell.name} was interrupted")
+    return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
+
+
+def _cell_process(spec: dict, result_path: str) -> None:
+    """Entry point of a cell's own process: run the cell, report the outcome as JSON. SIGINT and SIGTERM interrupt
+    the cell; a SIGTERM after the first signal is the same request (the suite's process forwards one after a
+    Ctrl-C that reached both)."""
+    with interrupt_on(signal.SIGINT, signal.SIGTERM):
+        report = run_detached_cell(spec)
+        Path(result_path).write_text(json.dumps(report))
+
+
+def _mark_killed(run: tracking.Run) -> None:
+    if run.status() == "RUNNING":
+        run.set_tags({schema.ERROR: "interrupted; run the same command to resume"})
+        run.end("KILLED")
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
+        return f"the cell's worker process was killed by {name}{hint}"
+    return f"the cell's worker process exited with code {code} without reporting a result"

@@ -14,13 +14,10 @@ protocol fingerprint, and they key the on-disk cache of real-data features.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import time
 import urllib.error
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,8 @@ from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception
 
 from bench.config import DomainConfig
 from bench.data import Dataset
+from bench.devices import strict_fp32
+from bench.storage import atomic_save, bytes_digest, json_digest
 
 DOMAIN_VERSION = "domain-cnn-v1"  # bump when the architecture or training code changes
 
@@ -67,16 +66,6 @@ class Extractor:
         return {key: torch.cat(parts) for key, parts in out.items()}
 
 
-@contextmanager
-def strict_fp32():
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
 class DomainNet(nn.Module):
     """Two conv blocks and a feature layer; works for 1×28×28 and 3×32×32."""
 
@@ -106,18 +95,15 @@ class DomainNet(nn.Module):
 
 
 def weights_digest(net: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    state = sorted(net.state_dict().items())
+    return bytes_digest(part for name, t in state for part in (name, t.detach().cpu().contiguous().numpy().tobytes()))
 
 
 def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device: torch.device) -> Extractor:
     """The dataset's `domain` classifier: loaded from the cache or trained with the fixed recipe, then checked."""
     spec = {"version": DOMAIN_VERSION, "dataset_digest": dataset.digest, "recipe": dataclasses.asdict(recipe)}
     spec["recipe"].pop("min_test_accuracy")  # a gate, not part of what is trained
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key = json_digest(spec)
     path = Path(cache_dir) / f"domain-{dataset.name}-{key}.pt"
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(recipe.seed)
@@ -130,10 +116,7 @@ def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, de
         accuracy = saved["test_accuracy"]
     else:
         accuracy = _train_domain(net, dataset, recipe, device)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        torch.save({"spec": spec, "state_dict": net.state_dict(), "test_accuracy": accuracy}, tmp)
-        tmp.replace(path)
+        atomic_save({"spec": spec, "state_dict": net.state_dict(), "test_accuracy": accuracy}, path, shared=True)
     floor = recipe.floor(dataset.name)
     if accuracy < floor:
         raise ExtractorError(
@@ -220,11 +203,8 @@ def inception_weights() -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return bytes_digest(iter(lambda: f.read(1 << 20), b""))
 
 
 class InceptionNet(nn.Module):
@@ -313,7 +293,7 @@ def reference_features(
     """
     start = time.perf_counter()
     key = reference_key(extractor, dataset, split)
-    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    key_hash = json_digest(key)
     path = Path(cache_dir) / f"ref-{dataset.name}-{split}-{extractor.name}-{key_hash}.pt"
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -322,15 +302,9 @@ def reference_features(
             return Reference(feats, saved["digest"], True, time.perf_counter() - start, path)
     images, _ = dataset.split(split)
     feats = extractor(images, batch_size)
-    h = hashlib.sha256()
-    for name in sorted(feats):
-        h.update(feats[name].numpy().tobytes())
-    digest = h.hexdigest()
+    digest = bytes_digest(feats[name].numpy().tobytes() for name in sorted(feats))
     stored = {name: _compact(value) for name, value in feats.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    torch.save({"key": key, "features": stored, "digest": digest}, tmp)
-    tmp.replace(path)
+    atomic_save({"key": key, "features": stored, "digest": digest}, path, shared=True)
     return Reference(feats, digest, False, time.perf_counter() - start, path)
 
 

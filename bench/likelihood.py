@@ -15,8 +15,7 @@ import math
 
 import torch
 
-ELBO, NLL_IWAE, BITS_PER_DIM, RATE, DISTORTION = "elbo", "nll_iwae", "bits_per_dim", "rate", "distortion"
-RECON_PSNR, RECON_SSIM = "recon_psnr", "recon_ssim"
+from bench.schema import BITS_PER_DIM, DISTORTION, ELBO, NLL_IWAE, RATE, RECON_PSNR, RECON_SSIM
 
 
 @torch.no_grad()

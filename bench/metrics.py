@@ -15,13 +15,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from bench.config import EvalConfig
-
-# Result keys: the MLflow metric names.
-FID = "fid"
-IS_MEAN, IS_STD = "is_mean", "is_std"
-KID_MEAN, KID_STD = "kid_mean", "kid_std"
-PRECISION, RECALL = "precision", "recall"
-
+from bench.schema import FID, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
 
 FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
 

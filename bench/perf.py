@@ -78,16 +78,16 @@ class ReferenceImages(VisionDataset):
 class Row:
     model: str
     shape: str
-    ours: float  # images/s
+    genbench_ips: float  # images/s
     reference: float
     eval_ips: float = float("nan")
-    ours_util: float = float("nan")  # mean GPU utilisation (%) during the timed loops; nan off CUDA
+    genbench_util: float = float("nan")  # mean GPU utilisation (%) during the timed loops; nan off CUDA
     reference_util: float = float("nan")
     variant: str = "fp32"  # genbench's loop: speed_label of its speed options
 
     @property
     def ratio(self) -> float:
-        return self.ours / self.reference
+        return self.genbench_ips / self.reference
 
 
 class _Quiet:
@@ -175,7 +175,7 @@ def parse_smi(out: str) -> float:
     return float(out.strip().splitlines()[0])
 
 
-def ours(
+def time_genbench_loop(
     name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device, speed: dict | None = None
 ) -> tuple[float, float]:
     """genbench's loop: TrainResult.images_per_s over `steps` steps, after a warm-up run on the same model (which also
@@ -196,7 +196,9 @@ def ours(
     return ips, util.mean
 
 
-def reference(name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device) -> tuple[float, float]:
+def time_reference_loop(
+    name: str, shape, images: torch.Tensor, steps: int, batch_size: int, device
+) -> tuple[float, float]:
     """The plain loop: Dataset + DataLoader(shuffle), `.to(device)` per batch, the same train_step."""
     model = _model(name, shape, device)
     optimizers = model.optimizers()
@@ -241,7 +243,7 @@ def eval_throughput(shape, device, n: int = 2000, batch_size: int = 500) -> floa
 def tracking_overhead(device, steps: int = 300) -> tuple[float, float]:
     """A gan-mlp training loop logging to a fresh sqlite store on the quick suite's schedule (metrics every 50 steps,
     a sample grid every 500, here every 100): seconds inside MLflow calls and the loop's wall time."""
-    from bench.runner import _CellLogger
+    from bench.cell import CellLogger
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = tracking.Tracker(tracking.default_uri(Path(tmp)), "perf-overhead", Path(tmp) / "artifacts")
@@ -250,7 +252,7 @@ def tracking_overhead(device, steps: int = 300) -> tuple[float, float]:
         cfg = TrainConfig(steps=steps, batch_size=64, log_every=50, sample_every=100, checkpoint_every=10**9,
                           eval_every=0)  # fmt: skip
         start = time.perf_counter()
-        train(model, _data(SHAPES["28"], 2000).to(device), cfg, seed=0, logger=_CellLogger(run), progress=False)
+        train(model, _data(SHAPES["28"], 2000).to(device), cfg, seed=0, logger=CellLogger(run), progress=False)
         wall = time.perf_counter() - start
         run.end("FINISHED")
         return run.seconds, wall
@@ -287,8 +289,12 @@ def measure(
             b = (0.0, float("nan"))
             for _ in range(repeats):
                 for i, sp in enumerate(speeds):
-                    best[i] = max(best[i], ours(name, shape, images, steps, batch_size, device, sp), key=lambda r: r[0])
-                b = max(b, reference(name, shape, images, steps, batch_size, device), key=lambda r: r[0])
+                    best[i] = max(
+                        best[i],
+                        time_genbench_loop(name, shape, images, steps, batch_size, device, sp),
+                        key=lambda r: r[0],
+                    )
+                b = max(b, time_reference_loop(name, shape, images, steps, batch_size, device), key=lambda r: r[0])
             for sp, a in zip(speeds, best, strict=True):
                 rows.append(Row(name, "x".join(map(str, shape)), a[0], b[0], eval_ips, a[1], b[1], speed_label(sp)))
                 util = "" if math.isnan(a[1]) and math.isnan(b[1]) else f"   GPU util {a[1]:3.0f}% / {b[1]:3.0f}%"
@@ -305,7 +311,7 @@ def speed_label(speed: dict | None) -> str:
 
 
 def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | list[dict] | None = None) -> str:
-    gpu = any(not (math.isnan(r.ours_util) and math.isnan(r.reference_util)) for r in rows)
+    gpu = any(not (math.isnan(r.genbench_util) and math.isnan(r.reference_util)) for r in rows)
     speeds = speed if isinstance(speed, list) else [speed]
     several = len(speeds) > 1
     lines = [
@@ -323,13 +329,13 @@ def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | 
         lines.append(
             f"| {r.model} | {r.shape} |"
             + (f" {r.variant} |" if several else "")
-            + f" {r.ours:,.0f} | {r.reference:,.0f} | {r.ratio:.2f} | {r.eval_ips:,.0f} |"
-            + (f" {_pct(r.ours_util)} / {_pct(r.reference_util)} |" if gpu else "")
+            + f" {r.genbench_ips:,.0f} | {r.reference:,.0f} | {r.ratio:.2f} | {r.eval_ips:,.0f} |"
+            + (f" {_pct(r.genbench_util)} / {_pct(r.reference_util)} |" if gpu else "")
         )
     seconds, wall = overhead
     lines += ["", f"tracking overhead: {seconds:.2f} s in MLflow calls over {wall:.1f} s of training "
               f"({100 * seconds / wall:.2f}%)"]  # fmt: skip
-    if gpu and any(math.isnan(r.ours_util) or math.isnan(r.reference_util) for r in rows):
+    if gpu and any(math.isnan(r.genbench_util) or math.isnan(r.reference_util) for r in rows):
         lines.append("n/a GPU util: the timed loop was too short for NVML's sampling; time more steps (--steps)")
     return "\n".join(lines)
 
@@ -348,8 +354,10 @@ def log(
     several = len({r.variant for r in rows}) > 1
     for r in rows:
         key = f"{r.model}/{r.shape}" + (f"/{r.variant.replace(' + ', '-')}" if several else "")
-        metrics.update({f"train_ips/{key}": r.ours, f"reference_ips/{key}": r.reference, f"ratio/{key}": r.ratio})
-        for prefix, util in (("gpu_util", r.ours_util), ("reference_gpu_util", r.reference_util)):
+        metrics.update(
+            {f"train_ips/{key}": r.genbench_ips, f"reference_ips/{key}": r.reference, f"ratio/{key}": r.ratio}
+        )
+        for prefix, util in (("gpu_util", r.genbench_util), ("reference_gpu_util", r.reference_util)):
             if not math.isnan(util):
                 metrics[f"{prefix}/{key}"] = util
         metrics[f"eval_ips/domain/{r.shape}"] = r.eval_ips

@@ -16,28 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import tracking
-from bench.tracking import REAL_MODEL
+from bench import schema, tracking
+from bench.schema import REAL_MODEL
 
-# metric name → (column label, higher is better (None: descriptive, never "best"), decimals)
-METRICS: dict[str, tuple[str, bool | None, int]] = {
-    "fid": ("FID ↓", False, 2),
-    "kid_mean": ("KID ↓", False, 4),
-    "is_mean": ("IS ↑", True, 2),
-    "precision": ("precision ↑", True, 3),
-    "recall": ("recall ↑", True, 3),
-    "elbo": ("ELBO ↑", True, 2),
-    "nll_iwae": ("NLL (IWAE) ↓", False, 2),
-    "bits_per_dim": ("bits/dim ↓", False, 4),
-    "recon_psnr": ("recon PSNR ↑", True, 2),
-    "recon_ssim": ("recon SSIM ↑", True, 3),
-    "rate": ("rate (KL)", None, 2),
-    "distortion": ("distortion", None, 2),
-    "nll_ais": ("NLL (AIS) ↓", False, 1),
-    "bits_per_dim_ais": ("bits/dim (AIS) ↓", False, 3),
-    "ais/sigma": ("AIS σ", None, 3),
-    "ais/bdmc_gap": ("BDMC gap", None, 1),
-}
+METRICS = schema.LEADERBOARD  # metric key → its column label, direction and decimals
 
 
 @dataclass
@@ -57,13 +39,10 @@ def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
     done = runs[runs["status"] == "FINISHED"].sort_values("start_time")
-    return done.drop_duplicates("bench.cell", keep="last")
+    return done.drop_duplicates(schema.CELL, keep="last")
 
 
-CHECKPOINTS = {
-    "final": "the final checkpoint (the last training step)",
-    "best": "the best checkpoint (lowest periodic FID during training; best/<metric> in MLflow)",
-}
+CHECKPOINTS = schema.CHECKPOINTS
 
 
 def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ()) -> list[Section]:
@@ -75,19 +54,19 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
     sections = []
     if runs.empty:
         return sections
-    for (dataset, protocol), group in runs.groupby(["bench.dataset", "bench.protocol"], sort=True):
+    for (dataset, protocol), group in runs.groupby([schema.DATASET, schema.PROTOCOL], sort=True):
         rows, notes = [], []
-        for (model, variant), cell_runs in group.groupby(["bench.model", "bench.variant"], sort=True):
+        for (model, variant), cell_runs in group.groupby([schema.MODEL, schema.VARIANT], sort=True):
             row = {
                 "model": model,
                 "best_steps": _steps(cell_runs) if checkpoint == "best" else "",
-                "family": cell_runs["bench.family"].iloc[0],
+                "family": cell_runs[schema.FAMILY].iloc[0],
                 "variant": variant,
                 "n": len(cell_runs),
-                "seeds": ",".join(sorted(cell_runs["bench.seed"].astype(str))),
+                "seeds": ",".join(sorted(cell_runs[schema.SEED].astype(str))),
             }
             # the real-data row has no checkpoints: the same numbers under either choice
-            prefix = "best/" if checkpoint == "best" and model != REAL_MODEL else ""
+            prefix = schema.BEST_PREFIX if checkpoint == "best" and model != REAL_MODEL else ""
             for m in METRICS:
                 column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
                 values = pd.to_numeric(column, errors="coerce").dropna()
@@ -152,8 +131,8 @@ def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) 
     """What sets this variant apart from the model's other variants in `group`: the params whose values differ
     among them, as `key=value` (at most `most`, then "+N more"); the variant hash's first 8 characters when no
     param differs (e.g. a store written before a param existed)."""
-    runs = group[group["bench.model"] == model]
-    first = runs.drop_duplicates("bench.variant").set_index("bench.variant")
+    runs = group[group[schema.MODEL] == model]
+    first = runs.drop_duplicates(schema.VARIANT).set_index(schema.VARIANT)
     keys = [c for c in first.columns if c.startswith("params.") and not c.startswith(_NOT_VARIANT)]
     values = first[keys].astype(str)  # NaN (a param one variant lacks) reads "nan"
     differ = [k for k in keys if values[k].nunique() > 1]
@@ -205,7 +184,7 @@ def _value_text(row: pd.Series, metric: str) -> str:
         if pd.isna(mean):
             return ""
         return f"{mean:g}" if pd.isna(std) else f"{mean:g} ± {std:g}"
-    return _cell(mean, std, METRICS[metric][2])
+    return _cell(mean, std, METRICS[metric].decimals)
 
 
 def _cell(mean: float, std: float, decimals: int) -> str:
@@ -217,9 +196,9 @@ def _cell(mean: float, std: float, decimals: int) -> str:
 def _best(table: pd.DataFrame, metric: str) -> int | None:
     values = table[f"{metric}_mean"]
     values = values[~table["family"].isin(["real", "published"])]  # reference rows never take "best"
-    if METRICS[metric][1] is None or values.isna().all():  # descriptive columns (rate, distortion): no "best"
+    if METRICS[metric].higher_is_better is None or values.isna().all():  # descriptive (rate, distortion): no best
         return None
-    return int(values.idxmax() if METRICS[metric][1] else values.idxmin())
+    return int(values.idxmax() if METRICS[metric].higher_is_better else values.idxmin())
 
 
 def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint: str = "final") -> str:
@@ -235,7 +214,7 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint
         metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
         lines += [f"## {s.dataset} — protocol `{s.protocol}`", "", s.description, ""]
         steps = checkpoint == "best"
-        header = ["rank", "model", "n"] + (["best step"] if steps else []) + [METRICS[m][0] for m in metrics]
+        header = ["rank", "model", "n"] + (["best step"] if steps else []) + [METRICS[m].label for m in metrics]
         lines += [
             "| " + " | ".join(header) + " |",
             "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * (len(metrics) + steps)) + "|",
@@ -277,8 +256,8 @@ def write_report(
     failed = 0
     if not runs.empty:  # cells whose runs all failed (a failure later re-run successfully is not counted)
         failed = len(
-            set(runs.loc[runs["status"] == "FAILED", "bench.cell"])
-            - set(runs.loc[runs["status"] == "FINISHED", "bench.cell"])
+            set(runs.loc[runs["status"] == "FAILED", schema.CELL])
+            - set(runs.loc[runs["status"] == "FINISHED", schema.CELL])
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,11 +278,10 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
 
     stem = f"{section.dataset}-{section.protocol}"
     runs = section.runs
-    models = runs[runs["bench.family"] != "real"]
+    models = runs[runs[schema.FAMILY] != "real"]
     labels = dict(zip(section.table["model"] + "|" + section.table["variant"], section.table["label"], strict=True))
     run_label = {
-        r["run_id"]: labels.get(f"{r['bench.model']}|{r['bench.variant']}", r["bench.model"])
-        for _, r in runs.iterrows()
+        r["run_id"]: labels.get(f"{r[schema.MODEL]}|{r[schema.VARIANT]}", r[schema.MODEL]) for _, r in runs.iterrows()
     }
     out = []
     histories = tracking.metric_histories(uri, list(models["run_id"]), ("periodic/fid", "periodic/train_s"))
@@ -313,10 +291,10 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
     grids = []
     with tempfile.TemporaryDirectory() as tmp:
         for _, row in section.table[section.table["family"] != "published"].iterrows():
-            cell_runs = runs[(runs["bench.model"] == row["model"]) & (runs["bench.variant"] == row["variant"])]
-            first = cell_runs.sort_values("bench.seed").iloc[0]
+            cell_runs = runs[(runs[schema.MODEL] == row["model"]) & (runs[schema.VARIANT] == row["variant"])]
+            first = cell_runs.sort_values(schema.SEED).iloc[0]
             grid = tracking.download_artifact(uri, first["run_id"], "samples/final.png", Path(tmp) / first["run_id"])
-            label = row["label"] if row["family"] == "real" else f"{row['label']} (seed {first['bench.seed']})"
+            label = row["label"] if row["family"] == "real" else f"{row['label']} (seed {first[schema.SEED]})"
             grids.append((label, grid))
         path = figures.sample_panel(grids, section.dataset, folder / f"{stem}-samples.png")
     if path:
@@ -403,7 +381,7 @@ def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: st
         head.append('<th data-type="num">n</th>')
         if steps:
             head.append('<th data-type="text">best step</th>')
-        head += [f'<th data-type="num" data-metric="{m}">{e(METRICS[m][0])}</th>' for m in metrics]
+        head += [f'<th data-type="num" data-metric="{m}">{e(METRICS[m].label)}</th>' for m in metrics]
         parts.append(f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead><tbody>')
         best = {m: _best(s.table, m) for m in metrics}
         for i, row in s.table.iterrows():

@@ -4,94 +4,28 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import hashlib
-import json
-import multiprocessing
 import os
 import shlex
 import signal
 import sys
-import tempfile
-import threading
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from torchvision.utils import make_grid
-
-import baselines
-from bench import tracking
+from bench import schema, tracking
 from bench.ais import check_test_split
-from bench.config import BenchConfig, Cell, ConfigError, expand, to_toml
+from bench.cell import Outcome, SuiteContext, flatten, grid, interrupted_attempt, open_cell
+from bench.config import BenchConfig, Cell, ConfigError, expand
 from bench.data import Dataset
 from bench.data import load as load_dataset
-from bench.evaluate import PeriodicFID, environment, evaluate, evaluate_real, fingerprint, protocol
-from bench.executors import EXECUTORS
+from bench.devices import bf16_note, resolve_device
+from bench.evaluate import evaluate_real, fingerprint, protocol
+from bench.executors import build_executor
 from bench.features import Extractor, build_extractor, reference_features
 from bench.metrics import MetricError
-from bench.train import bf16_note, interrupt_on, train
-
-
-@dataclass
-class Outcome:
-    cell: Cell
-    status: str  # FINISHED | FAILED | SKIPPED | KILLED
-    run_id: str | None = None
-    error: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass
-class Context:
-    """What every cell of one `bench run` shares."""
-
-    tracker: tracking.Tracker
-    parent: tracking.Run
-    datasets: dict[str, Dataset]
-    extractors: dict[tuple[str, str], Extractor]
-    finished: dict[str, str]
-    results: Path
-    device: torch.device
-    progress: bool
-    echo: Callable[[str], None]
-    uri: str = ""
-    mode: str = "process"  # each cell in its own process (executor local), in this one (inline), or a Ray task
-    executor: Any = None
-    cells_at_once: int = 1  # cells sharing the device (--cells-per-gpu): threads and progress bars are split
-
-
-# The cells' worker processes now running (local executor), so an interrupt can reach every one of them.
-_WORKERS: set = set()
-_WORKERS_LOCK = threading.Lock()
-
-
-def _stop_workers() -> None:
-    """Ask every running cell's worker to stop (SIGTERM: it finishes its step, checkpoints and reports KILLED)."""
-    with _WORKERS_LOCK:
-        procs = list(_WORKERS)
-    for proc in procs:
-        if proc.is_alive() and proc.pid:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+from bench.train import interrupt_on
 
 
 def run_suite(
@@ -135,12 +69,7 @@ def _run_suite(
     device = resolve_device(suite.train.device)
     uri = tracking.resolve_uri(tracking_uri, results)
     tracking.check_reachable(uri)  # seconds, before data, extractors or training
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        runner = EXECUTORS[executor](ray_address, uri, cells_per_gpu)
-    else:
-        runner = EXECUTORS[executor](cells_per_gpu)
+    runner = build_executor(executor, cells_per_gpu, ray_address, uri)
 
     # Preflight: data, feature extractors and the tracking store, before any training starts.
     datasets = {}
@@ -177,8 +106,8 @@ def _run_suite(
     parent = tracker.start_run(
         f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         {
-            "bench.suite": suite.name,
-            "bench.parent": "true",
+            schema.SUITE: suite.name,
+            schema.PARENT: "true",
             "mlflow.note.content": _description(suite, overrides),  # the run's description in the MLflow UI
             **tracking.owner_tags(os.getpid()),
         },
@@ -192,28 +121,21 @@ def _run_suite(
             "cells_per_gpu": cells_per_gpu,
         }
     )
-    ctx = Context(
-        tracker,
-        parent,
-        datasets,
-        extractors,
-        finished,
-        results,
-        device,
-        progress,
-        echo,
-        uri=uri,
-        mode=runner.mode,
-        executor=runner,
-        cells_at_once=cells_per_gpu,
+    ctx = SuiteContext(
+        tracker, parent, datasets, extractors, finished, results, device, progress, echo, uri, cells_per_gpu
     )
     outcomes: list[Outcome] = []
     try:
         for name in suite.datasets:
             run_real_reference(datasets[name], suite, ctx)
-        jobs = [(i, len(cells), cell, ctx) for i, cell in enumerate(cells, 1)]
+
+        def run_numbered(numbered: tuple[int, Cell]) -> Outcome:
+            index, cell = numbered
+            opened = open_cell(cell, ctx, f"[{index}/{len(cells)}]")
+            return opened if isinstance(opened, Outcome) else runner.run(opened, ctx)
+
         start = time.perf_counter()
-        outcomes = runner.map(_run_cell_job, jobs, on_interrupt=_stop_workers)
+        outcomes = runner.map(run_numbered, enumerate(cells, 1))
         wall = time.perf_counter() - start
     except KeyboardInterrupt:
         parent.end("KILLED")
@@ -334,10 +256,7 @@ def _check_ais(cfg, dataset: Dataset) -> None:
         raise ConfigError(str(e)) from None
 
 
-REAL_MODEL = tracking.REAL_MODEL
-
-
-def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
+def run_real_reference(dataset: Dataset, suite, ctx: SuiteContext) -> None:
     """Log the real-vs-real reference of (dataset, protocol) once: FID floor (held-out vs reference split), real IS,
     KID and precision/recall. Skipped when a FINISHED reference with the same key exists; a failure is recorded and
     the suite goes on."""
@@ -358,380 +277,32 @@ def run_real_reference(dataset: Dataset, suite, ctx: Context) -> None:
         ctx.echo(f"real data {dataset.name}: no reference row — {e}")
         return
     run = ctx.tracker.start_run(
-        f"{REAL_MODEL}/{dataset.name}",
+        f"{schema.REAL_MODEL}/{dataset.name}",
         {
-            "bench.suite": suite.name,
-            "bench.model": REAL_MODEL,
-            "bench.family": "real",
-            "bench.dataset": dataset.name,
-            "bench.seed": "-",
-            "bench.cell": key,
-            "bench.variant": key,
-            "bench.protocol": ev.fingerprint,
+            schema.SUITE: suite.name,
+            schema.MODEL: schema.REAL_MODEL,
+            schema.FAMILY: "real",
+            schema.DATASET: dataset.name,
+            schema.SEED: "-",
+            schema.CELL: key,
+            schema.VARIANT: key,
+            schema.PROTOCOL: ev.fingerprint,
         },
         parent=ctx.parent,
     )
     run.log_params(flatten({"eval": dataclasses.asdict(suite.eval)}))
-    run.log_dict(ev.protocol, "protocol.json")
+    run.log_dict(ev.protocol, schema.PROTOCOL_ARTIFACT)
     run.log_metrics(
         {
             **ev.metrics,
-            "time/eval_s": ev.seconds,
-            "time/eval_reference_s": ref.seconds,  # the first use of a reference: usually where it is computed
+            schema.EVAL_S: ev.seconds,
+            schema.EVAL_REFERENCE_S: ref.seconds,  # the first use of a reference: usually where it is computed
             "eval/reference_cached": float(ref.cached),
         }
     )
-    run.log_image(_grid(ev.samples), "samples/final.png")
+    run.log_image(grid(ev.samples), schema.SAMPLES_FINAL)
     run.end("FINISHED")
     ctx.echo(
         f"real data {dataset.name}: FID floor {ev.metrics['fid']:.4g} ({int(ev.metrics['real_images'])} held-out "
         f"images vs the {suite.eval.reference_split} split), IS {ev.metrics['is_mean']:.4g}"
     )
-
-
-def _run_cell_job(job: tuple) -> Outcome:
-    index, total, cell, ctx = job
-    return run_cell(cell, ctx, f"[{index}/{total}]")
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def run_cell(cell: Cell, ctx: Context, label: str = "") -> Outcome:
-    dataset = ctx.datasets[cell.dataset]
-    key = cell.key(dataset.digest)
-    if key in ctx.finished:
-        ctx.echo(f"{label} {cell.name}: already FINISHED (run {ctx.finished[key]}), skipped")
-        return Outcome(cell, "SKIPPED", ctx.finished[key])
-    ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
-    model_cls = baselines.MODELS[cell.model]
-    previous = (interrupted_attempt(ctx.results, key) or {}).get("run_id")
-    run = ctx.tracker.reopen_run(previous, key) if previous else None
-    if run is not None:
-        ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
-    else:
-        run = ctx.tracker.start_run(
-            cell.name,
-            {
-                "bench.suite": cell.suite,
-                "bench.model": cell.model,
-                "bench.family": model_cls.family,
-                "bench.dataset": cell.dataset,
-                "bench.seed": cell.seed,
-                "bench.cell": key,
-                "bench.variant": cell.key(dataset.digest, with_seed=False),
-            },
-            parent=ctx.parent,
-        )
-    if ctx.mode == "ray":
-        return _run_on_ray(cell, key, run, ctx, label)
-    if ctx.mode == "process":
-        return _run_in_worker(cell, key, run, ctx, label)
-    run.set_tags(tracking.owner_tags(os.getpid()))
-    return _execute(cell, key, dataset, ctx, run, model_cls, label)
-
-
-def checkpoint_path(results: Path, key: str) -> Path:
-    return results / "checkpoints" / key / "last.pt"
-
-
-def interrupted_attempt(results: Path, key: str) -> dict | None:
-    """The step and MLflow run id an interrupted attempt of this cell saved in its checkpoint; None without one (or
-    with an unreadable one: train() says so, and the cell gets a new run)."""
-    path = checkpoint_path(results, key)
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None
-    return {"step": state["step"], "run_id": state.get("run_id")}
-
-
-def _execute(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls, label: str) -> Outcome:
-    """Train and evaluate one cell into its run, with MLflow's system metrics sampled meanwhile; an exception marks
-    the run FAILED (KILLED on an interrupt)."""
-    start = time.perf_counter()
-    resumed = checkpoint_path(ctx.results, key).is_file()
-    try:
-        with run.system_metrics(ctx.uri, resume=resumed):
-            metrics = _train_and_evaluate(cell, key, dataset, ctx, run, model_cls)
-    except KeyboardInterrupt as e:
-        run.set_tags({"bench.error": f"interrupted ({e or 'KeyboardInterrupt'}); run the same command to resume"})
-        run.end("KILLED")
-        raise
-    except Exception as e:
-        message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        run.set_tags({"bench.error": message})
-        run.log_text(traceback.format_exc(), "error.txt")
-        run.end("FAILED")
-        ctx.echo(f"{label} {cell.name}: FAILED — {message}")
-        return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
-    run.end("FINISHED")
-    seconds = time.perf_counter() - start
-    shown = ("fid", "is_mean", "elbo", "nll_iwae", "nll_ais", "ais/bdmc_gap")
-    summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
-    ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
-    return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
-
-
-def _run_in_worker(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> Outcome:
-    """The cell in a fresh process (spawned: CUDA-safe), so a crash, an out-of-memory kill or a segfault there
-    cannot take the suite down: the run is recorded FAILED with how the process ended, and the suite goes on."""
-    spec = _spec(cell, key, run, ctx, label)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "outcome.json"
-        proc = multiprocessing.get_context("spawn").Process(
-            target=_cell_worker, args=(spec, str(result)), name=f"bench {cell.name}"
-        )
-        proc.start()
-        with _WORKERS_LOCK:
-            _WORKERS.add(proc)
-        run.set_tags(tracking.owner_tags(proc.pid))
-        try:
-            proc.join()
-        except KeyboardInterrupt:
-            # A Ctrl-C reached the worker too, a `kill` of this process did not: ask it to stop in any case (for a
-            # worker already stopping, a repeated SIGTERM is the same request), then let it checkpoint and close
-            # its run.
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-            proc.join(timeout=120)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=10)
-            if run.status() == "RUNNING":
-                run.set_tags({"bench.error": "interrupted; run the same command to resume"})
-                run.end("KILLED")
-            raise
-        finally:
-            with _WORKERS_LOCK:
-                _WORKERS.discard(proc)
-        if result.is_file():
-            return _reported(cell, run, json.loads(result.read_text()))
-    message = _describe_exit(proc.exitcode)
-    if run.status() == "RUNNING":
-        run.set_tags({"bench.error": message})
-        run.log_text(f"{message}\n(the worker process of {cell.name} ended without reporting a result)\n", "error.txt")
-        run.end("FAILED")
-    ctx.echo(f"{label} {cell.name}: FAILED — {message}")
-    return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"the cell's worker process was killed by {name}{hint}"
-    return f"the cell's worker process exited with code {code} without reporting a result"
-
-
-def _cell_worker(spec: dict, result_path: str) -> None:
-    """Entry point of a cell's own process: run the cell, report the outcome as JSON. SIGINT and SIGTERM interrupt
-    the cell; a SIGTERM after the first signal is the same request (the suite's process forwards one after a
-    Ctrl-C that reached both)."""
-    with interrupt_on(signal.SIGINT, signal.SIGTERM):
-        report = _work(spec)
-        Path(result_path).write_text(json.dumps(report))
-
-
-def _work(spec: dict) -> dict:
-    """A cell away from the driver (its own process, or a Ray task): rebuild what it needs (dataset, cached
-    extractors), run it into the run the driver created, return the outcome as a plain dict."""
-    torch.set_num_threads(spec["threads"])
-    cell: Cell = spec["cell"]
-    results, device = Path(spec["results"]), torch.device(spec["device"])
-    dataset = load_dataset(cell.dataset)
-    extractors = {}
-    for name in {cell.eval.extractor, "domain"} if cell.train.eval_every else {cell.eval.extractor}:
-        extractors[(cell.dataset, name)] = build_extractor(name, dataset, cell.domain, results / "cache", device)
-    run = tracking.attach_run(spec["uri"], spec["run_id"])
-    echo = functools.partial(print, flush=True)
-    ctx = Context(
-        None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo, uri=spec["uri"]
-    )
-    model_cls = baselines.MODELS[cell.model]
-    try:
-        outcome = _execute(cell, spec["key"], dataset, ctx, run, model_cls, spec["label"])
-    except KeyboardInterrupt:
-        return {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
-    return {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics, "seconds": outcome.seconds}
-
-
-def _run_on_ray(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> Outcome:
-    """The cell as a Ray task; a task that dies (worker crash, node lost) is recorded FAILED like a dead process."""
-    ray = ctx.executor.ray
-    device = "cuda" if ctx.executor.gpus and cell.train.device != "cpu" else "cpu"
-    spec = _spec(cell, key, run, ctx, label) | {"device": device, "threads": 1}
-    run.set_tags({"bench.executor": "ray", **tracking.owner_tags(os.getpid())})  # a local cluster dies with us
-    start = time.perf_counter()
-    ref = ctx.executor.task(_work).remote(spec)
-    try:
-        out = ray.get(ref)
-    except KeyboardInterrupt:
-        ray.cancel(ref)
-        run.set_tags({"bench.error": "interrupted; run the same command to resume"})
-        run.end("KILLED")
-        raise
-    except Exception as e:  # ray.exceptions.RayTaskError / WorkerCrashedError / ...
-        message = f"the cell's Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        if run.status() == "RUNNING":
-            run.set_tags({"bench.error": message})
-            run.end("FAILED")
-        ctx.echo(f"{label} {cell.name}: FAILED — {message}")
-        return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
-    return _reported(cell, run, out)
-
-
-def _reported(cell: Cell, run: tracking.Run, out: dict) -> Outcome:
-    """The Outcome a worker or Ray task reported (`_work`); an interrupted cell stops the suite."""
-    if out["status"] == "KILLED":
-        raise KeyboardInterrupt(f"{cell.name} was interrupted")
-    return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
-
-
-def _spec(cell: Cell, key: str, run: tracking.Run, ctx: Context, label: str) -> dict:
-    return {
-        "cell": cell,
-        "key": key,
-        "run_id": run.run_id,
-        "uri": ctx.uri,
-        "results": str(ctx.results.resolve()),
-        "device": str(ctx.device),
-        "progress": ctx.progress and ctx.cells_at_once == 1,  # several cells' bars would garble one terminal
-        "label": label,
-        "threads": max(1, torch.get_num_threads() // ctx.cells_at_once),
-    }
-
-
-def _train_and_evaluate(cell: Cell, key: str, dataset: Dataset, ctx: Context, run: tracking.Run, model_cls) -> dict:
-    cell_dict = cell.as_dict()
-    run.log_params(flatten(cell_dict))
-    run.log_text(to_toml(cell_dict), "config.toml")
-    run.log_dict(environment(ctx.device), "environment.json")
-    run.log_dataset(dataset.name, dataset.digest, dataset.source)
-
-    torch.manual_seed(cell.seed)
-    model = baselines.build(cell.model, cell.model_config, dataset.image_shape, dataset.observation).to(ctx.device)
-    images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
-    checkpoint = checkpoint_path(ctx.results, key)
-    best_path = checkpoint.with_name("best.pt")
-    if not checkpoint.is_file():
-        best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
-    evaluator = None
-    if cell.train.eval_every:
-        domain = ctx.extractors[(cell.dataset, "domain")]
-        ref = reference_features(domain, dataset, cell.eval.reference_split, ctx.results / "cache")
-        evaluator = PeriodicFID(
-            domain, ref.features, cell.train.eval_samples, cell.eval.batch_size, cell.eval.seed, best_path
-        )
-    logger = _CellLogger(run)
-    result = train(
-        model,
-        images,
-        cell.train,
-        seed=cell.seed,
-        logger=logger,
-        checkpoint=checkpoint,
-        config=cell_dict,
-        progress=ctx.progress,
-        evaluator=evaluator,
-        run_id=run.run_id,
-    )
-    if result.resumed_from:
-        run.set_tags({"bench.resumed_from_step": result.resumed_from})
-        ctx.echo(f"    resumed from its checkpoint at step {result.resumed_from} (an interrupted earlier attempt)")
-
-    ctx.echo("    evaluating the final checkpoint ...")
-    extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
-    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
-    metrics = dict(ev.metrics)
-    metrics.update(
-        {
-            "time/train_s": result.seconds,
-            "time/eval_s": ev.seconds,
-            "time/eval_reference_s": ev.reference.seconds,
-            "eval/reference_cached": float(ev.reference.cached),
-            "throughput/train_images_per_s": result.images_per_s,
-            "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan")),
-        }
-    )
-    run.set_tags({"bench.protocol": ev.fingerprint})
-    run.log_dict(ev.protocol, "protocol.json")
-    if "ais" in ev.details:
-        run.log_dict(ev.details["ais"], "ais.json")
-    run.log_metrics(metrics, step=result.steps)
-    run.log_image(_grid(ev.samples[:64]), "samples/final.png")
-    if model_cls.family == "vae":
-        x = dataset.test_images[:32].to(ctx.device).float() / 255.0
-        recon = model.reconstruct(x).cpu()
-        pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
-        run.log_image(_grid(pairs), "reconstructions.png")
-    with tempfile.TemporaryDirectory() as tmp:
-        final = Path(tmp) / "final.pt"
-        torch.save({"model": model.state_dict(), "config": cell_dict, "step": result.steps}, final)
-        run.log_file(final, "checkpoints")
-    if best_path.is_file():
-        metrics.update(_evaluate_best(model, best_path, result.steps, ev, dataset, cell, extractor, ctx, run))
-        best_path.unlink()
-    checkpoint.unlink(missing_ok=True)  # the finished run holds the final and best checkpoints
-    if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
-        checkpoint.parent.rmdir()
-    metrics["time/tracking_s"] = run.seconds  # every MLflow call of the cell so far, artifacts included
-    run.log_metrics({"time/tracking_s": metrics["time/tracking_s"]}, step=result.steps)
-    return metrics
-
-
-def _evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell, extractor, ctx, run) -> dict:
-    """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
-    the best is the final step, the final evaluation is reused rather than repeated."""
-    state = torch.load(best_path, map_location="cpu", weights_only=True)
-    if state["step"] == final_step:
-        ev = final
-    else:
-        ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
-        best_model = copy.deepcopy(model)
-        best_model.load_state_dict(state["model"])
-        ev = evaluate(best_model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
-        if ev.fingerprint != final.fingerprint:  # same cfg and extractor: cannot differ unless the cache changed
-            raise RuntimeError("the best checkpoint was evaluated under another protocol than the final one")
-    metrics = {f"best/{k}": v for k, v in ev.metrics.items()}
-    metrics.update(
-        {
-            "best/step": state["step"],
-            "best/periodic_fid": state["fid"],
-            "time/eval_best_s": 0.0 if ev is final else ev.seconds,
-        }
-    )
-    run.log_metrics(metrics, step=final_step)
-    run.log_image(_grid(ev.samples[:64]), "samples/best.png")
-    run.log_file(best_path, "checkpoints")
-    return metrics
-
-
-def _grid(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, 8 per row."""
-    grid = make_grid(images, nrow=8, padding=2, pad_value=128)  # (C, H', W') uint8
-    return grid.permute(1, 2, 0).numpy()
-
-
-@dataclass
-class _CellLogger:
-    """The training loop's logger: step metrics and periodic sample grids into the cell's run."""
-
-    run: tracking.Run
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.run.log_metrics(metrics, step)
-
-    def log_samples(self, images: torch.Tensor, step: int) -> None:
-        self.run.log_image_step(_grid(images), "samples", step)  # MLflow's image view: a slider over the steps

@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench import schema
+
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-CELL_TAG = "bench.cell"
 
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model-training runs
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-REAL_MODEL = "real-data"  # bench.model of the real-data reference runs (bench.family "real")
 
 
 class TrackingError(RuntimeError):
@@ -125,13 +125,13 @@ class Tracker:
         closed = []
         for run in _search(self.client, [self.experiment_id], "attributes.status = 'RUNNING'"):
             tags = run.data.tags
-            if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+            if tags.get(schema.HOST) != socket.gethostname() or not tags.get(schema.PID, "").isdigit():
                 continue
-            if _alive(int(tags[PID_TAG])):
+            if _alive(int(tags[schema.PID])):
                 continue
             self.client.set_tag(
                 run.info.run_id,
-                "bench.error",
+                schema.ERROR,
                 "its process ended without closing the run (killed?); marked KILLED by a later bench run",
             )
             self.client.set_terminated(run.info.run_id, "KILLED")
@@ -140,8 +140,10 @@ class Tracker:
 
     def finished_cells(self) -> dict[str, str]:
         """bench.cell hash → run id of every FINISHED cell run in the experiment."""
-        runs = _search(self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{CELL_TAG}` != ''")
-        return {run.data.tags[CELL_TAG]: run.info.run_id for run in runs}
+        runs = _search(
+            self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{schema.CELL}` != ''"
+        )
+        return {run.data.tags[schema.CELL]: run.info.run_id for run in runs}
 
     def start_run(self, name: str, tags: dict[str, Any], parent: Run | None = None) -> Run:
         # every value a string: the sqlite store takes an int silently, a tracking server's REST client raises
@@ -165,15 +167,15 @@ class Tracker:
             run.info.experiment_id != self.experiment_id
             or run.info.lifecycle_stage == "deleted"
             or run.info.status == "FINISHED"
-            or run.data.tags.get(CELL_TAG) != cell_key
+            or run.data.tags.get(schema.CELL) != cell_key
         ):
             return None
-        resumes = int(run.data.tags.get(RESUMES_TAG, "0")) + 1
+        resumes = int(run.data.tags.get(schema.RESUMES, "0")) + 1
         self.client.update_run(run_id, status="RUNNING")
-        if "bench.error" in run.data.tags:
-            self.client.delete_tag(run_id, "bench.error")  # the interruption's reason: history now
+        if schema.ERROR in run.data.tags:
+            self.client.delete_tag(run_id, schema.ERROR)  # the interruption's reason: history now
         handle = Run(self.client, run_id, run.info.artifact_uri)
-        handle.set_tags({RESUMES_TAG: resumes})
+        handle.set_tags({schema.RESUMES: resumes})
         return handle
 
 
@@ -199,14 +201,12 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
-HOST_TAG, PID_TAG = "bench.host", "bench.pid"
-RESUMES_TAG = "bench.resumes"  # how often a cell's run was resumed after an interruption
 SYSTEM_METRICS_INTERVAL_S = 10.0  # one psutil/NVML sample and one logged batch per 10 s: well under 1% of a cell
 
 
 def owner_tags(pid: int) -> dict[str, str]:
     """Which process on which host runs a run: how a later `bench run` recognises runs orphaned by a kill."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid)}
+    return {schema.HOST: socket.gethostname(), schema.PID: str(pid)}
 
 
 def _alive(pid: int) -> bool:
@@ -372,7 +372,7 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     if exp is None:
         return pd.DataFrame()
     rows = []
-    for run in _search(client, [exp.experiment_id], f"tags.`{CELL_TAG}` != ''"):
+    for run in _search(client, [exp.experiment_id], f"tags.`{schema.CELL}` != ''"):
         row = {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
@@ -380,7 +380,7 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
             "start_time": run.info.start_time,
             "artifact_uri": run.info.artifact_uri,
         }
-        row.update({k: v for k, v in run.data.tags.items() if k.startswith("bench.")})
+        row.update({k: v for k, v in run.data.tags.items() if k.startswith(schema.TAG_PREFIX)})
         row.update({f"params.{k}": v for k, v in run.data.params.items()})
         row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
         rows.append(row)

@@ -16,8 +16,28 @@ import torch
 from tqdm import tqdm
 
 from bench.config import TrainConfig
+from bench.devices import training_precision
+from bench.storage import atomic_save
 
 GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)
+
+
+class TrainingClock:
+    """This process's training wall time: the time since the loop started, less the periodic evaluations."""
+
+    def __init__(self):
+        self.start, self.excluded = time.perf_counter(), 0.0
+
+    def trained(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    @contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t
 
 
 class DivergenceError(RuntimeError):
@@ -108,10 +128,7 @@ def save_checkpoint(
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".partial")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_save(state, path)
 
 
 def train(
@@ -174,9 +191,8 @@ def train(
             make_capturable(opt, False)
     losses = LossLog(resumed_from)
     last: dict[str, float] = {}
-    steady: tuple[int, float, float] | None = None  # (step, clock, eval seconds) once a CUDA graph replays
-    start = time.perf_counter()
-    eval_seconds = 0.0
+    steady: tuple[int, float] | None = None  # (step, training seconds) once a CUDA graph replays
+    clock = TrainingClock()
     bar = tqdm(
         total=cfg.steps,
         initial=step,
@@ -192,10 +208,10 @@ def train(
                 logs = graph(idx)
                 if graph.captured_at == graph.calls:  # the first replay is queued: from here on, the steady state
                     synchronize(device)
-                    steady = (step + 1, time.perf_counter(), eval_seconds)
+                    steady = (step + 1, clock.trained())
             else:
                 x = batch(images, _to_device(idx, device), cfg.channels_last)
-                with _precision(cfg, device):
+                with training_precision(cfg, device):
                     logs = model.train_step(x, optimizers)
             step += 1
             bar.update(1)
@@ -210,34 +226,30 @@ def train(
                 logger.log_samples(sample_grid(model, seed), step)
             if evaluator is not None and cfg.eval_every and (step % cfg.eval_every == 0 or final):
                 losses.check()
-                t = time.perf_counter()
-                trained = t - start - eval_seconds
-                logs = evaluator(model, step)
-                eval_seconds += time.perf_counter() - t
+                trained = clock.trained()
+                with clock.paused():
+                    logs = evaluator(model, step)
                 logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
                 losses.check()  # never checkpoint a diverged model
-                trained = time.perf_counter() - start - eval_seconds
-                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained, run_id)
+                trained = before + clock.trained()
+                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
             if stop.requested is not None:
                 losses.check()
                 if checkpoint is not None:
-                    trained = time.perf_counter() - start - eval_seconds
-                    save_checkpoint(
-                        checkpoint, model, optimizers, step, batch_rng, config or {}, before + trained, run_id
-                    )
+                    trained = before + clock.trained()
+                    save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
                 bar.close()
                 raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
     losses.check()
     synchronize(device)  # the clock covers the device's work, not only its queueing
     bar.close()
-    end = time.perf_counter()
-    seconds = end - start - eval_seconds
+    seconds = clock.trained()
     done = step - resumed_from
     images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
     steady_ips = None
     if steady is not None and step > steady[0]:
-        steady_ips = (step - steady[0]) * reals_per_step / (end - steady[1] - (eval_seconds - steady[2]))
+        steady_ips = (step - steady[0]) * reals_per_step / (seconds - steady[1])
     return TrainResult(step, seconds, images_per_s, last, resumed_from, steady_ips)
 
 
@@ -335,7 +347,7 @@ class GraphStep:
 
     def _step(self) -> dict[str, torch.Tensor]:
         x = batch(self.images, self.idx, self.cfg.channels_last)
-        with _precision(self.cfg, self.device, cache=False):  # autocast's weight cache cannot live in a graph
+        with training_precision(self.cfg, self.device, cache=False):  # autocast's weight cache cannot live in a graph
             return self.model.train_step(x, self.optimizers)
 
     def __call__(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -402,21 +414,6 @@ def make_capturable(opt: torch.optim.Optimizer, on: bool = True) -> None:
                 state["step"] = step.to(target, torch.float32)
 
 
-@contextmanager
-def _precision(cfg: TrainConfig, device: torch.device, cache: bool = True):
-    """bf16 autocast when asked, and the TF32 switches as the config says (restored after the step)."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
-    try:
-        if cfg.precision == "bf16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-
-
 def _interrupt(signum, frame) -> None:
     """Outside training: the first SIGINT or SIGTERM raises KeyboardInterrupt; a SIGTERM after that is the same
     request (StopRequest.stopping), another SIGINT interrupts again."""
@@ -440,28 +437,6 @@ def interrupt_on(*signals: signal.Signals):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         StopRequest.stopping = False  # a later run in this process starts afresh
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 runs in hardware on `device`: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX.
-    Elsewhere (an AVX2-only CPU, say) PyTorch emulates bf16, which trains several times slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    cpu = torch.cpu
-    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def bf16_note(device: torch.device) -> str | None:
-    """A note for a user who asked for bf16 where it is emulated; None where bf16 runs in hardware."""
-    if native_bf16(device):
-        return None
-    found = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
-    return (
-        f"note: train.precision = bf16, but this {device.type.upper()} ({found}) has no bf16 arithmetic "
-        "(AVX512-BF16 or AMX on a CPU): PyTorch emulates it, and training runs several times slower than fp32"
-    )
 
 
 def sample_grid(model, seed: int, n: int = GRID_SIZE) -> torch.Tensor:

@@ -3,9 +3,12 @@ session-wide run of that tiny quick suite into a temporary MLflow store."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
 import torch
 
@@ -102,3 +105,29 @@ def inception_weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+# ------------------------------------------------------------------ reading a store the tests wrote
+
+
+def search(uri: str) -> pd.DataFrame:
+    """mlflow.search_runs as a user would call it; set_tracking_uri also exports MLFLOW_TRACKING_URI, so restore."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(experiment_names=["quick"])
+    finally:
+        mlflow.set_tracking_uri(previous or "")
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def child_runs(uri: str) -> pd.DataFrame:
+    """The cell runs (not the parent, not the real-data reference)."""
+    runs = search(uri)
+    return runs[runs["tags.bench.cell"].notna() & (runs["tags.bench.family"] != "real")]
+
+
+def real_runs(uri: str) -> pd.DataFrame:
+    runs = search(uri)
+    return runs[runs["tags.bench.family"] == "real"]

@@ -15,10 +15,10 @@ from baselines.common import (
     bernoulli_log_prob,
     discretized_logistic_log_prob,
     gaussian_kl,
+    generator_loss,
     normal_log_prob,
     upsampling_plan,
 )
-from baselines.gan_mlp import generator_loss
 from baselines.sngan import hinge_d_loss
 from baselines.wgan_gp import gradient_penalty
 

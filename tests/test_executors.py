@@ -39,7 +39,7 @@ def test_two_cells_per_gpu_run_side_by_side_with_the_same_numbers(quick_run, tmp
 
 
 def test_aggregate_throughput_counts_cells_run_and_images_trained():
-    from bench.runner import Outcome
+    from bench.cell import Outcome
 
     cell = tiny_config().suite("quick")  # any object stands in for the cell here
     outcomes = [
@@ -91,3 +91,10 @@ def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
     executor.task(lambda spec: spec)
     assert asked == [{"num_gpus": 0.25, "num_cpus": 1}]
     assert RayExecutor(None, "sqlite:///x.db").slots == 2  # one cell per GPU by default
+
+
+def test_the_cli_offers_exactly_the_registered_executors():
+    """bench.config.EXECUTORS (the CLI's choices, torch-free) names the registry in bench.executors."""
+    from bench import config, executors
+
+    assert tuple(executors.EXECUTORS) == config.EXECUTORS

@@ -19,8 +19,7 @@ import torch
 
 from bench import tracking
 from bench.runner import run_suite
-from tests.conftest import BENCH_TOML, REPO, TINY, tiny_config, wait_until
-from tests.test_runner import child_runs, search
+from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search, tiny_config, wait_until
 
 
 def _seed_cache(quick_run, results: Path) -> None:

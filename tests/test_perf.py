@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from bench import perf, tracking
 from bench.cli import main
-from bench.train import native_bf16
+from bench.devices import native_bf16
 from tests.conftest import REPO
 
 
@@ -67,7 +67,7 @@ def test_ours_applies_the_speed_path(monkeypatch):
         return real(model, data, cfg, **kw)
 
     monkeypatch.setattr(perf, "train", spy)
-    ips, util = perf.ours("dcgan", perf.SHAPES["28"], perf._data(perf.SHAPES["28"], 256), 1, 8, "cpu",
+    ips, util = perf.time_genbench_loop("dcgan", perf.SHAPES["28"], perf._data(perf.SHAPES["28"], 256), 1, 8, "cpu",
                           {"precision": "bf16", "channels_last": True})  # fmt: skip
     assert ips > 0 and util != util  # nan off CUDA
     assert seen == [("bf16", True), ("bf16", True)]  # warm-up and timed run

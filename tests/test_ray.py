@@ -8,9 +8,8 @@ from bench import tracking
 from bench.config import ConfigError
 from bench.executors import RayExecutor
 from bench.runner import run_suite
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, child_runs, tiny_config
 from tests.test_isolation import _seed_cache
-from tests.test_runner import child_runs
 
 
 @pytest.fixture(scope="module")

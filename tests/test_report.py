@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from bench import report
+from tests.conftest import child_runs
 
 
 def _run(model, variant, seed, fid, **params):
@@ -56,3 +58,80 @@ def test_variant_label_caps_the_params_and_falls_back_to_the_hash():
     assert report.variant_label(runs, "dcgan", "v2yyyyyyyy") == "model.k0=x, model.k1=x, model.k2=x, +2 more"
     same = pd.DataFrame([_run("dcgan", "v1xxxxxxxx", 0, 1.0), _run("dcgan", "v2yyyyyyyy", 0, 2.0)])
     assert report.variant_label(same, "dcgan", "v2yyyyyyyy") == "v2yyyyyy"
+
+
+def test_report_from_the_store(quick_run, tmp_path):
+    paths = report.write_report(quick_run["uri"], "quick", tmp_path)
+    md = paths["markdown"].read_text()
+    assert "## digits — protocol" in md
+    for model in ("gan-mlp", "vae-mlp"):
+        assert f"| {model} | 2 |" in md
+    assert "±" in md and "NLL (IWAE)" in md
+    assert "| — | real data (held-out split) | 1 |" in md and "It is not ranked" in md
+    csv = pd.read_csv(paths["csv"])
+    assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
+    models = csv[csv["model"] != "real-data"]
+    assert (models["n"] == 2).all() and sorted(models["rank"].astype(str)) == ["1", "2"]
+    runs = child_runs(quick_run["uri"])
+    gan = runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.fid"]
+    row = csv[csv["model"] == "gan-mlp"].iloc[0]
+    assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
+    assert pd.isna(row["elbo_mean"])
+    assert "NLL (AIS)" in md and "BDMC gap" in md and "AIS on 8 test images, 2 chains, 10 sigmoid" in md
+    assert row["nll_ais_mean"] == pytest.approx(runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.nll_ais"].mean())
+    # figures: FID curves, the sample panel, the VAE likelihood chart, the AIS chart; linked from the markdown
+    figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))
+    assert figures == ["ais.png", "fid.png", "likelihood.png", "samples.png"]
+    for name, p in paths.items():
+        if name.startswith("figure:"):
+            assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" and f"(figures/{p.name})" in md
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 4 and "http://" not in page and "https://" not in page
+    assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
+
+
+def test_published_references_only_where_dataset_metric_and_extractor_match(quick_run):
+    from bench.config import PublishedReference
+
+    def ref(**kw):
+        base = dict(dataset="digits", model="paper GAN", metric="fid", value=0.5, protocol="p", citation="c")
+        return PublishedReference(**{**base, **kw})
+
+    shown = [ref(extractor="domain", std=0.1), ref(model="paper VAE", metric="nll_iwae", value=1.0)]
+    hidden = [ref(extractor="inception"), ref(dataset="mnist")]
+    (section,) = report.build(report.tracking.load_runs(quick_run["uri"], "quick"), references=tuple(shown + hidden))
+    table = section.table
+    published = table[table["family"] == "published"]
+    assert list(published["model"]) == ["paper GAN", "paper VAE"]
+    assert (published["rank"] == "—").all()
+    ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
+    assert sorted(ranks) == ["1", "2"]  # ours are ranked among themselves only
+    # better than every model, yet never "best in column"
+    assert report._best(table, "fid") not in published.index and report._best(table, "nll_iwae") not in published.index
+    md = report.to_markdown("quick", [section])
+    assert "| — | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
+
+
+def test_references_config_errors(tmp_path):
+    from tests.conftest import BENCH_TOML
+
+    base = BENCH_TOML.read_text()
+    cases = {
+        'metric = "fidd"': "metric must be one of",
+        'dataset = "svhn"': "unknown dataset 'svhn'",
+        'value = "six"': "value must be a number",
+    }
+    good = (
+        '[[references]]\ndataset = "mnist"\nmodel = "m"\nmetric = "fid"\nvalue = 6.8\nprotocol = "p"\ncitation = "c"\n'
+    )
+    from bench import config
+
+    (tmp_path / "good.toml").write_text(base + good)
+    assert config.load(tmp_path / "good.toml").references[-1].value == 6.8
+    for change, message in cases.items():
+        key = change.split(" = ")[0]
+        lines = [change if line.startswith(f"{key} =") else line for line in good.splitlines()]
+        path = tmp_path / "bench.toml"
+        path.write_text(base + "\n".join(lines) + "\n")
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(path)

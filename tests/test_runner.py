@@ -1,15 +1,13 @@
-"""End to end: the tiny quick suite into a fresh MLflow store — layout, skipping, failure isolation, report."""
+"""End to end: the tiny quick suite into a fresh MLflow store — the run layout, skipping, failure isolation, the
+best checkpoint, AIS, colour cells."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import time
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -17,7 +15,7 @@ import baselines
 from bench import report, tracking
 from bench.cli import main
 from bench.runner import run_suite
-from tests.conftest import REPO, TINY, tiny_config
+from tests.conftest import REPO, TINY, child_runs, real_runs, tiny_config
 
 CHILD_TAGS = (
     "bench.suite",
@@ -29,29 +27,6 @@ CHILD_TAGS = (
     "bench.protocol",
 )
 SAMPLE_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
-
-
-def search(uri: str) -> pd.DataFrame:
-    """mlflow.search_runs as a user would call it; set_tracking_uri also exports MLFLOW_TRACKING_URI, so restore."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        return mlflow.search_runs(experiment_names=["quick"])
-    finally:
-        mlflow.set_tracking_uri(previous or "")
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-
-def child_runs(uri: str) -> pd.DataFrame:
-    """The cell runs (not the parent, not the real-data reference)."""
-    runs = search(uri)
-    return runs[runs["tags.bench.cell"].notna() & (runs["tags.bench.family"] != "real")]
-
-
-def real_runs(uri: str) -> pd.DataFrame:
-    runs = search(uri)
-    return runs[runs["tags.bench.family"] == "real"]
 
 
 def test_four_finished_child_runs_with_the_design_layout(quick_run):
@@ -201,83 +176,6 @@ def test_second_run_skips_finished_cells(quick_run):
     assert any("already FINISHED" in line for line in lines)
 
 
-def test_report_from_the_store(quick_run, tmp_path):
-    paths = report.write_report(quick_run["uri"], "quick", tmp_path)
-    md = paths["markdown"].read_text()
-    assert "## digits — protocol" in md
-    for model in ("gan-mlp", "vae-mlp"):
-        assert f"| {model} | 2 |" in md
-    assert "±" in md and "NLL (IWAE)" in md
-    assert "| — | real data (held-out split) | 1 |" in md and "It is not ranked" in md
-    csv = pd.read_csv(paths["csv"])
-    assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
-    models = csv[csv["model"] != "real-data"]
-    assert (models["n"] == 2).all() and sorted(models["rank"].astype(str)) == ["1", "2"]
-    runs = child_runs(quick_run["uri"])
-    gan = runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.fid"]
-    row = csv[csv["model"] == "gan-mlp"].iloc[0]
-    assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
-    assert pd.isna(row["elbo_mean"])
-    assert "NLL (AIS)" in md and "BDMC gap" in md and "AIS on 8 test images, 2 chains, 10 sigmoid" in md
-    assert row["nll_ais_mean"] == pytest.approx(runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.nll_ais"].mean())
-    # figures: FID curves, the sample panel, the VAE likelihood chart, the AIS chart; linked from the markdown
-    figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))
-    assert figures == ["ais.png", "fid.png", "likelihood.png", "samples.png"]
-    for name, p in paths.items():
-        if name.startswith("figure:"):
-            assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" and f"(figures/{p.name})" in md
-    page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 4 and "http://" not in page and "https://" not in page
-    assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
-
-
-def test_published_references_only_where_dataset_metric_and_extractor_match(quick_run):
-    from bench.config import PublishedReference
-
-    def ref(**kw):
-        base = dict(dataset="digits", model="paper GAN", metric="fid", value=0.5, protocol="p", citation="c")
-        return PublishedReference(**{**base, **kw})
-
-    shown = [ref(extractor="domain", std=0.1), ref(model="paper VAE", metric="nll_iwae", value=1.0)]
-    hidden = [ref(extractor="inception"), ref(dataset="mnist")]
-    (section,) = report.build(report.tracking.load_runs(quick_run["uri"], "quick"), references=tuple(shown + hidden))
-    table = section.table
-    published = table[table["family"] == "published"]
-    assert list(published["model"]) == ["paper GAN", "paper VAE"]
-    assert (published["rank"] == "—").all()
-    ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
-    assert sorted(ranks) == ["1", "2"]  # ours are ranked among themselves only
-    # better than every model, yet never "best in column"
-    assert report._best(table, "fid") not in published.index and report._best(table, "nll_iwae") not in published.index
-    md = report.to_markdown("quick", [section])
-    assert "| — | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
-
-
-def test_references_config_errors(tmp_path):
-    from tests.conftest import BENCH_TOML
-
-    base = BENCH_TOML.read_text()
-    cases = {
-        'metric = "fidd"': "metric must be one of",
-        'dataset = "svhn"': "unknown dataset 'svhn'",
-        'value = "six"': "value must be a number",
-    }
-    good = (
-        '[[references]]\ndataset = "mnist"\nmodel = "m"\nmetric = "fid"\nvalue = 6.8\nprotocol = "p"\ncitation = "c"\n'
-    )
-    from bench import config
-
-    (tmp_path / "good.toml").write_text(base + good)
-    assert config.load(tmp_path / "good.toml").references[-1].value == 6.8
-    for change, message in cases.items():
-        key = change.split(" = ")[0]
-        lines = [change if line.startswith(f"{key} =") else line for line in good.splitlines()]
-        path = tmp_path / "bench.toml"
-        path.write_text(base + "\n".join(lines) + "\n")
-        with pytest.raises(config.ConfigError, match=message):
-            config.load(path)
-
-
 def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     def explode(self, x, optimizers):
         raise RuntimeError("boom in train_step")
@@ -303,76 +201,6 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     md = report.write_report(uri, "quick", tmp_path / "report")["markdown"].read_text()
     assert "| vae-mlp | 1 |" in md and "gan-mlp" not in md.split("## digits")[1].split("\n\n1 cell")[0]
     assert "1 cell run(s) FAILED" in md
-
-
-def test_cli_run_exit_code_and_report(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    monkeypatch.setattr(baselines.MODELS["vae-mlp"], "train_step", lambda *a: {"loss": float("nan")})
-    args = ["run", "--suite", "quick", "--no-progress", "--executor", "inline", "--set", "seeds=[0]"]
-    result = CliRunner().invoke(main, args + [a for t in TINY for a in ("--set", t)])
-    assert result.exit_code == 1, result.output
-    assert "done: 1 finished, 0 skipped (already finished), 1 failed" in result.output
-    assert "FAILED vae-mlp/digits/seed0" in result.output and "training diverged at step 1" in result.output
-    result = CliRunner().invoke(main, ["report", "--suite", "quick"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "reports" / "quick" / "leaderboard.md").is_file()
-    assert "attached to parent run" in result.output
-
-
-@pytest.mark.parametrize("command", ["run", "report"])
-def test_unreachable_tracking_server_fails_in_seconds(tmp_path, monkeypatch, command):
-    """The user's default environment (no MLFLOW_HTTP_REQUEST_* variables): MLflow alone retries for minutes."""
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):
-        monkeypatch.delenv(var, raising=False)
-    args = [command, "--suite", "quick", "--tracking-uri", "http://127.0.0.1:9"]
-    if command == "run":
-        args += ["--no-progress"] + [a for t in TINY for a in ("--set", t)]
-    start = time.perf_counter()
-    result = CliRunner().invoke(main, args)
-    assert time.perf_counter() - start < 10
-    assert result.exit_code == 2, result.output
-    assert "error: cannot use tracking store http://127.0.0.1:9" in result.output
-    assert "training" not in result.output and "loading dataset" not in result.output
-
-
-def test_inception_without_weights_offline_fails_before_training(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
-    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "eval.extractor=inception"])
-    assert result.exit_code == 2, result.output
-    assert "error: the inception extractor needs torch-fidelity's Inception-v3 weights" in result.output
-    assert "BENCH_INCEPTION_WEIGHTS=" in result.output and "--set eval.extractor=domain" in result.output
-    assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
-
-
-def test_too_few_images_for_the_feature_dimension_fail_before_training(tmp_path, monkeypatch, inception_weights):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(inception_weights))
-    args = ["run", "--suite", "quick", "--set", "eval.extractor=inception"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2, result.output
-    assert "eval.num_samples = 2000 is not more than the 2048 feature dimensions" in result.output
-    result = CliRunner().invoke(main, [*args, "--set", "eval.num_samples=3000"])
-    assert result.exit_code == 2, result.output
-    assert "the train split of digits has 1437 images, not more than the 2048" in result.output
-    assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
-
-
-def test_cuda_without_a_gpu_is_a_config_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "train.device=cuda"])
-    assert result.exit_code == 2
-    assert result.output.strip() == (
-        "error: train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
-    )
 
 
 def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path, monkeypatch):
@@ -440,70 +268,3 @@ def test_real_data_reference_row(quick_run):
     assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
     assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
     assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
-
-
-def test_unwritable_results_or_report_directory_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a directory")
-    monkeypatch.setenv("BENCH_RESULTS", str(blocker / "results"))
-    result = CliRunner().invoke(main, ["run", "--suite", "quick"])
-    assert result.exit_code == 2
-    assert result.output.startswith(f"error: cannot write to the results directory {blocker / 'results'}")
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
-    result = CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(blocker / "report")])
-    assert result.exit_code == 2 and "error: cannot write the report to" in result.output
-
-
-def test_a_lost_race_on_the_dataset_row_is_retried(tmp_path, monkeypatch):
-    """Two cells starting at once (Ray) can both insert the dataset's row into sqlite; the loser's UNIQUE-constraint
-    error is retried, and its run still gets the dataset input (a fresh-clone Ray test once lost a cell to it)."""
-    from mlflow.exceptions import MlflowException
-
-    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "race", tmp_path / "artifacts")
-    run = tracker.start_run("cell", {})
-    real, calls = run.client.log_inputs, []
-
-    def lose_once(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, ...")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(run.client, "log_inputs", lose_once)
-    run.log_dataset("digits", "d" * 64, "sklearn")
-    assert len(calls) == 2
-    inputs = run.client.get_run(run.run_id).inputs.dataset_inputs
-    assert [i.dataset.name for i in inputs] == ["digits"]
-    monkeypatch.setattr(run.client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
-    with pytest.raises(MlflowException, match="other"):
-        run.log_dataset("digits", "d" * 64, "sklearn")
-
-
-def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    args = ["run", "--suite", "quick", "--dry-run", *(a for t in TINY for a in ("--set", t))]
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "fresh"))
-    fresh = CliRunner().invoke(main, args)
-    assert fresh.exit_code == 0, fresh.output
-    assert fresh.output.count("run: train 20 steps and evaluate") == 4
-    assert not (tmp_path / "fresh" / "mlflow.db").exists()  # a dry run writes nothing
-    monkeypatch.setenv("BENCH_RESULTS", str(quick_run["results"]))
-    done = CliRunner().invoke(main, args)
-    assert done.exit_code == 0 and done.output.count("skip: FINISHED as run") == 4, done.output
-    keys = set(child_runs(quick_run["uri"])["tags.bench.cell"])
-    assert all(k in done.output for k in keys)
-
-
-def test_runs_carry_mlflow_provenance_and_the_parent_its_description(quick_run):
-    runs = search(quick_run["uri"])
-    for tag in ("tags.mlflow.user", "tags.mlflow.source.name", "tags.mlflow.source.git.commit"):
-        assert runs[tag].notna().all(), tag
-    parent = runs[runs["tags.bench.parent"] == "true"].iloc[0]
-    note = parent["tags.mlflow.note.content"]
-    assert note.startswith("**quick**: Offline smoke benchmark") and "overrides: `--set train.steps=20`" in note
-
-
-def test_version():
-    result = CliRunner().invoke(main, ["--version"])
-    assert result.exit_code == 0 and result.output.strip() == "bench, version 0.1.0"

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from bench import tracking
+from tests.conftest import search
 from tests.test_ui import http_stub
 
 
@@ -52,3 +53,37 @@ def test_any_http_answer_counts_as_reachable():
         tracking.check_reachable("http://127.0.0.1:9")
     assert time.perf_counter() - start < 6
     tracking.check_reachable("sqlite:///nowhere.db")  # embedded stores need no check
+
+
+def test_a_lost_race_on_the_dataset_row_is_retried(tmp_path, monkeypatch):
+    """Two cells starting at once (Ray) can both insert the dataset's row into sqlite; the loser's UNIQUE-constraint
+    error is retried, and its run still gets the dataset input (a fresh-clone Ray test once lost a cell to it)."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "race", tmp_path / "artifacts")
+    run = tracker.start_run("cell", {})
+    real, calls = run.client.log_inputs, []
+
+    def lose_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run.client, "log_inputs", lose_once)
+    run.log_dataset("digits", "d" * 64, "sklearn")
+    assert len(calls) == 2
+    inputs = run.client.get_run(run.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["digits"]
+    monkeypatch.setattr(run.client, "log_inputs", lambda *a, **k: (_ for _ in ()).throw(MlflowException("other")))
+    with pytest.raises(MlflowException, match="other"):
+        run.log_dataset("digits", "d" * 64, "sklearn")
+
+
+def test_runs_carry_mlflow_provenance_and_the_parent_its_description(quick_run):
+    runs = search(quick_run["uri"])
+    for tag in ("tags.mlflow.user", "tags.mlflow.source.name", "tags.mlflow.source.git.commit"):
+        assert runs[tag].notna().all(), tag
+    parent = runs[runs["tags.bench.parent"] == "true"].iloc[0]
+    note = parent["tags.mlflow.note.content"]
+    assert note.startswith("**quick**: Offline smoke benchmark") and "overrides: `--set train.steps=20`" in note

@@ -7,7 +7,8 @@ import torch
 
 import baselines
 from bench.config import TrainConfig
-from bench.train import DivergenceError, bf16_note, native_bf16, train
+from bench.devices import bf16_note, native_bf16
+from bench.train import DivergenceError, train
 
 
 class Recorder:

@@ -1,0 +1,100 @@
+"""The tracking layout in one place: the MLflow tag names, metric keys and artifact paths genbench writes and reads.
+
+Torch-free and dependency-free, so the producers (runner, cell, metrics, likelihood, ais), the store
+(tracking) and the readers (report, the UI) all import the same names. A new leaderboard metric is one `Metric` in
+`LEADERBOARD`: its key, its column label, its direction and its decimals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ------------------------------------------------------------------------------------------------------- tags
+
+TAG_PREFIX = "bench."
+SUITE = "bench.suite"
+PARENT = "bench.parent"  # "true" on the run that groups one `bench run`
+MODEL = "bench.model"
+FAMILY = "bench.family"  # gan | vae | real
+DATASET = "bench.dataset"
+SEED = "bench.seed"
+CELL = "bench.cell"  # the cell's key: model, dataset, seed, configuration, data digest, protocol library versions
+VARIANT = "bench.variant"  # the key without the seed: the seeds of one variant form a leaderboard row
+PROTOCOL = "bench.protocol"  # the evaluation protocol's fingerprint: one leaderboard section per value
+ERROR = "bench.error"
+EXECUTOR = "bench.executor"
+HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
+RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption
+RESUMED_FROM = "bench.resumed_from_step"
+PERF = "bench.perf"
+
+REAL_MODEL = "real-data"  # the bench.model of the real-vs-real reference row
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+FID = "fid"
+IS_MEAN, IS_STD = "is_mean", "is_std"
+KID_MEAN, KID_STD = "kid_mean", "kid_std"
+PRECISION, RECALL = "precision", "recall"
+ELBO, NLL_IWAE, BITS_PER_DIM, RATE, DISTORTION = "elbo", "nll_iwae", "bits_per_dim", "rate", "distortion"
+RECON_PSNR, RECON_SSIM = "recon_psnr", "recon_ssim"
+NLL_AIS, BITS_PER_DIM_AIS = "nll_ais", "bits_per_dim_ais"
+AIS_SIGMA, AIS_BDMC_GAP = "ais/sigma", "ais/bdmc_gap"
+BEST_PREFIX = "best/"  # best/<metric>: the full evaluation of the checkpoint selected on periodic FID
+BEST_STEP = "best/step"
+CHECKPOINTS = {  # which metrics a leaderboard reports
+    "final": "the final checkpoint (the last training step)",
+    "best": "the best checkpoint (lowest periodic FID during training; best/<metric> in MLflow)",
+}
+
+# a cell's timings and throughput
+TRAIN_S, EVAL_S, EVAL_BEST_S = "time/train_s", "time/eval_s", "time/eval_best_s"
+EVAL_REFERENCE_S, TRACKING_S = "time/eval_reference_s", "time/tracking_s"
+TRAIN_IMAGES_PER_S = "throughput/train_images_per_s"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str  # the leaderboard's column header
+    higher_is_better: bool | None  # None: descriptive (rate, distortion, σ), never marked best
+    decimals: int
+
+
+LEADERBOARD: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric(FID, "FID ↓", False, 2),
+        Metric(KID_MEAN, "KID ↓", False, 4),
+        Metric(IS_MEAN, "IS ↑", True, 2),
+        Metric(PRECISION, "precision ↑", True, 3),
+        Metric(RECALL, "recall ↑", True, 3),
+        Metric(ELBO, "ELBO ↑", True, 2),
+        Metric(NLL_IWAE, "NLL (IWAE) ↓", False, 2),
+        Metric(BITS_PER_DIM, "bits/dim ↓", False, 4),
+        Metric(RECON_PSNR, "recon PSNR ↑", True, 2),
+        Metric(RECON_SSIM, "recon SSIM ↑", True, 3),
+        Metric(RATE, "rate (KL)", None, 2),
+        Metric(DISTORTION, "distortion", None, 2),
+        Metric(NLL_AIS, "NLL (AIS) ↓", False, 1),
+        Metric(BITS_PER_DIM_AIS, "bits/dim (AIS) ↓", False, 3),
+        Metric(AIS_SIGMA, "AIS σ", None, 3),
+        Metric(AIS_BDMC_GAP, "BDMC gap", None, 1),
+    )
+}
+
+# the metrics a cell prints when it finishes
+SHOWN = (FID, IS_MEAN, ELBO, NLL_IWAE, NLL_AIS, AIS_BDMC_GAP)
+
+# -------------------------------------------------------------------------------------------------- artifacts
+
+CONFIG_ARTIFACT = "config.toml"  # the cell's whole configuration
+ENVIRONMENT_ARTIFACT = "environment.json"
+PROTOCOL_ARTIFACT = "protocol.json"  # the evaluation protocol behind bench.protocol
+AIS_ARTIFACT = "ais.json"
+ERROR_ARTIFACT = "error.txt"
+SAMPLES_FINAL = "samples/final.png"
+SAMPLES_BEST = "samples/best.png"
+SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... with a slider over the steps
+RECONSTRUCTIONS = "reconstructions.png"
+CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt

@@ -1,0 +1,66 @@
+"""Files that other processes may read or write at the same time, and the digests that name them (torch-free).
+
+`atomic_save` / `atomic_write` write a file so that a reader never sees it half-written and two writers never
+clobber each other's temporary file: each writes its own uniquely named temporary file beside the target and
+renames it over the target (atomic on POSIX). Files that several processes may write at once (the caches: cells
+running several per GPU, or Ray tasks on one machine, may all write the same reference file) are also written
+under an exclusive lock on `<target>.lock` (`shared=True`), so the writes take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False) -> None:
+    """`write(tmp)` fills a temporary file that then replaces `path` in one rename (under the file's lock when
+    `shared`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path) if shared else contextlib.nullcontext():
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_save(obj, path: Path, shared: bool = False) -> None:
+    """torch.save(obj, path), atomically (torch imported here: this module stays importable without it)."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), shared)
+
+
+def json_digest(obj, length: int = 16) -> str:
+    """The first `length` hex digits of the sha256 of `obj` as canonical JSON (sorted keys): a key for a spec."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def bytes_digest(chunks: Iterable[bytes | str]) -> str:
+    """The sha256 hex digest of a sequence of byte strings (str chunks are UTF-8 encoded): content digests of
+    datasets, weights and features."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.encode() if isinstance(chunk, str) else chunk)
+    return h.hexdigest()

@@ -1,0 +1,115 @@
+"""The command line as a user types it: exit codes, clear errors within seconds, the dry run, the version."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from click.testing import CliRunner
+
+import baselines
+from bench.cli import main
+from tests.conftest import REPO, TINY, child_runs
+
+
+def test_cli_run_exit_code_and_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr(baselines.MODELS["vae-mlp"], "train_step", lambda *a: {"loss": float("nan")})
+    args = ["run", "--suite", "quick", "--no-progress", "--executor", "inline", "--set", "seeds=[0]"]
+    result = CliRunner().invoke(main, args + [a for t in TINY for a in ("--set", t)])
+    assert result.exit_code == 1, result.output
+    assert "done: 1 finished, 0 skipped (already finished), 1 failed" in result.output
+    assert "FAILED vae-mlp/digits/seed0" in result.output and "training diverged at step 1" in result.output
+    result = CliRunner().invoke(main, ["report", "--suite", "quick"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "reports" / "quick" / "leaderboard.md").is_file()
+    assert "attached to parent run" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_unreachable_tracking_server_fails_in_seconds(tmp_path, monkeypatch, command):
+    """The user's default environment (no MLFLOW_HTTP_REQUEST_* variables): MLflow alone retries for minutes."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    args = [command, "--suite", "quick", "--tracking-uri", "http://127.0.0.1:9"]
+    if command == "run":
+        args += ["--no-progress"] + [a for t in TINY for a in ("--set", t)]
+    start = time.perf_counter()
+    result = CliRunner().invoke(main, args)
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 2, result.output
+    assert "error: cannot use tracking store http://127.0.0.1:9" in result.output
+    assert "training" not in result.output and "loading dataset" not in result.output
+
+
+def test_inception_without_weights_offline_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "eval.extractor=inception"])
+    assert result.exit_code == 2, result.output
+    assert "error: the inception extractor needs torch-fidelity's Inception-v3 weights" in result.output
+    assert "BENCH_INCEPTION_WEIGHTS=" in result.output and "--set eval.extractor=domain" in result.output
+    assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
+
+
+def test_too_few_images_for_the_feature_dimension_fail_before_training(tmp_path, monkeypatch, inception_weights):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(inception_weights))
+    args = ["run", "--suite", "quick", "--set", "eval.extractor=inception"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "eval.num_samples = 2000 is not more than the 2048 feature dimensions" in result.output
+    result = CliRunner().invoke(main, [*args, "--set", "eval.num_samples=3000"])
+    assert result.exit_code == 2, result.output
+    assert "the train split of digits has 1437 images, not more than the 2048" in result.output
+    assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
+
+
+def test_cuda_without_a_gpu_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "train.device=cuda"])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'"
+    )
+
+
+def test_unwritable_results_or_report_directory_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("BENCH_RESULTS", str(blocker / "results"))
+    result = CliRunner().invoke(main, ["run", "--suite", "quick"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot write to the results directory {blocker / 'results'}")
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    result = CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(blocker / "report")])
+    assert result.exit_code == 2 and "error: cannot write the report to" in result.output
+
+
+def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    args = ["run", "--suite", "quick", "--dry-run", *(a for t in TINY for a in ("--set", t))]
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "fresh"))
+    fresh = CliRunner().invoke(main, args)
+    assert fresh.exit_code == 0, fresh.output
+    assert fresh.output.count("run: train 20 steps and evaluate") == 4
+    assert not (tmp_path / "fresh" / "mlflow.db").exists()  # a dry run writes nothing
+    monkeypatch.setenv("BENCH_RESULTS", str(quick_run["results"]))
+    done = CliRunner().invoke(main, args)
+    assert done.exit_code == 0 and done.output.count("skip: FINISHED as run") == 4, done.output
+    keys = set(child_runs(quick_run["uri"])["tags.bench.cell"])
+    assert all(k in done.output for k in keys)
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == "bench, version 0.1.0"
