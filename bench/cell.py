@@ -18,12 +18,13 @@ from torchvision.utils import make_grid
 
 import baselines
 from bench import schema, tracking
-from bench.config import Cell, to_toml
+from bench.config import Cell
 from bench.data import Dataset
 from bench.devices import environment
 from bench.evaluate import PeriodicFID, evaluate
 from bench.features import Extractor, reference_features
 from bench.train import train
+from bench.typed_toml import to_toml
 
 
 @dataclass

@@ -279,7 +279,7 @@ def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: st
     """Write the suite's leaderboard (markdown, HTML, CSV and figures) from the tracking store."""
     cfg = _load(config_path, suite=suite)
     from bench import tracking
-    from bench.report import write_report
+    from bench.report_files import write_report
 
     uri = tracking.resolve_uri(tracking_uri, _results())
     out_dir = Path(out) if out else _results() / "reports" / suite

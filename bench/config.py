@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.storage import json_digest
+from bench.typed_toml import ConfigError, build, check_keys, subtable
 
 DEFAULT_CONFIG = "bench.toml"
 EXTRACTORS = ("domain", "inception")
@@ -33,10 +31,6 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "inline", "ray")  # bench.executors.EXECUTORS has one class per name
 AIS_SCHEDULES = ("sigmoid", "linear")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration error; its message is one line that says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -305,7 +299,7 @@ def load(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ..
     if overrides:
         raw = apply_overrides(raw, overrides, suite)
         origin = f"{path.name} (with --set {' '.join(overrides)})"
-    return _build_config(raw, path, origin)
+    return __build_config(raw, path, origin)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: str | None) -> dict:
@@ -351,22 +345,22 @@ def _parse_value(text: str) -> Any:
         return text  # a bare word: a string
 
 
-def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
+def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     from baselines import MODELS  # the registry knows each model's Config dataclass
     from bench.data import DATASETS
 
-    _check_keys(raw, {"suites", "models", "features", "references"}, origin, "top level")
-    model_tables = _table(raw, "models", origin, "models")
+    check_keys(raw, {"suites", "models", "features", "references"}, origin, "top level")
+    model_tables = subtable(raw, "models", origin, "models")
     for name in model_tables:
         if name not in MODELS:
             raise ConfigError(f"{origin}: [models.{name}] unknown model; known models: {', '.join(MODELS)}")
     models = {
-        name: _build(cls.Config, _table(model_tables, name, origin, f"models.{name}"), origin, f"models.{name}")
+        name: build(cls.Config, subtable(model_tables, name, origin, f"models.{name}"), origin, f"models.{name}")
         for name, cls in MODELS.items()
     }
-    features = _table(raw, "features", origin, "features")
-    _check_keys(features, {"domain"}, origin, "features")
-    domain = _build(DomainConfig, _table(features, "domain", origin, "features.domain"), origin, "features.domain")
+    features = subtable(raw, "features", origin, "features")
+    check_keys(features, {"domain"}, origin, "features")
+    domain = build(DomainConfig, subtable(features, "domain", origin, "features.domain"), origin, "features.domain")
     if isinstance(domain.min_test_accuracy, dict):
         for name in domain.min_test_accuracy:
             if name not in DATASETS:
@@ -376,18 +370,20 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
                 )
 
     suites = {}
-    for name, table in _table(raw, "suites", origin, "suites").items():
+    for name, table in subtable(raw, "suites", origin, "suites").items():
         where = f"suites.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [{where}] must be a table")
         table = dict(table)
-        table["train"] = _build(TrainConfig, _table(table, "train", origin, f"{where}.train"), origin, f"{where}.train")
-        evaluation = dict(_table(table, "eval", origin, f"{where}.eval"))
-        evaluation["ais"] = _build(
-            AISConfig, _table(evaluation, "ais", origin, f"{where}.eval.ais"), origin, f"{where}.eval.ais"
+        table["train"] = build(
+            TrainConfig, subtable(table, "train", origin, f"{where}.train"), origin, f"{where}.train"
         )
-        table["eval"] = _build(EvalConfig, evaluation, origin, f"{where}.eval")
-        suite = _build(SuiteConfig, {**table, "name": name}, origin, where)
+        evaluation = dict(subtable(table, "eval", origin, f"{where}.eval"))
+        evaluation["ais"] = build(
+            AISConfig, subtable(evaluation, "ais", origin, f"{where}.eval.ais"), origin, f"{where}.eval.ais"
+        )
+        table["eval"] = build(EvalConfig, evaluation, origin, f"{where}.eval")
+        suite = build(SuiteConfig, {**table, "name": name}, origin, where)
         for key, known in (("datasets", DATASETS), ("models", MODELS)):
             for value in getattr(suite, key):
                 if value not in known:
@@ -401,7 +397,7 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(f"{origin}: references must be an array of tables ([[references]])")
     references = tuple(
-        _build(PublishedReference, entry, origin, f"references #{i + 1}") for i, entry in enumerate(entries)
+        build(PublishedReference, entry, origin, f"references #{i + 1}") for i, entry in enumerate(entries)
     )
     for i, ref in enumerate(references):
         if ref.dataset not in DATASETS:
@@ -410,77 +406,6 @@ def _build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
                 f"known: {', '.join(DATASETS)}"
             )
     return BenchConfig(path=path, suites=suites, models=models, domain=domain, references=references)
-
-
-def _table(raw: dict, key: str, origin: str, where: str) -> dict:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: {where} must be a table, got {value!r}")
-    return value
-
-
-def _check_keys(table: dict, allowed: set[str], origin: str, where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{origin}: [{where}] unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _build(cls: type, table: dict, origin: str, where: str):
-    """Instantiate dataclass `cls` from a TOML table, checking keys and types, naming file/table/key on error."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(table, set(names), origin, where)
-    kwargs = {}
-    for key, value in table.items():
-        if dataclasses.is_dataclass(value):  # nested table already built
-            kwargs[key] = value
-            continue
-        try:
-            kwargs[key] = _coerce(value, hints[key])
-        except TypeError as e:
-            raise ConfigError(f"{origin}: [{where}] {key} {e}") from None
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a missing required field
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and _required(f)]
-        raise ConfigError(f"{origin}: [{where}] missing key(s): {', '.join(missing) or e}") from None
-    except ValueError as e:
-        raise ConfigError(f"{origin}: [{where}] {e}") from None
-
-
-def _required(f: dataclasses.Field) -> bool:
-    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    """Check `value` against the annotation `hint`; returns the value in the field's type or raises TypeError."""
-    origin = typing.get_origin(hint)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"must be a table, got {value!r}")
-        return {str(k): _coerce(v, typing.get_args(hint)[1]) for k, v in value.items()}
-    if origin in (tuple, list):
-        args = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise TypeError(f"must be a list, got {value!r}")
-        return tuple(_coerce(v, args[0]) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            try:
-                return _coerce(value, arg)
-            except TypeError:
-                pass
-        raise TypeError(f"has the wrong type: {value!r}")
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in _TYPE_WORDS:
-        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-            return value
-        raise TypeError(f"must be {_TYPE_WORDS[hint]}, got {value!r} ({type(value).__name__})")
-    return value
 
 
 def _positive(obj: Any, *keys: str) -> None:
@@ -494,35 +419,3 @@ def _one_of(obj: Any, key: str, allowed: tuple[str, ...]) -> None:
     value = getattr(obj, key)
     if value not in allowed:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of scalars/lists as TOML (for the `config.toml` artifact)."""
-    lines: list[str] = []
-
-    def emit(table: dict, prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix and scalars:
-            lines.append(f"\n[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
-
-    emit(data, "")
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))

@@ -20,7 +20,7 @@ from bench.config import EvalConfig
 from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
 from bench.likelihood import reconstruction_quality, vae_likelihood
-from bench.metrics import fid, sample_metrics
+from bench.metrics import FID_INF_MIN_FRACTION, FID_INF_POINTS, fid, sample_metrics
 from bench.storage import atomic_save, json_digest
 
 
@@ -97,6 +97,11 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "generated_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),  # equal counts
         },
         "inception_score": {"splits": cfg.isc_splits},
+        "fid_inf": {  # Chong & Forsyth 2020
+            "points": FID_INF_POINTS,
+            "smallest": f"max({FID_INF_MIN_FRACTION} x generated images, 2 x feature dimension + 1)",
+            "fit": "least squares of FID on 1/N over random subsets of the generated features; the intercept",
+        },
         "likelihood": {
             "split": "test",
             "images": cfg.likelihood_images or len(dataset.test_images),

@@ -32,7 +32,7 @@ from bench.cell import CellJob, Outcome, SuiteContext, execute
 from bench.config import Cell, ConfigError
 from bench.data import load as load_dataset
 from bench.features import build_extractor
-from bench.train import interrupt_on
+from bench.interrupts import interrupt_on
 
 
 class LocalExecutor:

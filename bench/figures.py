@@ -143,3 +143,26 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+def improvement_matrix(labels: list[str], matrix: np.ndarray, title: str, path: Path) -> Path | None:
+    """Probability of improvement on FID between every pair of models (Agarwal et al. 2021): cell (i, j) is
+    P(a seed of model i has a lower FID than a seed of model j), ties counting half. None with fewer than 2 models."""
+    if len(labels) < 2:
+        return None
+    size = 1.2 + 0.75 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 2.5, size))
+    image = ax.imshow(matrix, cmap="RdBu", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), [textwrap.shorten(s, 28) for s in labels], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), [textwrap.shorten(s, 28) for s in labels], fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if i != j and not np.isnan(matrix[i, j]):
+                colour = "white" if abs(matrix[i, j] - 0.5) > 0.3 else "black"
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xlabel("model Y")
+    ax.set_ylabel("model X")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="P(FID of X < FID of Y), over pairs of seeds")
+    ax.set_title(f"{title}: probability of improvement on FID", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

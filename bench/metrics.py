@@ -15,7 +15,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from bench.config import EvalConfig
-from bench.schema import FID, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
+from bench.schema import FID, FID_INF, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
 
 FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
 
@@ -28,6 +28,35 @@ def fid(generated: torch.Tensor, real: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017)."""
     stats_gen, stats_real = fid_features_to_statistics(generated.double()), fid_features_to_statistics(real.double())
     return fid_statistics_to_metric(stats_gen, stats_real, verbose=False)["frechet_inception_distance"]
+
+
+FID_INF_POINTS = 10  # FIDs at sample counts evenly spaced in 1/N (Chong & Forsyth 2020 fit 15 from 5k to 50k)
+FID_INF_MIN_FRACTION = 0.2  # the smallest count: a fifth of the samples (and more than twice the feature dimension)
+
+
+def fid_infinity(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> float | None:
+    """FID extrapolated to infinitely many generated samples (Chong & Forsyth 2020, "Effectively Unbiased FID and
+    Inception Score and where to find them"): FID of random subsets of the generated features at FID_INF_POINTS
+    counts N evenly spaced in 1/N, from FID_INF_MIN_FRACTION of them up to all of them, against the whole real set;
+    a least-squares line in 1/N; its intercept. FID's bias grows roughly as 1/N, so the intercept does not depend on
+    the sample count. None when there are too few samples for the smallest subset to exceed 2× the dimension."""
+    n, dim = generated.shape
+    n_min = max(int(n * FID_INF_MIN_FRACTION), 2 * dim + 1)
+    if n_min >= n:
+        return None
+    steps = torch.linspace(1 / n_min, 1 / n, FID_INF_POINTS, dtype=torch.float64).tolist()
+    counts = sorted({round(1 / x) for x in steps})
+    stats_real = fid_features_to_statistics(real.double())
+    g = torch.Generator().manual_seed(seed)
+    inverse, values = [], []
+    for count in counts:
+        subset = generated[torch.randperm(n, generator=g)[:count]].double()
+        stats = fid_features_to_statistics(subset)
+        values.append(fid_statistics_to_metric(stats, stats_real, verbose=False)["frechet_inception_distance"])
+        inverse.append(1.0 / count)
+    x, y = torch.tensor(inverse, dtype=torch.float64), torch.tensor(values, dtype=torch.float64)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return float(y.mean() - slope * x.mean())
 
 
 def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float, float]:
@@ -107,6 +136,9 @@ def compute(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], c
     """The metrics themselves, without the gates (the agreement tests compare this with torch-fidelity)."""
     subset = min(cfg.kid_subset_size, len(generated["features"]), len(real["features"]))
     out = {FID: fid(generated["features"], real["features"])}
+    extrapolated = fid_infinity(generated["features"], real["features"], cfg.seed)
+    if extrapolated is not None:
+        out[FID_INF] = extrapolated
     out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
     out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
     out[PRECISION], out[RECALL] = precision_recall(

@@ -24,8 +24,8 @@ from bench.devices import bf16_note, resolve_device
 from bench.evaluate import evaluate_real, fingerprint, protocol
 from bench.executors import build_executor
 from bench.features import Extractor, build_extractor, reference_features
+from bench.interrupts import interrupt_on
 from bench.metrics import MetricError
-from bench.train import interrupt_on
 
 
 def run_suite(

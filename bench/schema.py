@@ -33,6 +33,7 @@ REAL_MODEL = "real-data"  # the bench.model of the real-vs-real reference row
 # ---------------------------------------------------------------------------------------------------- metrics
 
 FID = "fid"
+FID_INF = "fid_inf"  # FID extrapolated to infinitely many samples (bench.metrics.fid_infinity)
 IS_MEAN, IS_STD = "is_mean", "is_std"
 KID_MEAN, KID_STD = "kid_mean", "kid_std"
 PRECISION, RECALL = "precision", "recall"
@@ -65,6 +66,7 @@ LEADERBOARD: dict[str, Metric] = {
     m.key: m
     for m in (
         Metric(FID, "FID ↓", False, 2),
+        Metric(FID_INF, "FID∞ ↓", False, 2),
         Metric(KID_MEAN, "KID ↓", False, 4),
         Metric(IS_MEAN, "IS ↑", True, 2),
         Metric(PRECISION, "precision ↑", True, 3),

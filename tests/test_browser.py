@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, tracking
+from bench import report_files, tracking
 from bench.config import PublishedReference
 from tests.conftest import REPO, wait_until
 from tests.test_ui import free_port, wait_healthy
@@ -61,7 +61,7 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
         dataset="digits", model="a paper's GAN", metric="fid", value=0.01, std=0.002, extractor="domain",
         protocol="its own", citation="Someone et al. 2099",
     )  # fmt: skip
-    paths = report.write_report(quick_run["uri"], "quick", tmp_path / "report", references=(published,))
+    paths = report_files.write_report(quick_run["uri"], "quick", tmp_path / "report", references=(published,))
     page = paths["html"]
     browser.get(page.as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
@@ -71,7 +71,7 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     ]  # fmt: skip
     # every figure is embedded and decoded by the browser; nothing was fetched from anywhere
     images = browser.find_elements(By.CSS_SELECTOR, "figure img")
-    assert len(images) == 4
+    assert len(images) == 5  # fid curves, samples, probability of improvement, likelihood, AIS
     assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 300 for img in images)
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(url.startswith(("data:", "file:")) for url in fetched), fetched

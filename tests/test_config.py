@@ -5,7 +5,7 @@ import tomllib
 import pytest
 from click.testing import CliRunner
 
-from bench import config
+from bench import config, typed_toml
 from bench.cli import main
 from bench.config import ConfigError
 from tests.conftest import BENCH_TOML, REPO
@@ -156,7 +156,7 @@ def test_cell_key_covers_ais_only_when_it_runs():
 def test_to_toml_round_trips():
     cfg = config.load(BENCH_TOML)
     cell = config.expand(cfg, cfg.suite("quick"))[0]
-    assert tomllib.loads(config.to_toml(cell.as_dict())) == _lists(cell.as_dict())
+    assert tomllib.loads(typed_toml.to_toml(cell.as_dict())) == _lists(cell.as_dict())
 
 
 def _lists(d):

@@ -85,7 +85,7 @@ def test_sample_metrics_names_and_too_few_samples():
     gen = {"features": features(300, 8, seed=9), "logits": torch.randn(300, 10, dtype=torch.float64)}
     real = {"features": features(400, 8, seed=10), "logits": torch.randn(400, 10, dtype=torch.float64)}
     out = metrics.sample_metrics(gen, real, cfg)
-    assert set(out) == {"fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"}
+    assert set(out) == {"fid", "fid_inf", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"}
     assert all(math.isfinite(v) for v in out.values())
     few = {"features": features(8, 8, seed=11), "logits": torch.randn(8, 10, dtype=torch.float64)}
     with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):
@@ -158,3 +158,37 @@ def test_sanity_gates_refuse_impossible_values():
         metrics.sample_metrics(nan, real, cfg)
     other = {"features": torch.randn(300, 8, generator=g, dtype=torch.float64) + 0.5, "logits": real["logits"]}
     assert metrics.sample_metrics(other, real, cfg)["fid"] > 0.1
+
+
+def test_fid_inf_removes_most_of_the_sample_count_bias_on_gaussians():
+    """Two Gaussian feature sets with a known Fréchet distance: N(0, I) (200k samples, so the real statistics are
+    nearly exact) and N(0.3, 1.5² I) in 8 dimensions, ‖μ‖² + d(1 − s)² = 8·0.09 + 8·0.25 = 2.72. Over 20 draws of
+    500 generated samples, FID overshoots the truth (its bias grows as 1/N); the extrapolation to N → ∞ sits closer
+    than FID at all 500 and far closer than at the smallest subset it fits (100)."""
+    from bench.metrics import fid, fid_infinity
+
+    dim, truth = 8, 8 * 0.09 + 8 * (1 - 1.5) ** 2
+    real = torch.randn(200_000, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    inf, full, smallest = [], [], []
+    for rep in range(20):
+        gen = 0.3 + 1.5 * torch.randn(500, dim, generator=torch.Generator().manual_seed(100 + rep), dtype=torch.float64)
+        inf.append(fid_infinity(gen, real, rep))
+        full.append(fid(gen, real))
+        smallest.append(fid(gen[:100], real))
+    bias = {name: abs(sum(v) / len(v) - truth) for name, v in (("inf", inf), ("full", full), ("small", smallest))}
+    assert bias["full"] > 0.05 and bias["small"] > 0.3  # the bias fid_inf is there to remove
+    assert bias["inf"] < 0.75 * bias["full"] and bias["inf"] < 0.2 * bias["small"], bias
+    assert fid_infinity(gen[:17], real) is None  # 20% of 17 is under 2·8 + 1: no subset to fit
+
+
+def test_precision_and_recall_are_not_swapped():
+    """Kynkäänniemi et al. 2019's asymmetry: a mode-collapsed generator (samples from a tenth of the real spread)
+    has high precision and low recall; an over-dispersed one (three times the spread) the reverse. torch-fidelity
+    before 0.4.0 returned the two swapped: this test fails on such a swap."""
+    real = torch.randn(1000, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    collapsed = 0.1 * torch.randn(1000, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    dispersed = 3.0 * torch.randn(1000, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    p, r = metrics.precision_recall(collapsed, real, neighborhood=3)
+    assert p > 0.9 and r < 0.2, (p, r)
+    p, r = metrics.precision_recall(dispersed, real, neighborhood=3)
+    assert p < 0.3 and r > 0.9, (p, r)

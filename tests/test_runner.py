@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import baselines
-from bench import report, tracking
+from bench import report_files, tracking
 from bench.cli import main
 from bench.runner import run_suite
 from tests.conftest import REPO, TINY, child_runs, real_runs, tiny_config
@@ -26,7 +26,7 @@ CHILD_TAGS = (
     "bench.cell",
     "bench.protocol",
 )
-SAMPLE_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
+SAMPLE_METRICS = ("fid", "fid_inf", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall")
 
 
 def test_four_finished_child_runs_with_the_design_layout(quick_run):
@@ -100,7 +100,9 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     for m in SAMPLE_METRICS:
         assert run[f"metrics.best/{m}"] == pytest.approx(again.metrics[m], rel=1e-9), m
     assert run["metrics.best/fid"] != run["metrics.fid"]
-    md = report.write_report(tracking.default_uri(tmp_path), "quick", tmp_path / "r", checkpoint="best")["markdown"]
+    md = report_files.write_report(tracking.default_uri(tmp_path), "quick", tmp_path / "r", checkpoint="best")[
+        "markdown"
+    ]
     text = md.read_text()
     assert "Metrics of the best checkpoint" in text and "| best step |" in text
     assert f"{run['metrics.best/fid']:.2f}" in text and f"{run['metrics.fid']:.2f}" not in text.split("| gan-mlp")[1]
@@ -198,7 +200,7 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     assert failed["tags.bench.error"] == "RuntimeError: boom in train_step"
     client = mlflow.MlflowClient(uri)
     assert "boom in train_step" in Path(client.download_artifacts(failed["run_id"], "error.txt")).read_text()
-    md = report.write_report(uri, "quick", tmp_path / "report")["markdown"].read_text()
+    md = report_files.write_report(uri, "quick", tmp_path / "report")["markdown"].read_text()
     assert "| vae-mlp | 1 |" in md and "gan-mlp" not in md.split("## digits")[1].split("\n\n1 cell")[0]
     assert "1 cell run(s) FAILED" in md
 

@@ -1,0 +1,118 @@
+"""TOML tables ↔ frozen dataclasses: a dataclass built from a table with every key and type checked (an error names
+the file, the table and the key), and nested dicts of scalars written back as TOML. Config-agnostic: bench.config
+describes genbench's tables with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line that says what to fix."""
+
+
+def subtable(raw: dict, key: str, origin: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: {where} must be a table, got {value!r}")
+    return value
+
+
+def check_keys(table: dict, allowed: set[str], origin: str, where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(f"{origin}: [{where}] unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def build(cls: type, table: dict, origin: str, where: str):
+    """Instantiate dataclass `cls` from a TOML table, checking keys and types, naming file/table/key on error."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    check_keys(table, set(names), origin, where)
+    kwargs = {}
+    for key, value in table.items():
+        if dataclasses.is_dataclass(value):  # nested table already built
+            kwargs[key] = value
+            continue
+        try:
+            kwargs[key] = coerce(value, hints[key])
+        except TypeError as e:
+            raise ConfigError(f"{origin}: [{where}] {key} {e}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a missing required field
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and required(f)]
+        raise ConfigError(f"{origin}: [{where}] missing key(s): {', '.join(missing) or e}") from None
+    except ValueError as e:
+        raise ConfigError(f"{origin}: [{where}] {e}") from None
+
+
+def required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def coerce(value: Any, hint: Any) -> Any:
+    """Check `value` against the annotation `hint`; returns the value in the field's type or raises TypeError."""
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"must be a table, got {value!r}")
+        return {str(k): coerce(v, typing.get_args(hint)[1]) for k, v in value.items()}
+    if origin in (tuple, list):
+        args = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise TypeError(f"must be a list, got {value!r}")
+        return tuple(coerce(v, args[0]) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            try:
+                return coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError(f"has the wrong type: {value!r}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in _TYPE_WORDS:
+        if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+            return value
+        raise TypeError(f"must be {_TYPE_WORDS[hint]}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars/lists as TOML (for the `config.toml` artifact)."""
+    lines: list[str] = []
+
+    def emit(table: dict, prefix: str) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in table.items():
+            if isinstance(v, dict):
+                emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
+
+    emit(data, "")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
