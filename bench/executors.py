@@ -13,11 +13,9 @@ the executor allows. The cell's own run records its outcome, so one cell's failu
 from __future__ import annotations
 
 import functools
-import json
 import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,21 +34,33 @@ from bench.interrupts import interrupt_on
 
 
 class LocalExecutor:
-    """Cells on this machine's device, each in a fresh process (spawned: CUDA-safe), so a crash, an out-of-memory
-    kill or a segfault there cannot take the suite down: the run is recorded FAILED with how the process ended.
-    In order, or `cells_per_gpu` at once (each waited on by a thread of this process). A Ctrl-C or SIGTERM that
-    reaches this process while several cells run asks every running cell to stop (they checkpoint and report
-    KILLED); the interrupt is raised once all have ended."""
+    """Cells on this machine's device in worker processes (spawned: CUDA-safe), so a crash, an out-of-memory kill
+    or a segfault there cannot take the suite down: the run is recorded FAILED with how the process ended. In order,
+    or `cells_per_gpu` at once (each waited on by a thread of this process).
+
+    A worker lives on from cell to cell: it keeps the datasets and extractors it loaded, its imports and its CUDA
+    context, which a fresh process per cell paid again every time (seconds per cell, more than training takes for
+    a small model on a GPU). A worker whose cell FAILED is replaced before the next cell, so nothing a failure left
+    behind (a broken CUDA context, say) reaches another cell.
+
+    A Ctrl-C or SIGTERM that reaches this process while several cells run asks every running cell to stop (they
+    checkpoint and report KILLED); the interrupt is raised once all have ended."""
 
     def __init__(self, cells_per_gpu: int = 1):
         if cells_per_gpu < 1:
             raise ConfigError(f"--cells-per-gpu must be at least 1, got {cells_per_gpu}")
         self.cells_per_gpu = cells_per_gpu
-        self._workers: set = set()  # the cells' worker processes now running, so an interrupt reaches them all
+        self._workers: set[_Worker] = set()  # every live worker, so an interrupt reaches them all
         self._lock = threading.Lock()
+        self._mine = threading.local()  # the worker of the calling thread
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        items = list(items)
+        try:
+            return self._map(fn, list(items))
+        finally:
+            self.close()
+
+    def _map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         if self.cells_per_gpu == 1 or len(items) <= 1:
             return [fn(item) for item in items]
         with ThreadPoolExecutor(max_workers=self.cells_per_gpu) as pool:
@@ -68,49 +78,57 @@ class LocalExecutor:
             return [f.result() for f in futures]
 
     def stop_workers(self) -> None:
-        """Ask every running cell's worker to stop (SIGTERM: it finishes its step, checkpoints and reports KILLED)."""
+        """Ask every worker to stop (SIGTERM: a cell finishes its step, checkpoints and reports KILLED)."""
         with self._lock:
-            procs = list(self._workers)
-        for proc in procs:
-            if proc.is_alive() and proc.pid:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            workers = list(self._workers)
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """End every worker (after the suite, or an interrupt)."""
+        with self._lock:
+            workers, self._workers = list(self._workers), set()
+        for worker in workers:
+            worker.close()
+
+    def _worker(self) -> _Worker:
+        worker = getattr(self._mine, "worker", None)
+        if worker is None or not worker.alive():
+            worker = _Worker()
+            self._mine.worker = worker
+            with self._lock:
+                self._workers.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            self._workers.discard(worker)
+        self._mine.worker = None
+        worker.close()
 
     def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
         cell, run = job.cell, job.run
         spec = detached_spec(job, ctx, self.cells_per_gpu)
         start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            result = Path(tmp) / "outcome.json"
-            proc = multiprocessing.get_context("spawn").Process(
-                target=_cell_process, args=(spec, str(result)), name=f"bench {cell.name}"
-            )
-            proc.start()
-            with self._lock:
-                self._workers.add(proc)
-            run.set_tags(tracking.owner_tags(proc.pid))
-            try:
-                proc.join()
-            except KeyboardInterrupt:
-                # A Ctrl-C reached the worker too, a `kill` of this process did not: ask it to stop in any case (for
-                # a worker already stopping, a repeated SIGTERM is the same request), then let it checkpoint and
-                # close its run.
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGTERM)
-                proc.join(timeout=120)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(timeout=10)
-                _mark_killed(run)
-                raise
-            finally:
-                with self._lock:
-                    self._workers.discard(proc)
-            if result.is_file():
-                return outcome_from_report(cell, run, json.loads(result.read_text()))
-        message = _describe_exit(proc.exitcode)
+        worker = self._worker()
+        run.set_tags(tracking.owner_tags(worker.pid))
+        try:
+            report = worker.run(spec)
+        except KeyboardInterrupt:
+            # A Ctrl-C reached the worker too, a `kill` of this process did not: ask it to stop in any case (for a
+            # worker already stopping, a repeated SIGTERM is the same request), then let it checkpoint and close
+            # its run.
+            worker.signal(signal.SIGTERM)
+            worker.wait(120)
+            self._retire(worker)
+            _mark_killed(run)
+            raise
+        if report is not None:
+            if report["status"] != "FINISHED":
+                self._retire(worker)  # a fresh process for the next cell
+            return outcome_from_report(cell, run, report)
+        message = _describe_exit(worker.exitcode())
+        self._retire(worker)
         if run.status() == "RUNNING":
             run.set_tags({schema.ERROR: message})
             run.log_text(
@@ -120,6 +138,58 @@ class LocalExecutor:
             run.end("FAILED")
         ctx.echo(f"{job.label} {cell.name}: FAILED — {message}")
         return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
+
+
+class _Worker:
+    """One spawned process that runs cells one after another, reached through a pipe: a spec in, a report out."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=_worker_loop, args=(child,), name="bench worker")
+        self.proc.start()
+        child.close()
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def run(self, spec: dict) -> dict | None:
+        """The cell's report; None when the process ended without one (killed, crashed)."""
+        try:
+            self.conn.send(spec)
+            while not self.conn.poll(0.5):
+                if not self.proc.is_alive() and not self.conn.poll(0):
+                    return None
+            return self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            return None
+
+    def signal(self, sig: int) -> None:
+        if self.proc.is_alive() and self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float) -> None:
+        self.proc.join(timeout=timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=10)
+
+    def exitcode(self) -> int | None:
+        self.proc.join(timeout=10)
+        return self.proc.exitcode
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)  # "no more cells"
+            except (BrokenPipeError, OSError):
+                pass
+        self.wait(30)
+        self.conn.close()
 
 
 class InlineExecutor(LocalExecutor):
@@ -232,16 +302,23 @@ def detached_spec(job: CellJob, ctx: SuiteContext, cells_at_once: int) -> dict:
     }
 
 
-def run_detached_cell(spec: dict) -> dict:
-    """A cell away from the driver (its own process, or a Ray task): rebuild what it needs (dataset, cached
-    extractors), run it into the run the driver created, return the outcome as a plain dict."""
+def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
+    """A cell away from the driver (a worker process, or a Ray task): rebuild what it needs (dataset, cached
+    extractors; kept in `loaded` for the worker's next cells), run it into the run the driver created, return the
+    outcome as a plain dict."""
     torch.set_num_threads(spec["threads"])
     cell: Cell = spec["cell"]
     results, device = Path(spec["results"]), torch.device(spec["device"])
-    dataset = load_dataset(cell.dataset)
+    loaded = {} if loaded is None else loaded
+    if ("dataset", cell.dataset) not in loaded:
+        loaded[("dataset", cell.dataset)] = load_dataset(cell.dataset)
+    dataset = loaded[("dataset", cell.dataset)]
     extractors = {}
     for name in {cell.eval.extractor, "domain"} if cell.train.eval_every else {cell.eval.extractor}:
-        extractors[(cell.dataset, name)] = build_extractor(name, dataset, cell.domain, results / "cache", device)
+        key = ("extractor", cell.dataset, name, str(results), str(device), repr(cell.domain))
+        if key not in loaded:
+            loaded[key] = build_extractor(name, dataset, cell.domain, results / "cache", device)
+        extractors[(cell.dataset, name)] = loaded[key]
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
     ctx = SuiteContext(
@@ -251,6 +328,9 @@ def run_detached_cell(spec: dict) -> dict:
         outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)
     except KeyboardInterrupt:
         return {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next cell of this worker, or another worker on the device, gets it back
     return {"status": outcome.status, "error": outcome.error, "metrics": outcome.metrics, "seconds": outcome.seconds}
 
 
@@ -261,13 +341,21 @@ def outcome_from_report(cell: Cell, run: tracking.Run, out: dict) -> Outcome:
     return Outcome(cell, out["status"], run.run_id, out["error"], out["metrics"], out["seconds"])
 
 
-def _cell_process(spec: dict, result_path: str) -> None:
-    """Entry point of a cell's own process: run the cell, report the outcome as JSON. SIGINT and SIGTERM interrupt
-    the cell; a SIGTERM after the first signal is the same request (the suite's process forwards one after a
-    Ctrl-C that reached both)."""
+def _worker_loop(conn) -> None:
+    """Entry point of a worker process: run the cells that arrive on `conn` (None: stop), report each as a dict,
+    with the datasets and extractors loaded for one cell kept for the next. SIGINT and SIGTERM interrupt the cell
+    (it checkpoints and reports KILLED, and the worker ends); a SIGTERM after the first signal is the same request
+    (the suite's process forwards one after a Ctrl-C that reached both)."""
+    loaded: dict = {}
     with interrupt_on(signal.SIGINT, signal.SIGTERM):
-        report = run_detached_cell(spec)
-        Path(result_path).write_text(json.dumps(report))
+        try:
+            while (spec := conn.recv()) is not None:
+                report = run_detached_cell(spec, loaded)
+                conn.send(report)
+                if report["status"] == "KILLED":
+                    return
+        except (EOFError, KeyboardInterrupt):  # the suite's process is gone, or stopped us between cells
+            return
 
 
 def _mark_killed(run: tracking.Run) -> None:

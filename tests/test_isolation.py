@@ -82,6 +82,10 @@ def test_a_crash_or_divergence_stays_in_its_cell(quick_run, tmp_path):
     )
     assert runs.loc["vae-mlp/digits/seed0", "tags.bench.error"].startswith("DivergenceError: training diverged")
     assert runs.loc["gan-mlp/digits/seed1", "status"] == "FINISHED"
+    # a worker runs cell after cell, but never on after a failure: every cell after a FAILED one has a fresh process
+    pid = runs["tags.bench.pid"].astype(int)
+    assert pid["gan-mlp/digits/seed1"] != pid["gan-mlp/digits/seed0"]
+    assert pid["vae-mlp/digits/seed1"] != pid["vae-mlp/digits/seed0"]
     client = mlflow.MlflowClient(uri)
     error = Path(client.download_artifacts(runs.loc["gan-mlp/digits/seed0", "run_id"], "error.txt")).read_text()
     assert "SIGKILL" in error

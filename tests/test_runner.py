@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import mlflow
@@ -42,6 +43,8 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
         "vae-mlp/digits/seed1",
     ]
     assert runs["tags.mlflow.parentRunId"].nunique() == 1
+    # the local executor's one worker process ran all four cells (none failed): one start-up, not four
+    assert runs["tags.bench.pid"].nunique() == 1 and int(runs["tags.bench.pid"].iloc[0]) != os.getpid()
     assert runs["tags.bench.protocol"].nunique() == 1  # one protocol: one leaderboard table
     for m in SAMPLE_METRICS + ("time/train_s", "time/eval_s", "time/tracking_s", "throughput/train_images_per_s"):
         assert runs[f"metrics.{m}"].notna().all(), m
