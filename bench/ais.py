@@ -13,7 +13,7 @@ bounds on simulated data bounds the forward estimate's error there (Grosse et al
 
 Observation model for both families (Wu et al. sec. 3): p(x|z) = N(x; f(z), σ² I), f(z) the decoder's mean image
 with pixels in [0, 1], σ chosen from a grid on validation images. Values are nats of a density over [0, 1]^D; bits/dim
-puts the same density on the 0–256 pixel scale: −log₂ p(x)/D + 8.
+puts the same density on the 0–255 pixel scale (x = k/255 carried to k): −log₂ p(x)/D + log₂ 255.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ from bench.schema import AIS_BDMC_GAP, AIS_SIGMA, BITS_PER_DIM_AIS, NLL_AIS
 LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z (N, L), x (N, ...)) → log p(x|z), (N,)
 
 STEP_SIZE_RANGE = (1e-4, 0.5)  # the clamp of the adapted HMC step size (Wu et al.'s code uses the same bounds)
+
+
+def bits_per_dim_255(nll: float, dims: int) -> float:
+    """Bits per dimension of a density on pixels x = k/255 in [0, 1], carried to the 0–255 scale y = 255·x: the
+    change of variables adds D·log 255 nats, so log2(255) bits per dimension (not 8 = log2 256, which would be
+    right for x = k/256)."""
+    return nll / (dims * math.log(2)) + math.log2(255)
 
 
 def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
@@ -298,7 +305,7 @@ def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable
         nll = -log_px.mean().item()
         metrics = {
             NLL_AIS: nll,
-            BITS_PER_DIM_AIS: nll / (dims * math.log(2)) + 8.0,
+            BITS_PER_DIM_AIS: bits_per_dim_255(nll, dims),
             "ais/nll_stderr": log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
             AIS_SIGMA: sigma,
             "ais/accept": accept,

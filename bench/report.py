@@ -105,7 +105,7 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
             notes.append(
                 "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a "
                 "Gaussian density N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; "
-                "bits/dim (AIS) is the same density on the 0–256 scale. AIS bounds log p(x) from below "
+                "bits/dim (AIS) is the same density on the 0–255 pixel scale. AIS bounds log p(x) from below "
                 "(stochastically), so NLL (AIS) is an upper bound; the BDMC gap (upper − lower bound on data simulated "
                 "from the model) says how loose it can be. Not comparable with NLL (IWAE), a Bernoulli likelihood of "
                 "binarised pixels."

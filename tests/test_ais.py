@@ -216,3 +216,19 @@ def test_on_a_trained_vae_ais_is_at_least_iwae_which_is_at_least_the_elbo():
     assert (estimate - iwae).mean() > -3 * stderr(estimate - iwae), (estimate.mean(), iwae.mean())
     assert (iwae - elbo).mean() > max(1.0, 3 * stderr(iwae - elbo)), (iwae.mean(), elbo.mean())
     assert (estimate - elbo).mean() > 1.0
+
+
+def test_bits_per_dim_255_is_the_change_of_variables_to_the_0_255_scale():
+    """A Gaussian density per pixel on x in [0, 1], scored directly on y = 255·x with scipy: the bits/dim there equal
+    bits_per_dim_255 of the nats on the [0, 1] scale (log2 255 per dimension, where the old + 8 was log2 256)."""
+    import numpy as np
+    from scipy.stats import norm
+
+    from bench.ais import bits_per_dim_255
+
+    rng = np.random.default_rng(0)
+    x, mu, sigma = rng.uniform(0, 1, 784), rng.uniform(0, 1, 784), 0.1
+    nll_x = -norm.logpdf(x, mu, sigma).sum()
+    bits_y = -norm.logpdf(255 * x, 255 * mu, 255 * sigma).sum() / np.log(2) / 784
+    assert bits_per_dim_255(nll_x, 784) == pytest.approx(bits_y, rel=1e-12)
+    assert abs(bits_per_dim_255(nll_x, 784) - (nll_x / (784 * np.log(2)) + 8)) > 0.005  # the +8 it replaces
