@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
-from baselines.common import ConvDecoder, ConvEncoder, LatentVariableModel, observation_model
+from baselines.common import ConvLatentModel
 
 
 @dataclass(frozen=True)
@@ -28,17 +27,10 @@ class Config:
     iwae_chunk: int = 100
 
 
-class BetaVAE(LatentVariableModel, nn.Module):
+class BetaVAE(ConvLatentModel):
     """The conv-vae networks trained on the β-weighted objective."""
 
     Config = Config
-
-    def __init__(self, config: Config, image_shape: tuple[int, int, int], observation: str = "bernoulli"):
-        super().__init__()
-        self.config, self.image_shape = config, image_shape
-        self.observation = observation_model(observation)
-        self.encoder = ConvEncoder(config, image_shape)
-        self.decoder = ConvDecoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers, beta=self.config.beta)  # logs rate and distortion apart

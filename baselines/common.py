@@ -354,6 +354,18 @@ class DCDiscriminator(nn.Module):
         return self.net(x).flatten()  # (B,)
 
 
+class ConvLatentModel(LatentVariableModel, nn.Module):
+    """conv-vae's networks: ConvEncoder and ConvDecoder over the dataset's observation model (conv-vae and beta-vae
+    differ only in their objective, `train_step`)."""
+
+    def __init__(self, config, image_shape: tuple[int, int, int], observation: str = "bernoulli"):
+        super().__init__()
+        self.config, self.image_shape = config, image_shape
+        self.observation = observation_model(observation)
+        self.encoder = ConvEncoder(config, image_shape)
+        self.decoder = ConvDecoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
+
+
 class ConvEncoder(nn.Module):
     """conv-vae's and beta-vae's encoder: 4×4 stride-2 convolutions, a fully connected layer, (mu, logvar)."""
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 
-from baselines.common import ConvDecoder, ConvEncoder, LatentVariableModel, observation_model
+from baselines.common import ConvLatentModel
 
 
 @dataclass(frozen=True)
@@ -25,15 +24,8 @@ class Config:
     iwae_chunk: int = 100  # importance samples evaluated at once in log_likelihood (memory, not math)
 
 
-class ConvVAE(LatentVariableModel, nn.Module):
+class ConvVAE(ConvLatentModel):
     Config = Config
-
-    def __init__(self, config: Config, image_shape: tuple[int, int, int], observation: str = "bernoulli"):
-        super().__init__()
-        self.config, self.image_shape = config, image_shape
-        self.observation = observation_model(observation)
-        self.encoder = ConvEncoder(config, image_shape)
-        self.decoder = ConvDecoder(config, image_shape, self.observation.params_per_channel * image_shape[0])
 
     def train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, torch.Tensor]:
         return self.elbo_step(x, optimizers)

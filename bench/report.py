@@ -28,7 +28,7 @@ class Section:
     notes: list[str]
     runs: pd.DataFrame  # the finished runs behind the table (for figures)
     extractor: str = ""
-    prefix: str = ""  # "best/" when the table reports the best checkpoints' metrics
+    fid_seeds: list[list[float]] = field(default_factory=list)  # per-seed FIDs of the ranked rows, in table order
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
 
 
@@ -94,7 +94,8 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
         contestants = table[~real]
         samples = [fid_seeds[(m, v)] for m, v in zip(contestants["model"], contestants["variant"], strict=True)]
         table.loc[~real, "rank"] = stats.tied_ranks(samples)
-        notes.append(_uncertainty_note(contestants["n"]))
+        if len(contestants):
+            notes.append(_uncertainty_note(contestants["n"]))
         table.loc[real, "label"] = "real data (held-out split)"
         if real.any():
             notes.append(
@@ -123,8 +124,8 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
                 "they are never ranked with genbench's rows:"
             )
             notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(published, 1)]
-        best = schema.BEST_PREFIX if checkpoint == "best" else ""
-        sections.append(Section(dataset, protocol, _describe(group.iloc[-1]), table, notes, group, extractor, best))
+        section = Section(dataset, protocol, _describe(group.iloc[-1]), table, notes, group, extractor, samples)
+        sections.append(section)
     return sections
 
 

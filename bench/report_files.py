@@ -82,12 +82,7 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
 
 def _improvement_figure(section: Section, figures, path: Path) -> Path | None:
     contestants = section.table[~section.table["family"].isin(["real", "published"])]
-    runs = section.runs
-    samples = []
-    for _, row in contestants.iterrows():
-        cell_runs = runs[(runs[schema.MODEL] == row["model"]) & (runs[schema.VARIANT] == row["variant"])]
-        values = pd.to_numeric(cell_runs.get(f"metrics.{section.prefix}{schema.FID}"), errors="coerce").dropna()
-        samples.append(list(values))
+    samples = section.fid_seeds  # the ranked rows, in table order (published rows come after them)
     n = len(samples)
     matrix = np.full((n, n), np.nan)
     for i in range(n):

@@ -5,7 +5,6 @@ A failing cell is recorded FAILED with its error and the suite goes on."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shlex
 import signal
@@ -26,6 +25,7 @@ from bench.executors import build_executor
 from bench.features import Extractor, build_extractor, reference_features
 from bench.interrupts import interrupt_on
 from bench.metrics import MetricError
+from bench.storage import bytes_digest
 
 
 def run_suite(
@@ -268,7 +268,7 @@ def run_real_reference(dataset: Dataset, suite, ctx: SuiteContext) -> None:
         f"{'loaded from the cache' if ref.cached else 'computed'} in {ref.seconds:.1f}s ({ref.path.name})"
     )
     proto_fingerprint = fingerprint(protocol(suite.eval, dataset, extractor, ref.digest, ctx.device))
-    key = hashlib.sha256(f"real|{dataset.digest}|{proto_fingerprint}".encode()).hexdigest()[:16]
+    key = bytes_digest([f"real|{dataset.digest}|{proto_fingerprint}"])[:16]
     if key in ctx.finished:  # decided before any metric is computed: a re-run costs one cached feature load
         return
     try:
