@@ -131,18 +131,24 @@ def ais(
 ) -> Chains:
     """AIS for the images x (B, ...) with `chains` chains each, through the distributions of `betas`.
 
-    Forward (start None): chains start from the prior; the step size is adapted per image after every transition,
-    ×(1 + adapt) when its chains' mean acceptance probability exceeds target_accept and ×(1 − adapt) otherwise
-    (Wu et al. 2017), within STEP_SIZE_RANGE. Adapting on the chains' own history makes the kernels depend on it,
-    so the estimator is not exactly unbiased; the PPCA test bounds the effect.
+    Forward, adaptive (start None, step_sizes None): chains start from the prior; the step size is adapted per image
+    after every transition, ×(1 + adapt) when its chains' mean acceptance probability exceeds target_accept and
+    ×(1 − adapt) otherwise (Wu et al. 2017), within STEP_SIZE_RANGE. The kernels then depend on the chains' own
+    history, so these weights are not an unbiased estimate of p(x): use it as a pilot (`pilot_then_score`).
 
-    Reverse (start = exact posterior samples (B, L), step_sizes = the forward run's (T − 1, B)): chains start at
-    β = 1 and anneal to the prior with the recorded step sizes, fixed.
+    Forward, replayed (start None, step_sizes (T − 1, B) from a pilot): fixed kernels, no adaptation; every weight is
+    an unbiased estimate of p(x), so log of their mean is a stochastic lower bound of log p(x).
+
+    Reverse (start = exact posterior samples (B, L), step_sizes (T − 1, B)): chains start at β = 1 and anneal to the
+    prior with the given step sizes, fixed.
     """
     b, steps = x.shape[0], len(betas) - 1
     reverse = start is not None
-    if reverse and (step_sizes is None or step_sizes.shape != (steps - 1, b)):
-        raise ValueError("a reverse AIS run needs the forward run's step sizes, shape (T - 1, B)")
+    if step_sizes is not None and step_sizes.shape != (steps - 1, b):
+        raise ValueError(f"step_sizes must have shape (T - 1, B) = ({steps - 1}, {b}), got {tuple(step_sizes.shape)}")
+    if reverse and step_sizes is None:
+        raise ValueError("a reverse AIS run needs fixed step sizes (a pilot's), shape (T - 1, B)")
+    replay = step_sizes is not None
     device = x.device
     xs = x.repeat(chains, *[1] * (x.dim() - 1))  # (K·B, ...): row k·B + i is chain k of image i
     if reverse:
@@ -168,14 +174,28 @@ def ais(
             if t == steps:
                 break
             beta = betas[t]
+            if replay:
+                eps = step_sizes[t - 1].to(device)
         used[t - 1 if not reverse else t - 2] = eps
         z, ll, grad, acc = _hmc(log_lik, xs, z, ll, grad, beta, eps.repeat(chains)[:, None], leapfrog, generator)
         acc = acc.view(chains, b).mean(0)  # per image
         accept_sum += acc.mean()
-        if not reverse:
+        if not replay:
             eps = (eps * torch.where(acc > target_accept, 1 + adapt, 1 - adapt)).clamp(*STEP_SIZE_RANGE)
     transitions = max(steps - 1, 1)
     return Chains(log_w.view(chains, b), accept_sum.item() / transitions, used.cpu())
+
+
+def pilot_then_score(
+    log_lik: LogLik, x: torch.Tensor, latent_dim: int, betas: torch.Tensor, *, pilot_chains: int, **kwargs
+) -> Chains:
+    """AIS with the guarantee: a short pilot (`pilot_chains` chains per image, adaptive) fixes each image's step-size
+    schedule; fresh chains (`chains`, the same generator further on, so independent of the pilot's) replay it with
+    fixed kernels. The scored weights are then unbiased estimates of p(x) given the schedule, and their log-mean a
+    stochastic lower bound of log p(x); adapting on the scored chains themselves would forfeit that."""
+    chains = kwargs.pop("chains")
+    pilot = ais(log_lik, x, latent_dim, betas, chains=pilot_chains, **kwargs)
+    return ais(log_lik, x, latent_dim, betas, chains=chains, step_sizes=pilot.step_sizes, **kwargs)
 
 
 @dataclass
@@ -189,12 +209,21 @@ class BDMC:
         return (self.upper - self.lower).mean().item()
 
 
-def bdmc(log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, **kwargs) -> BDMC:
+def bdmc(
+    log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, pilot_chains: int = 0,
+    **kwargs,
+) -> BDMC:
     """Both bounds of log p(x) for x simulated from the model with latents z_star: forward AIS from the prior, then
-    reverse AIS from z_star replaying the forward run's adapted step sizes."""
-    fwd = ais(log_lik, x, z_star.shape[1], betas, generator=generator, **kwargs)
+    reverse AIS from z_star with the same step sizes. With pilot_chains, a pilot fixes the step sizes and both runs
+    replay them (the forward bound is then a bound in expectation); without, the forward run adapts on its own
+    chains and the reverse run replays what it used."""
+    latent = z_star.shape[1]
+    if pilot_chains:
+        fwd = pilot_then_score(log_lik, x, latent, betas, generator=generator, pilot_chains=pilot_chains, **kwargs)
+    else:
+        fwd = ais(log_lik, x, latent, betas, generator=generator, **kwargs)
     rev = ais(  # the reverse run does not adapt: target_accept and adapt go unused there
-        log_lik, x, z_star.shape[1], betas, generator=generator, start=z_star, step_sizes=fwd.step_sizes, **kwargs
+        log_lik, x, latent, betas, generator=generator, start=z_star, step_sizes=fwd.step_sizes, **kwargs
     )
     return BDMC(fwd.log_mean_w.cpu(), -rev.log_mean_w.cpu())
 
@@ -226,6 +255,7 @@ def _hmc_settings(cfg) -> dict:
         "leapfrog": cfg.leapfrog,
         "step_size": cfg.step_size,
         "target_accept": cfg.target_accept,
+        "pilot_chains": cfg.pilot_chains,
     }
 
 
@@ -253,7 +283,7 @@ def estimate(model, images: torch.Tensor, sigma: float, cfg, steps: int, seed: i
     log_lik = gaussian_log_lik(model.decoder_mean, sigma)
     out, accept = [], []
     for chunk in images.split(cfg.batch_images):
-        chains = ais(
+        chains = pilot_then_score(
             log_lik, _images(chunk, device), model.config.latent_dim, betas, generator=gen, **_hmc_settings(cfg)
         )
         out.append(chains.log_mean_w.cpu())

@@ -71,7 +71,8 @@ class AISConfig:
     steps: int = 1000  # intermediate distributions T
     schedule: str = "sigmoid"  # sigmoid (Grosse et al. 2015) | linear
     leapfrog: int = 10  # leapfrog steps per HMC transition
-    step_size: float = 0.1  # initial HMC step size, then adapted per image towards target_accept
+    step_size: float = 0.1  # initial HMC step size of the pilot, adapted per image towards target_accept
+    pilot_chains: int = 2  # chains per image of the pilot run that fixes each image's step sizes (then replayed)
     target_accept: float = 0.65
     sigmas: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4)  # candidate observation std (pixels in [0, 1])
     validation_images: int = 100  # the last images of the test split (disjoint from the scored ones) that choose σ
@@ -80,7 +81,9 @@ class AISConfig:
     batch_images: int = 100  # images per AIS batch (× chains rows through the decoder at once)
 
     def __post_init__(self) -> None:
-        _positive(self, "chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images")
+        _positive(
+            self, "chains", "pilot_chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images"
+        )
         if self.images < 0 or self.bdmc_images < 0 or self.validation_images < 0:
             raise ValueError("images, validation_images and bdmc_images must be >= 0")
         if self.steps < 2 or self.validation_steps < 2:

@@ -133,6 +133,7 @@ def _ais_protocol(cfg: EvalConfig) -> dict:
             "split": "test",
             "observation": "gaussian N(f(z), sigma^2 I) on pixels in [0, 1]; sigma chosen on validation images",
             "validation": f"the last {cfg.ais.validation_images} test images",
+            "step_sizes": "fixed per image by an adaptive pilot of pilot_chains chains, replayed by fresh scored chains",
             **dataclasses.asdict(cfg.ais),
         }
     }

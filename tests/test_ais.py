@@ -41,19 +41,68 @@ class LinearGaussian(nn.Module):
 
 
 def _run(model, x, sigma, steps, chains=16, leapfrog=10, seed=1, kind="sigmoid"):
+    """The production path: a pilot fixes the step sizes, fresh chains replay them."""
     log_lik = A.gaussian_log_lik(model.decoder_mean, sigma)
     gen = torch.Generator().manual_seed(seed)
     with A.frozen(model):
-        return A.ais(
+        return A.pilot_then_score(
             log_lik,
             x,
             model.config.latent_dim,
             A.schedule(steps, kind),
             chains=chains,
+            pilot_chains=2,
             leapfrog=leapfrog,
             step_size=0.1,
             generator=gen,
         )
+
+
+def test_ais_with_a_pilot_schedule_is_an_unbiased_estimator_and_adapting_on_the_scored_chains_is_not():
+    """The guarantee itself (issue 16, item 6). One PPCA image scored 20,000 times by independent single chains
+    (100 distributions): the weight exp(estimate) is an unbiased estimate of p(x), so the mean of
+    exp(estimate − exact) must be 1 within its standard error, and the mean estimate (Jensen) at or below the exact
+    log-likelihood. Measured: pilot-then-replay 0.998–1.009 (± 0.0074) over four seeds; adapting the step sizes on
+    the scored chains themselves (the earlier estimator) 1.066–1.083, 7–11 standard errors above 1, an optimistic
+    bias that the check below must see."""
+    model, sigma = LinearGaussian(10, 3, seed=0), 0.3
+    x, _ = model.simulate(1, sigma, seed=2)
+    exact = model.exact_log_prob(x, sigma).item()
+    xs, repeats = x.repeat(20_000, 1), 20_000
+    log_lik = A.gaussian_log_lik(model.decoder_mean, sigma)
+    settings = {"chains": 1, "leapfrog": 5, "step_size": 0.1}
+
+    def check(chains: A.Chains) -> tuple[float, float]:
+        ratio = (chains.log_mean_w - exact).exp()
+        return ratio.mean().item(), ratio.std().item() / math.sqrt(repeats)
+
+    with A.frozen(model):
+        gen = torch.Generator().manual_seed(1)
+        scored = A.pilot_then_score(log_lik, xs, 3, A.schedule(100), pilot_chains=1, generator=gen, **settings)
+        gen = torch.Generator().manual_seed(1)
+        adapted = A.ais(log_lik, xs, 3, A.schedule(100), generator=gen, **settings)
+    mean, stderr = check(scored)
+    assert abs(mean - 1.0) < 3 * stderr, (mean, stderr)
+    assert scored.log_mean_w.mean().item() <= exact
+    mean, stderr = check(adapted)
+    assert mean - 1.0 > 4 * stderr, (mean, stderr)  # the check has the power to see the adaptive estimator's bias
+
+
+def test_the_scored_chains_replay_the_pilots_step_sizes_without_adapting():
+    model, sigma = LinearGaussian(6, 2, seed=1), 0.3
+    x, _ = model.simulate(3, sigma, seed=2)
+    log_lik, betas = A.gaussian_log_lik(model.decoder_mean, sigma), A.schedule(20)
+    settings = {"leapfrog": 3, "step_size": 0.1}
+    with A.frozen(model):
+        pilot = A.ais(log_lik, x, 2, betas, chains=2, generator=torch.Generator().manual_seed(4), **settings)
+        scored = A.pilot_then_score(
+            log_lik, x, 2, betas, chains=5, pilot_chains=2, generator=torch.Generator().manual_seed(4), **settings
+        )
+        with pytest.raises(ValueError, match="shape"):
+            A.ais(log_lik, x, 2, betas, chains=1, generator=torch.Generator(), step_sizes=torch.ones(3, 3), **settings)
+    assert (pilot.step_sizes != 0.1).any()  # the pilot adapted
+    assert torch.equal(scored.step_sizes, pilot.step_sizes)  # the scored chains used exactly the pilot's schedule
+    assert scored.log_w.shape == (5, 3)
 
 
 def test_schedules_run_from_zero_to_one_increasing():
