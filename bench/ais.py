@@ -210,7 +210,13 @@ class BDMC:
 
 
 def bdmc(
-    log_lik: LogLik, x: torch.Tensor, z_star: torch.Tensor, betas: torch.Tensor, *, generator, pilot_chains: int = 0,
+    log_lik: LogLik,
+    x: torch.Tensor,
+    z_star: torch.Tensor,
+    betas: torch.Tensor,
+    *,
+    generator,
+    pilot_chains: int = 0,
     **kwargs,
 ) -> BDMC:
     """Both bounds of log p(x) for x simulated from the model with latents z_star: forward AIS from the prior, then

@@ -21,7 +21,7 @@ from bench import schema, tracking
 from bench.config import Cell
 from bench.data import Dataset
 from bench.devices import environment
-from bench.evaluate import PeriodicFID, evaluate
+from bench.evaluate import SELECTION_KEY, PeriodicFID, evaluate, held_out_split, selection_protocol
 from bench.features import Extractor, reference_features
 from bench.train import train
 from bench.typed_toml import to_toml
@@ -85,6 +85,7 @@ def open_cell(cell: Cell, ctx: SuiteContext, label: str = "") -> Outcome | CellJ
                 schema.MODEL: cell.model,
                 schema.FAMILY: baselines.MODELS[cell.model].family,
                 schema.DATASET: cell.dataset,
+                schema.OBSERVATION: dataset.observation,
                 schema.SEED: cell.seed,
                 schema.CELL: key,
                 schema.VARIANT: cell.key(dataset.digest, with_seed=False),
@@ -158,11 +159,10 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
     evaluator = None
     if cell.train.eval_every:
-        domain = ctx.extractors[(cell.dataset, "domain")]
-        ref = reference_features(domain, dataset, cell.eval.reference_split, ctx.results / "cache")
-        evaluator = PeriodicFID(
-            domain, ref.features, cell.train.eval_samples, cell.eval.batch_size, cell.eval.seed, best_path
-        )
+        domain = ctx.extractors[(cell.dataset, "domain")]  # selection (schema.SELECTION_RULE): the held-out split
+        ref = reference_features(domain, dataset, held_out_split(cell.eval), ctx.results / "cache")
+        seed = cell.eval.seed + schema.SELECTION_SEED_OFFSET
+        evaluator = PeriodicFID(domain, ref.features, cell.train.eval_samples, cell.eval.batch_size, seed, best_path)
     logger = CellLogger(run)
     result = train(
         model,
@@ -195,7 +195,10 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         }
     )
     run.set_tags({schema.PROTOCOL: ev.fingerprint})
-    run.log_dict(ev.protocol, schema.PROTOCOL_ARTIFACT)
+    proto = ev.protocol
+    if evaluator is not None:
+        proto = {**proto, SELECTION_KEY: selection_protocol(cell.train, cell.eval)}
+    run.log_dict(proto, schema.PROTOCOL_ARTIFACT)
     if "ais" in ev.details:
         run.log_dict(ev.details["ais"], schema.AIS_ARTIFACT)
     run.log_metrics(metrics, step=result.steps)

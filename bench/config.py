@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.schema import SELECTION_RULE
 from bench.storage import json_digest
 from bench.typed_toml import ConfigError, build, check_keys, subtable
 
@@ -81,9 +82,7 @@ class AISConfig:
     batch_images: int = 100  # images per AIS batch (× chains rows through the decoder at once)
 
     def __post_init__(self) -> None:
-        _positive(
-            self, "chains", "pilot_chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images"
-        )
+        _positive(self, "chains", "pilot_chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images")
         if self.images < 0 or self.bdmc_images < 0 or self.validation_images < 0:
             raise ValueError("images, validation_images and bdmc_images must be >= 0")
         if self.steps < 2 or self.validation_steps < 2:
@@ -271,6 +270,8 @@ class Cell:
             del spec["cell"]["seed"]
         spec["dataset_digest"] = dataset_digest
         spec["versions"] = library_versions()  # an upgrade of a library in the protocol re-runs the cell
+        if self.train.eval_every:  # how the best checkpoint is selected (an earlier rule: re-run the cell)
+            spec["selection"] = SELECTION_RULE
         if not self.eval.ais.images:  # AIS off: the key of cells from before AIS existed, so they are not re-run
             del spec["eval"]["ais"]
         return json_digest(spec)

@@ -16,11 +16,20 @@ from pathlib import Path
 import torch
 
 from bench.ais import decoder_likelihood
-from bench.config import EvalConfig
+from bench.config import EvalConfig, TrainConfig
 from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
-from bench.likelihood import reconstruction_quality, vae_likelihood
+from bench.likelihood import observe_test, reconstruction_quality, vae_likelihood
 from bench.metrics import FID_INF_MIN_FRACTION, FID_INF_POINTS, fid, sample_metrics
+from bench.schema import (
+    FID,
+    FID_MATCHED,
+    GENERATED_IMAGES,
+    MATCHED_IMAGES,
+    REFERENCE_IMAGES,
+    SELECTION_RULE,
+    SELECTION_SEED_OFFSET,
+)
 from bench.storage import atomic_save, json_digest
 
 
@@ -46,8 +55,12 @@ def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
 
 class PeriodicFID:
     """The cheap evaluation during training (TrainConfig.eval_every): FID of `n` samples in the domain extractor's
-    features against the cached reference features, logged as `periodic/fid` (fewer samples than the final
-    evaluation, so biased upwards: a curve and a selection criterion, not a leaderboard number).
+    features against the cached features of `reference` (the held-out split), logged as `periodic/fid` (fewer samples
+    than the final evaluation, so biased upwards: a curve and a selection criterion, not a leaderboard number).
+
+    Honest selection (schema.SELECTION_RULE): the latents come from `seed` (the evaluation seed plus
+    SELECTION_SEED_OFFSET) and the real images from the split the reported metrics do not use, so the final
+    evaluation of the chosen checkpoint is not the measurement that chose it.
 
     The lowest value so far is kept as the best checkpoint at `best_path` ({model, step, fid}); it survives a
     resume. Model mode, parameters and every RNG are left as they were, so training is the same with or without it.
@@ -75,8 +88,14 @@ class PeriodicFID:
         return {"periodic/fid": value, "periodic/best_fid": self.best_fid}
 
 
-def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_digest: str, device) -> dict:
-    """Everything that changes an evaluation's numbers (DESIGN.md, Evaluation)."""
+def protocol(
+    cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_digest: str, device, observed=None
+) -> dict:
+    """Everything that changes an evaluation's numbers (DESIGN.md, Evaluation). `observed`: the VAEs' test images as
+    the likelihood saw them; GANs and the real-data row get the same digest computed here, so they share the
+    fingerprint of the VAEs they are compared with."""
+    if observed is None:
+        observed = observe_test(dataset.test_images[: cfg.likelihood_images or None], dataset.observation, cfg.seed)
     return {
         "extractor": extractor.name,
         "extractor_weights_digest": extractor.weights_digest,
@@ -96,6 +115,12 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "real_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),
             "generated_images": min(cfg.num_samples, len(dataset.split(cfg.reference_split)[0])),  # equal counts
         },
+        "reference_images": len(dataset.split(cfg.reference_split)[0]),
+        "real_row": {  # the real-data row: held-out images scored as samples, at the models' N where there are enough
+            "split": held_out_split(cfg),
+            "images": real_row_images(cfg, dataset),
+            "models_also_at_this_n": real_row_images(cfg, dataset) < cfg.num_samples,  # fid_matched
+        },
         "inception_score": {"splits": cfg.isc_splits},
         "fid_inf": {  # Chong & Forsyth 2020
             "points": FID_INF_POINTS,
@@ -107,6 +132,10 @@ def protocol(cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_
             "images": cfg.likelihood_images or len(dataset.test_images),
             "iwae_k": cfg.iwae_k,
             "observation": dataset.observation,
+            "observed": "binarised once on the CPU, one generator seeded by `seed`"
+            if dataset.observation == "bernoulli"
+            else "8-bit values at the bin centres",
+            "observed_digest": observed.digest,  # sha256 of the observed test images, as uint8
         },
         **_ais_protocol(cfg),
         "precision": "fp32",
@@ -133,14 +162,49 @@ def _ais_protocol(cfg: EvalConfig) -> dict:
             "split": "test",
             "observation": "gaussian N(f(z), sigma^2 I) on pixels in [0, 1]; sigma chosen on validation images",
             "validation": f"the last {cfg.ais.validation_images} test images",
-            "step_sizes": "fixed per image by an adaptive pilot of pilot_chains chains, replayed by fresh scored chains",
+            "step_sizes": "fixed per image by an adaptive pilot (pilot_chains chains), replayed by fresh scored chains",
             **dataclasses.asdict(cfg.ais),
         }
     }
 
 
+def selection_protocol(train: TrainConfig, cfg: EvalConfig) -> dict:
+    """How the best checkpoint was chosen (protocol.json → best_checkpoint_selection; not in the fingerprint: the
+    final numbers do not depend on it)."""
+    return {
+        "rule": SELECTION_RULE,
+        "every": train.eval_every,
+        "extractor": "domain",
+        "samples": train.eval_samples,
+        "latent_seed": cfg.seed + SELECTION_SEED_OFFSET,
+        "real_split": held_out_split(cfg),
+    }
+
+
+def held_out_split(cfg: EvalConfig) -> str:
+    return "test" if cfg.reference_split == "train" else "train"
+
+
+def real_row_images(cfg: EvalConfig, dataset: Dataset) -> int:
+    """N of the real-data row: the models' N, or the whole held-out split when it is smaller (then the models are
+    also scored at this N: fid_matched)."""
+    return min(cfg.num_samples, len(dataset.split(held_out_split(cfg))[0]))
+
+
+SELECTION_KEY = "best_checkpoint_selection"
+
+
 def fingerprint(proto: dict) -> str:
-    return json_digest(proto, 12)
+    return json_digest({k: v for k, v in proto.items() if k != SELECTION_KEY}, 12)
+
+
+def sample_counts(cfg: EvalConfig, dataset: Dataset, reference: int, generated: int | None = None) -> dict:
+    """The N behind the sample metrics, logged with them so a leaderboard can state them."""
+    return {
+        GENERATED_IMAGES: float(cfg.num_samples if generated is None else generated),
+        REFERENCE_IMAGES: float(reference),
+        MATCHED_IMAGES: float(real_row_images(cfg, dataset)),
+    }
 
 
 def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
@@ -148,32 +212,45 @@ def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cac
     device = next(model.parameters()).device
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
-    metrics = sample_metrics(extractor(samples, cfg.batch_size), ref.features, cfg)
+    features = extractor(samples, cfg.batch_size)
+    metrics = sample_metrics(features, ref.features, cfg)
+    metrics.update(sample_counts(cfg, dataset, len(ref.features["features"])))
+    matched = real_row_images(cfg, dataset)
+    if matched < cfg.num_samples and matched > features["features"].shape[1]:
+        # the models at the real-data row's N: a seeded subset of the same samples (the bias of FID grows as 1/N)
+        idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
+        metrics[FID_MATCHED] = fid(features["features"][idx], ref.features["features"])
+    observed = None
     if model.family == "vae":
         test = dataset.test_images[: cfg.likelihood_images or None]
-        metrics.update(vae_likelihood(model, test, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
+        observed = observe_test(test, dataset.observation, cfg.seed)
+        metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
     details = {}
     if cfg.ais.images:  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])
         details["ais"] = ais
-    proto = protocol(cfg, dataset, extractor, ref.digest, device)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device, observed)
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref, details)
 
 
 def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device) -> Evaluation:
-    """The real-data row of a (dataset, protocol): the held-out split scored as if it were samples, against the
-    reference split. Its FID is the floor a perfect model can reach with this many images (train vs test), its IS
-    the real data's. Same protocol and fingerprint as the models evaluated with `cfg` and `extractor`."""
+    """The real-data row of a (dataset, protocol): held-out images scored as if they were samples, against the
+    reference split, at the models' N (`real_row_images`). At that N its FID is the floor a perfect model reaches
+    (train vs test); when the held-out split is smaller, the row is scored on all of it, its FID is a floor only for
+    the models' fid_matched (the same N), and the report shows it only in the columns that do not depend on N. Same
+    protocol and fingerprint as the models evaluated with `cfg` and `extractor`."""
     start = time.perf_counter()
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
-    other = "test" if cfg.reference_split == "train" else "train"
+    other = held_out_split(cfg)
     held_out = reference_features(extractor, dataset, other, cache_dir, cfg.batch_size).features
-    n = min(cfg.num_samples, len(held_out["features"]))
+    n = real_row_images(cfg, dataset)
     idx = torch.randperm(len(held_out["features"]), generator=torch.Generator().manual_seed(cfg.seed))[:n]
     metrics = sample_metrics({k: v[idx] for k, v in held_out.items()}, ref.features, cfg)
-    metrics["real_images"] = float(n)
+    metrics.update(sample_counts(cfg, dataset, len(ref.features["features"]), generated=n))
+    if n < cfg.num_samples:  # fewer held-out images than the models' N: its FID is comparable with fid_matched only
+        metrics[FID_MATCHED] = metrics[FID]
     proto = protocol(cfg, dataset, extractor, ref.digest, device)
     shown = dataset.split(other)[0][idx[:64]]  # a grid of the held-out images scored
     return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start, ref)

@@ -3,31 +3,54 @@
 
 Conventions (README, "Likelihood conventions"): values are nats per image, averaged over the test split (or its
 first `likelihood_images` images). Each dataset fixes the observation model: for the MNIST family the test images
-are binarised once with the evaluation seed and the decoder is Bernoulli, so `nll_iwae` is the test NLL of
-binarised images as in the literature; for CIFAR-10 the decoder is a discretised logistic over the 8-bit values, so
-`bits_per_dim` = nll / (D · ln 2) is the discrete quantity published for CIFAR-10. `rate` is the mean KL(q(z|x) ||
-p(z)) and `distortion` the mean −log p(x|z) of one posterior sample; elbo = −(rate + distortion).
+are binarised once, on the CPU, with the evaluation seed (`observe_test`; their digest is in the protocol) and the
+decoder is Bernoulli, so `nll_iwae` is the test NLL of binarised images as in the literature; for CIFAR-10 the
+decoder is a discretised logistic over the 8-bit values, so `bits_per_dim` = nll / (D · ln 2) is the discrete
+quantity published for CIFAR-10. `rate` is the mean KL(q(z|x) || p(z)) and `distortion` the mean −log p(x|z) of one
+posterior sample; elbo = −(rate + distortion).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from baselines.common import observation_model
 from bench.schema import BITS_PER_DIM, DISTORTION, ELBO, NLL_IWAE, RATE, RECON_PSNR, RECON_SSIM
+from bench.storage import bytes_digest
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The test images as the likelihood sees them: float (N, C, H, W) in [0, 1] on the CPU, and their digest."""
+
+    images: torch.Tensor
+    digest: str
+    observation: str
+
+
+def observe_test(images: torch.Tensor, observation: str, seed: int) -> Observed:
+    """The test split under the dataset's observation model, made once: binarised on the CPU for the MNIST family,
+    all images at once with a CPU generator seeded by the evaluation seed, so a GPU run and a CPU run, or two batch
+    sizes, score the same binary images (their sha256 goes into the protocol); 8-bit data are pinned to the bin
+    centres, deterministically."""
+    x = observation_model(observation).observe(images.cpu().float() / 255.0, torch.Generator().manual_seed(seed))
+    as_bytes = (x * 255).round().to(torch.uint8).contiguous().numpy().tobytes()
+    return Observed(x, bytes_digest([as_bytes])[:16], observation)
 
 
 @torch.no_grad()
-def vae_likelihood(model, images: torch.Tensor, k: int, batch_size: int, seed: int) -> dict[str, float]:
-    """ELBO, rate, distortion, k-sample IWAE NLL and bits/dim of `model` on uint8 images (N, C, H, W)."""
+def vae_likelihood(model, observed: Observed, k: int, batch_size: int, seed: int) -> dict[str, float]:
+    """ELBO, rate, distortion, k-sample IWAE NLL and bits/dim of `model` on the observed test images."""
     device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
+    images = observed.images
     log_px_sum = kl_sum = ll_sum = 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the posterior samples inside elbo_terms/log_likelihood
         for chunk in images.split(batch_size):
-            x = model.observe(chunk.to(device).float() / 255.0, generator=g)
+            x = chunk.to(device)
             log_px, kl = model.elbo_terms(x)
             log_px_sum += log_px.double().sum().item()
             kl_sum += kl.double().sum().item()

@@ -30,6 +30,10 @@ class Section:
     extractor: str = ""
     fid_seeds: list[list[float]] = field(default_factory=list)  # per-seed FIDs of the ranked rows, in table order
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
+    labels: dict[str, str] = field(default_factory=dict)  # column headers of this section that differ from METRICS
+
+    def label(self, metric: str) -> str:
+        return self.labels.get(metric, METRICS[metric].label)
 
 
 def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
@@ -96,12 +100,10 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
         table.loc[~real, "rank"] = stats.tied_ranks(samples)
         if len(contestants):
             notes.append(_uncertainty_note(contestants["n"]))
-        table.loc[real, "label"] = "real data (held-out split)"
+        counts = _counts(group)
         if real.any():
-            notes.append(
-                "The real-data row scores the held-out real split against the reference split: its FID is the floor "
-                "a perfect model reaches with this many images, its IS the real data's. It is not ranked."
-            )
+            notes.append(_real_row(table, real, counts))
+        labels = _labels(group, counts)
         if group.get("metrics.nll_ais", pd.Series(dtype=float)).notna().any():
             notes.append(
                 "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a "
@@ -124,7 +126,8 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
                 "they are never ranked with genbench's rows:"
             )
             notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(published, 1)]
-        section = Section(dataset, protocol, _describe(group.iloc[-1]), table, notes, group, extractor, samples)
+        description = _describe(group.iloc[-1], counts)
+        section = Section(dataset, protocol, description, table, notes, group, extractor, samples, labels=labels)
         sections.append(section)
     return sections
 
@@ -146,6 +149,54 @@ def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) 
         return variant[:8]
     parts = [f"{k.removeprefix('params.')}={values.at[variant, k]}" for k in sorted(differ)]
     return ", ".join(parts[:most]) + (f", +{len(parts) - most} more" if len(parts) > most else "")
+
+
+def _counts(group: pd.DataFrame) -> dict[str, int | None]:
+    """The sample counts behind a section's sample metrics (logged by every evaluation; None for older runs)."""
+
+    def one(key: str, family_is_real: bool) -> int | None:
+        rows = group[(group[schema.FAMILY] == "real") == family_is_real]
+        values = pd.to_numeric(rows.get(f"metrics.{key}", pd.Series(dtype=float)), errors="coerce").dropna()
+        return int(values.iloc[-1]) if len(values) else None
+
+    return {
+        "generated": one(schema.GENERATED_IMAGES, False),
+        "reference": one(schema.REFERENCE_IMAGES, False) or one(schema.REFERENCE_IMAGES, True),
+        "real_row": one(schema.GENERATED_IMAGES, True),
+    }
+
+
+def _real_row(table: pd.DataFrame, real: pd.Series, counts: dict) -> str:
+    """Label the real-data row by what it is at this N, blank the numbers it cannot be compared on, and say so."""
+    n, models = counts["real_row"], counts["generated"]
+    if n is None or models is None or n == models:
+        table.loc[real, "label"] = "real data (held-out split, same N: the floor)"
+        return (
+            "The real-data row scores held-out real images against the reference split at the models' N: its FID is "
+            "the floor a perfect model reaches at this sample count, its IS the real data's. It is not ranked."
+        )
+    table.loc[real, "label"] = f"real data (held-out split, N = {n:,})"
+    for m in METRICS:
+        if m not in schema.SAMPLE_COUNT_FREE:
+            table.loc[real, [f"{m}_mean", f"{m}_std", f"{m}_ci_low", f"{m}_ci_high"]] = math.nan
+    return (
+        f"The held-out split has only {n:,} images, fewer than the models' {models:,} samples, so the real-data row is "
+        f"not a floor for FID, IS or precision/recall at N = {models:,} and is not shown there (the bias of FID "
+        f"grows as 1/N). It is shown where N cancels: FID at N = {n:,} (the models scored on {n:,} of their "
+        "samples), FID∞ (extrapolated to infinite N) and KID (unbiased). It is not ranked."
+    )
+
+
+def _labels(group: pd.DataFrame, counts: dict) -> dict[str, str]:
+    labels = {}
+    if counts["real_row"] is not None and counts["generated"] and counts["real_row"] < counts["generated"]:
+        labels[schema.FID_MATCHED] = f"FID at N = {counts['real_row']:,} ↓"
+    observation = set(group.get(schema.OBSERVATION, pd.Series(dtype=str)).dropna())
+    if observation == {"bernoulli"}:
+        labels[schema.BITS_PER_DIM] = "bits/dim (binary pixels) ↓"
+    elif observation == {"discretized-logistic"}:
+        labels[schema.BITS_PER_DIM] = "bits/dim (8-bit) ↓"
+    return labels
 
 
 def _uncertainty_note(n: pd.Series) -> str:
@@ -180,14 +231,19 @@ def _steps(cell_runs: pd.DataFrame) -> str:
     return ",".join(str(int(s)) for s in steps)
 
 
-def _describe(run: pd.Series) -> str:
+def _describe(run: pd.Series, counts: dict) -> str:
     def p(key: str) -> str:
         return str(run.get(f"params.{key}", "?"))
 
+    generated, reference, split = counts["generated"], counts["reference"], p("eval.reference_split")
+    if generated and reference:
+        n = f"N = {generated:,} generated images vs the {reference:,} images of the `{split}` split"
+        n += f"; precision/recall on {min(generated, reference):,} of each"
+    else:  # runs from before the counts were logged
+        n = f"{p('eval.num_samples')} generated images vs the `{split}` split"
     return (
-        f"extractor `{p('eval.extractor')}`, {p('eval.num_samples')} generated samples vs the "
-        f"`{p('eval.reference_split')}` split, IWAE k = {p('eval.iwae_k')} on the test split, "
-        f"eval seed {p('eval.seed')}"
+        f"extractor `{p('eval.extractor')}`; sample metrics of {n}; "
+        f"IWAE k = {p('eval.iwae_k')} on the test split; eval seed {p('eval.seed')}"
         + (
             f"; AIS on {p('eval.ais.images')} test images, {p('eval.ais.chains')} chains, {p('eval.ais.steps')} "
             f"{p('eval.ais.schedule')}-scheduled distributions, {p('eval.ais.leapfrog')} leapfrog steps"
@@ -237,7 +293,8 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint
         metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
         lines += [f"## {s.dataset} — protocol `{s.protocol}`", "", s.description, ""]
         steps = checkpoint == "best"
-        header = ["rank", "model", "n"] + (["best step"] if steps else []) + [METRICS[m].label for m in metrics]
+        header = ["rank", "model", "n"] + (["best step (selected on periodic FID)"] if steps else [])
+        header += [s.label(m) for m in metrics]
         lines += [
             "| " + " | ".join(header) + " |",
             "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * (len(metrics) + steps)) + "|",

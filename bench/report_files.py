@@ -165,8 +165,8 @@ def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: st
         head = ['<th data-type="num">rank</th>', '<th class="label" data-type="text">model</th>']
         head.append('<th data-type="num">n</th>')
         if steps:
-            head.append('<th data-type="text">best step</th>')
-        head += [f'<th data-type="num" data-metric="{m}">{e(METRICS[m].label)}</th>' for m in metrics]
+            head.append('<th data-type="text">best step (selected on periodic FID)</th>')
+        head += [f'<th data-type="num" data-metric="{m}">{e(s.label(m))}</th>' for m in metrics]
         parts.append(f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead><tbody>')
         best = {m: best_row(s.table, m) for m in metrics}
         for i, row in s.table.iterrows():

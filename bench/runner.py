@@ -283,6 +283,7 @@ def run_real_reference(dataset: Dataset, suite, ctx: SuiteContext) -> None:
             schema.MODEL: schema.REAL_MODEL,
             schema.FAMILY: "real",
             schema.DATASET: dataset.name,
+            schema.OBSERVATION: dataset.observation,
             schema.SEED: "-",
             schema.CELL: key,
             schema.VARIANT: key,
@@ -302,7 +303,9 @@ def run_real_reference(dataset: Dataset, suite, ctx: SuiteContext) -> None:
     )
     run.log_image(grid(ev.samples), schema.SAMPLES_FINAL)
     run.end("FINISHED")
+    n = int(ev.metrics[schema.GENERATED_IMAGES])
+    what = "FID floor" if n == suite.eval.num_samples else f"FID at N = {n} (fewer than the models' N: not a floor)"
     ctx.echo(
-        f"real data {dataset.name}: FID floor {ev.metrics['fid']:.4g} ({int(ev.metrics['real_images'])} held-out "
-        f"images vs the {suite.eval.reference_split} split), IS {ev.metrics['is_mean']:.4g}"
+        f"real data {dataset.name}: {what} {ev.metrics['fid']:.4g} ({n} held-out images vs the "
+        f"{suite.eval.reference_split} split), IS {ev.metrics['is_mean']:.4g}"
     )

@@ -16,6 +16,9 @@ SUITE = "bench.suite"
 PARENT = "bench.parent"  # "true" on the run that groups one `bench run`
 MODEL = "bench.model"
 FAMILY = "bench.family"  # gan | vae | real
+OBSERVATION = (
+    "bench.observation"  # the dataset's likelihood convention: bernoulli (binary pixels) | discretized-logistic
+)
 DATASET = "bench.dataset"
 SEED = "bench.seed"
 CELL = "bench.cell"  # the cell's key: model, dataset, seed, configuration, data digest, protocol library versions
@@ -37,15 +40,31 @@ FID_INF = "fid_inf"  # FID extrapolated to infinitely many samples (bench.metric
 IS_MEAN, IS_STD = "is_mean", "is_std"
 KID_MEAN, KID_STD = "kid_mean", "kid_std"
 PRECISION, RECALL = "precision", "recall"
+FID_MATCHED = "fid_matched"  # FID of the models at the real-data row's N, when the held-out split is smaller than N
+SAMPLE_COUNT_FREE = (
+    FID_INF,
+    KID_MEAN,
+    FID_MATCHED,
+)  # comparable across sample counts: the real row shows them at any N
+GENERATED_IMAGES = "eval/generated_images"  # images scored as samples (the real-data row: held-out images)
+REFERENCE_IMAGES = "eval/reference_images"  # images of the reference split they are compared with
+MATCHED_IMAGES = "eval/matched_images"  # the N of fid_matched (the real-data row's N)
 ELBO, NLL_IWAE, BITS_PER_DIM, RATE, DISTORTION = "elbo", "nll_iwae", "bits_per_dim", "rate", "distortion"
 RECON_PSNR, RECON_SSIM = "recon_psnr", "recon_ssim"
 NLL_AIS, BITS_PER_DIM_AIS = "nll_ais", "bits_per_dim_ais"
 AIS_SIGMA, AIS_BDMC_GAP = "ais/sigma", "ais/bdmc_gap"
 BEST_PREFIX = "best/"  # best/<metric>: the full evaluation of the checkpoint selected on periodic FID
 BEST_STEP = "best/step"
+# how the best checkpoint is chosen; part of the cell key, so cells selected under an earlier rule are re-run
+SELECTION_RULE = (
+    "lowest periodic FID (domain features, train.eval_samples samples from latent seed eval.seed + "
+    "SELECTION_SEED_OFFSET) against the held-out split, disjoint from the reference split the reported numbers use"
+)
+SELECTION_SEED_OFFSET = 7919  # the selection's latents are not the scored ones
 CHECKPOINTS = {  # which metrics a leaderboard reports
     "final": "the final checkpoint (the last training step)",
-    "best": "the best checkpoint (lowest periodic FID during training; best/<metric> in MLflow)",
+    "best": "the best checkpoint, selected on periodic FID (its own latents, against the held-out split, so the "
+    "reported evaluation did not choose it; best/<metric> in MLflow, the rule in protocol.json)",
 }
 
 # a cell's timings and throughput
@@ -67,6 +86,7 @@ LEADERBOARD: dict[str, Metric] = {
     for m in (
         Metric(FID, "FID ↓", False, 2),
         Metric(FID_INF, "FID∞ ↓", False, 2),
+        Metric(FID_MATCHED, "FID at the real row's N ↓", False, 2),  # the report names the N in the header
         Metric(KID_MEAN, "KID ↓", False, 4),
         Metric(IS_MEAN, "IS ↑", True, 2),
         Metric(PRECISION, "precision ↑", True, 3),

@@ -44,6 +44,7 @@ AIS_CHANGES = {
     "schedule": "linear",
     "leapfrog": 5,
     "step_size": 0.05,
+    "pilot_chains": 4,
     "target_accept": 0.8,
     "sigmas": (0.1,),
     "validation_images": 50,
@@ -86,8 +87,10 @@ def test_every_ais_setting_changes_the_fingerprint_and_ais_off_leaves_it_as_befo
 def test_extractor_reference_and_data_change_the_fingerprint(parts):
     cfg, dataset, extractor, ref = parts
     base = fingerprint(protocol(cfg, dataset, extractor, ref, CPU))
-    assert fingerprint(protocol(cfg, dataset, extractor, ref, CPU)) == base  # deterministic
+    flipped = dataset.test_images.clone()
+    flipped[0] = 255 - flipped[0]  # one other test image, the same dataset digest field: another binarised test set
     variants = [
+        (cfg, dataclasses.replace(dataset, test_images=flipped), extractor, ref),
         (cfg, dataset, dataclasses.replace(extractor, name="inception"), ref),
         (cfg, dataset, dataclasses.replace(extractor, weights_digest="v" * 64), ref),
         (cfg, dataset, dataclasses.replace(extractor, preprocessing="(x-128)/128"), ref),
@@ -105,3 +108,16 @@ def test_protocol_records_precision_tf32_and_versions(parts):
     assert proto["precision"] == "fp32" and proto["tf32"] == {"features": False, "generation": False}
     assert set(proto["versions"]) == {"torch", "torch-fidelity", "torchmetrics"}
     assert proto["likelihood"]["observation"] == "bernoulli"
+
+
+def test_the_protocol_states_sample_counts_the_real_row_and_the_binarised_images(parts):
+    cfg, dataset, extractor, ref = parts  # digits: 1,437 train (reference), 360 test (held out); N = 2,000
+    proto = protocol(cfg, dataset, extractor, ref, CPU)
+    assert proto["reference_images"] == 1437 and proto["num_samples"] == 2000
+    assert proto["real_row"] == {"split": "test", "images": 360, "models_also_at_this_n": True}
+    assert proto["precision_recall"]["real_images"] == proto["precision_recall"]["generated_images"] == 1437
+    small = dataclasses.replace(cfg, num_samples=300, kid_subset_size=300)
+    assert protocol(small, dataset, extractor, ref, CPU)["real_row"]["images"] == 300  # the models' N
+    assert len(proto["likelihood"]["observed_digest"]) == 16
+    # the best-checkpoint selection rule is recorded beside the protocol but does not split leaderboard tables
+    assert fingerprint({**proto, "best_checkpoint_selection": {"every": 500}}) == fingerprint(proto)

@@ -8,7 +8,7 @@ import torch
 import baselines
 from bench.config import TrainConfig
 from bench.data import load
-from bench.likelihood import vae_likelihood
+from bench.likelihood import observe_test, vae_likelihood
 from bench.train import train
 
 
@@ -25,11 +25,10 @@ def test_vae_likelihood_bounds_units_and_reproducibility():
     torch.manual_seed(0)
     model = baselines.MODELS["vae-mlp"](baselines.MODELS["vae-mlp"].Config(), (1, 28, 28))
     train(model, digits.train_images, TrainConfig(steps=60, batch_size=64), seed=0, logger=Quiet(), progress=False)
-    images = digits.test_images[:100]
+    images = observe_test(digits.test_images[:100], "bernoulli", seed=0)
     a = vae_likelihood(model, images, k=64, batch_size=50, seed=0)
     assert a == vae_likelihood(model, images, k=64, batch_size=50, seed=0)
     assert -a["elbo"] >= a["nll_iwae"] > 0  # the IWAE bound is tighter than the ELBO
-    assert a["bits_per_dim"] == a["nll_iwae"] / (784 * math.log(2))
     more = vae_likelihood(model, images, k=256, batch_size=50, seed=0)
     assert more["nll_iwae"] <= a["nll_iwae"] + 0.5  # more importance samples: a tighter bound (up to MC noise)
 
@@ -38,7 +37,7 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
     digits = load("digits")
     torch.manual_seed(0)
     model = baselines.build("conv-vae", None, (1, 28, 28), digits.observation)
-    out = vae_likelihood(model, digits.test_images[:40], k=8, batch_size=20, seed=0)
+    out = vae_likelihood(model, observe_test(digits.test_images[:40], "bernoulli", 0), k=8, batch_size=20, seed=0)
     assert out["elbo"] == pytest.approx(-(out["rate"] + out["distortion"]), rel=1e-9)
     assert out["rate"] >= 0 and out["distortion"] > 0
 
@@ -47,7 +46,7 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = baselines.build("iwae", None, (3, 32, 32), "discretized-logistic")
-    out = vae_likelihood(model, images, k=8, batch_size=3, seed=0)
+    out = vae_likelihood(model, observe_test(images, "discretized-logistic", 0), k=8, batch_size=3, seed=0)
     assert 0 < out["bits_per_dim"] and out["bits_per_dim"] > 6.0
     assert out["nll_iwae"] <= -out["elbo"] + 1.0
 
@@ -73,3 +72,32 @@ def test_reconstruction_quality_against_closed_forms():
     assert out["recon_psnr"] == pytest.approx(expected, rel=1e-4)
     assert 0 < out["recon_ssim"] < 1
     assert reconstruction_quality(Shifted(0.0), images, batch_size=4)["recon_ssim"] == pytest.approx(1.0)
+
+
+def test_bits_per_dim_of_a_coin_flip_model_is_one_bit_per_binary_pixel():
+    """A closed form, not the implementation's formula: a VAE whose encoder returns q(z|x) = p(z) and whose decoder
+    returns logits 0 gives every binary image p(x) = 2^-784 exactly (the importance weights are all 1), so NLL =
+    784 ln 2 nats, 1 bit per binary pixel, rate 0."""
+    model = baselines.build("vae-mlp", None, (1, 28, 28), "bernoulli")
+    with torch.no_grad():
+        for layer in (model.encoder[-1], model.decoder[-2]):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    images = observe_test(load("digits").test_images[:20], "bernoulli", seed=3)
+    out = vae_likelihood(model, images, k=16, batch_size=7, seed=0)
+    assert out["bits_per_dim"] == pytest.approx(1.0, abs=1e-6)
+    assert out["nll_iwae"] == pytest.approx(784 * math.log(2), rel=1e-6)
+    assert out["rate"] == pytest.approx(0.0, abs=1e-6) and out["elbo"] == pytest.approx(-out["nll_iwae"], rel=1e-6)
+
+
+def test_the_test_split_is_binarised_once_on_the_cpu_whatever_the_batching():
+    """Issue 16 item 5: the binary test images depend only on the evaluation seed, not on device or batch size, and
+    their digest (in the protocol) says which images were scored."""
+    test = load("digits").test_images[:50]
+    a, b = observe_test(test, "bernoulli", seed=0), observe_test(test, "bernoulli", seed=0)
+    assert a.digest == b.digest and torch.equal(a.images, b.images)
+    assert set(a.images.unique().tolist()) == {0.0, 1.0} and a.images.device.type == "cpu"
+    assert observe_test(test, "bernoulli", seed=1).digest != a.digest
+    # the 8-bit convention is deterministic and keeps the values
+    colour = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(observe_test(colour, "discretized-logistic", 5).images * 255, colour.float())

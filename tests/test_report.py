@@ -51,6 +51,30 @@ def test_variants_of_one_model_are_labelled_by_the_params_that_differ():
     assert "| 1= | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
 
 
+def test_a_real_data_row_below_the_models_n_is_never_called_a_floor():
+    """Issue 16 item 1: a held-out split smaller than the models' N (digits: 360 test images, 2,000 samples). The
+    row keeps only the columns that do not depend on N, and the models' FID at the row's N sits beside it."""
+    counts = {"metrics.eval/generated_images": 2000, "metrics.eval/reference_images": 1437}
+    runs = [
+        {**_run("gan-mlp", "g", s, f), **counts, "metrics.fid_matched": f + 4, "metrics.precision": 0.7}
+        for s, f in ((0, 3.0), (1, 3.2))
+    ]
+    real = {**_run("real-data", "r", 0, 0.9), "bench.family": "real", "bench.seed": "-", "metrics.precision": 0.8}
+    real.update({"metrics.eval/generated_images": 360, "metrics.fid_matched": 0.9, "metrics.kid_mean": 0.001})
+    (section,) = report.build(pd.DataFrame([*runs, real]))
+    md = report.to_markdown("quick", [section])
+    row = section.table[section.table["family"] == "real"].iloc[0]
+    assert row["label"] == "real data (held-out split, N = 360)" and "floor" not in row["label"]
+    assert pd.isna(row["fid_mean"]) and pd.isna(row["precision_mean"])  # N-dependent: not shown
+    assert row["fid_matched_mean"] == 0.9 and row["kid_mean_mean"] == 0.001
+    assert "FID at N = 360 ↓" in md and "not a floor for FID" in md
+    # at the same N the row is the floor, in every column
+    same = {**real, "metrics.eval/generated_images": 2000}
+    (section,) = report.build(pd.DataFrame([*runs, same]))
+    row = section.table[section.table["family"] == "real"].iloc[0]
+    assert row["label"] == "real data (held-out split, same N: the floor)" and row["fid_mean"] == 0.9
+
+
 def test_variant_label_caps_the_params_and_falls_back_to_the_hash():
     many = {f"model.k{i}": str(i) for i in range(5)}
     runs = pd.DataFrame(
@@ -68,7 +92,10 @@ def test_report_from_the_store(quick_run, tmp_path):
     for model in ("gan-mlp", "vae-mlp"):
         assert f"| {model} | 2 |" in md
     assert "±" in md and "NLL (IWAE)" in md
-    assert "| — | real data (held-out split) | 1 |" in md and "It is not ranked" in md
+    # one N per table: the tiny suite's 200 samples, the real-data row at the same N, both stated
+    assert "| — | real data (held-out split, same N: the floor) | 1 |" in md and "It is not ranked" in md
+    assert "N = 200 generated images vs the 1,437 images of the `train` split" in md
+    assert "bits/dim (binary pixels)" in md
     csv = pd.read_csv(paths["csv"])
     assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
     models = csv[csv["model"] != "real-data"]
