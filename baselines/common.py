@@ -130,10 +130,11 @@ class LatentVariableModel:
     `decode(z) -> observation params`, `observation`, `config.latent_dim` and `config.iwae_chunk`."""
 
     family = "vae"
+    batches_per_step = 1  # the contract (baselines/contract.py): real batches per train_step
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         c = self.config
-        return {"vae": torch.optim.Adam(self.parameters(), lr=c.lr, eps=getattr(c, "eps", 1e-8))}
+        return {"vae": torch.optim.Adam(self.parameters(), lr=c.lr)}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x): the encoder's output split into mean and log-variance, (B, L) each."""
@@ -211,6 +212,7 @@ class ImageGenerator:
     (`output_range`)."""
 
     family = "gan"
+    batches_per_step = 1  # the contract (baselines/contract.py); critic schedules (wgan-gp, sngan) set n_critic
     output_range = (-1.0, 1.0)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

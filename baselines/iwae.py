@@ -54,6 +54,10 @@ class IWAE(LatentVariableModel, nn.Module):
             nn.Unflatten(-1, (p * c, h, w)),  # (B, P·C, H, W) observation params
         )
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Adam with the paper's ε = 1e-4 (Burda et al. 2016, appendix C)."""
+        return {"vae": torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=self.config.eps)}
+
     def iwae_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """L_k per image, differentiable: logsumexp of k log importance weights − log k."""
         return torch.logsumexp(self.log_weights(x, k), dim=0) - math.log(k)

@@ -83,7 +83,7 @@ def open_cell(cell: Cell, ctx: SuiteContext, label: str = "") -> Outcome | CellJ
             {
                 schema.SUITE: cell.suite,
                 schema.MODEL: cell.model,
-                schema.FAMILY: baselines.MODELS[cell.model].family,
+                schema.FAMILY: baselines.get(cell.model, cell.model_source).family,
                 schema.DATASET: cell.dataset,
                 schema.OBSERVATION: dataset.observation,
                 schema.SEED: cell.seed,
@@ -151,7 +151,9 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
     run.log_dataset(dataset.name, dataset.digest, dataset.source)
 
     torch.manual_seed(cell.seed)
-    model = baselines.build(cell.model, cell.model_config, dataset.image_shape, dataset.observation).to(ctx.device)
+    model = baselines.build(
+        cell.model, cell.model_config, dataset.image_shape, dataset.observation, cell.model_source
+    ).to(ctx.device)
     images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
     checkpoint = checkpoint_path(ctx.results, key)
     best_path = checkpoint.with_name("best.pt")
@@ -203,7 +205,7 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         run.log_dict(ev.details["ais"], schema.AIS_ARTIFACT)
     run.log_metrics(metrics, step=result.steps)
     run.log_image(grid(ev.samples[:64]), schema.SAMPLES_FINAL)
-    if baselines.MODELS[cell.model].family == "vae":
+    if model.family == "vae":
         x = dataset.test_images[:32].to(ctx.device).float() / 255.0
         recon = model.reconstruct(x).cpu()
         pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
@@ -212,6 +214,7 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         final = Path(tmp) / "final.pt"
         torch.save({"model": model.state_dict(), "config": cell_dict, "step": result.steps}, final)
         run.log_file(final, schema.CHECKPOINTS_DIR)
+    run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps))
     if best_path.is_file():
         metrics.update(evaluate_best(model, best_path, result.steps, ev, dataset, cell, extractor, ctx, run))
         best_path.unlink()
@@ -227,6 +230,7 @@ def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell,
     """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
     the best is the final step, the final evaluation is reused rather than repeated."""
     state = torch.load(best_path, map_location="cpu", weights_only=True)
+    best_model = model
     if state["step"] == final_step:
         ev = final
     else:
@@ -247,7 +251,18 @@ def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell,
     run.log_metrics(metrics, step=final_step)
     run.log_image(grid(ev.samples[:64]), schema.SAMPLES_BEST)
     run.log_file(best_path, schema.CHECKPOINTS_DIR)
+    run.log_model(best_model, schema.MODEL_BEST, _model_metadata(cell, state["step"]))
     return metrics
+
+
+def _model_metadata(cell: Cell, step: int) -> dict[str, str]:
+    return {
+        "bench.model": cell.model,
+        "bench.dataset": cell.dataset,
+        "bench.seed": str(cell.seed),
+        "step": str(step),
+        "source": cell.model_source or "genbench baselines",
+    }
 
 
 def grid(images: torch.Tensor) -> np.ndarray:

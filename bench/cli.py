@@ -255,12 +255,147 @@ def list_(config_path: str) -> None:
         if s.description:
             click.echo(f"  {'':<12} {s.description}")
     click.echo("models:")
-    for name, cls in baselines.MODELS.items():
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+    for name, cls in baselines.models().items():
+        doc = ((sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines() or [""])[0]
         click.echo(f"  {name:<12} {cls.family}  {doc}")
+        if name not in baselines.MODELS:
+            click.echo(f"  {'':<12}      plugin: {baselines.source(name)}")
     click.echo("datasets:")
     for name, loader in DATASETS.items():
         click.echo(f"  {name:<14} {(loader.__doc__ or '').strip().splitlines()[0] if loader.__doc__ else ''}")
+
+
+@main.command(name="eval")
+@click.option("--suite", required=True, help="The suite whose protocol scores the samples (see `bench list`).")
+@click.option("--dataset", required=True, help="The dataset of the suite the samples imitate.")
+@click.option(
+    "--samples",
+    "samples_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNGs.",
+)
+@click.option("--name", required=True, help="The row label in the leaderboard (tag bench.model).")
+@uri_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as bench run).")
+@config_option
+def eval_(
+    suite: str,
+    dataset: str,
+    samples_path: Path,
+    name: str,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    config_path: str,
+) -> None:
+    """Score samples made elsewhere under a suite's protocol; log them as an `external` run beside the models."""
+    cfg = _load(config_path, overrides, suite)
+    s = cfg.suite(suite)
+    if dataset not in s.datasets:
+        _fail(f"dataset {dataset!r} is not in suite {suite!r} (its datasets: {', '.join(s.datasets)})")
+    if not name.strip() or name in cfg.models or name == schema.REAL_MODEL:
+        _fail(f"--name {name!r}: give a label of your own, not empty and not a model or '{schema.REAL_MODEL}'")
+    from bench import tracking
+    from bench.data import DataError, load
+    from bench.devices import resolve_device
+    from bench.external import SampleError, score_and_log
+    from bench.features import ExtractorError
+    from bench.metrics import MetricError
+
+    try:
+        data = load(dataset)
+        uri = tracking.resolve_uri(tracking_uri, _results())
+        run_id, metrics = score_and_log(
+            cfg, suite, data, samples_path, name, uri, _results(), resolve_device(s.train.device), click.echo
+        )
+    except (SampleError, DataError, ExtractorError, MetricError, tracking.TrackingError) as e:
+        _fail(str(e))
+    shown = ", ".join(f"{k} {metrics[k]:.6g}" for k in (schema.FID, schema.FID_INF, schema.KID_MEAN) if k in metrics)
+    click.echo(f"{name} on {dataset}: {shown} (run {run_id}, family external)")
+    click.echo(f"report: bench report --suite {suite}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-n", "n", type=click.IntRange(1), default=64, show_default=True, help="Number of samples.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="grid.png (8 per row), or samples.npz / samples.npy (the uint8 (N, C, H, W) array).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Latent seed (the run's eval.seed reproduces its evaluated samples).",
+)
+@click.option("--checkpoint", type=click.Choice(list(schema.CHECKPOINTS)), default="final", show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Latent chunk size [the run's eval.batch_size: what reproduces the evaluation's samples].",
+)
+@click.option("--device", type=click.Choice(config.DEVICES), default="auto", show_default=True)
+@uri_option
+def sample(
+    run_id: str,
+    n: int,
+    out: Path,
+    seed: int,
+    checkpoint: str,
+    batch_size: int | None,
+    device: str,
+    tracking_uri: str | None,
+) -> None:
+    """Draw samples from the model a `bench run` cell logged to MLflow (run RUN_ID)."""
+    from bench import tracking
+    from bench.devices import resolve_device
+    from bench.external import SampleError, draw, write_samples
+
+    if out.suffix not in (".png", ".npz", ".npy"):
+        _fail(f"--out {out}: write .png (a grid), .npz or .npy (the uint8 array)")
+    try:
+        uri = tracking.resolve_uri(tracking_uri, _results())
+        tracking.check_reachable(uri)
+        samples = draw(uri, run_id, n, seed, checkpoint, batch_size, resolve_device(device))
+        what = write_samples(samples, out)
+    except (SampleError, tracking.TrackingError) as e:
+        _fail(str(e))
+    click.echo(f"{out}: {what} from run {run_id} ({checkpoint} model, seed {seed})")
+
+
+@main.command(name="check-model")
+@click.argument("name")
+@click.option(
+    "--shape",
+    type=click.Choice(["28", "32"]),
+    default="28",
+    show_default=True,
+    help="28: 1x28x28 (MNIST family, binary pixels); 32: 3x32x32 (CIFAR-10, 8-bit values).",
+)
+@config_option
+def check_model(name: str, shape: str, config_path: str) -> None:
+    """Check that model NAME (a baseline or a plugin) keeps the model contract, in seconds on the CPU."""
+    cfg = _load(config_path)  # registers the plugins of bench.toml and of installed packages
+    import baselines
+    from bench.check_model import check
+
+    if name not in baselines.models():
+        _fail(f"unknown model {name!r}; known models: {', '.join(baselines.models())}")
+    image_shape, observation = ((1, 28, 28), "bernoulli") if shape == "28" else ((3, 32, 32), "discretized-logistic")
+    click.echo(f"{name} ({baselines.source(name)}) on {'x'.join(map(str, image_shape))} images, {observation}:")
+    checks = check(name, image_shape, observation)
+    for c in checks:
+        click.echo(c.line())
+    failed = [c for c in checks if not c.ok]
+    del cfg
+    if failed:
+        click.echo(f"{name}: {len(failed)} of {len(checks)} checks FAILED", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: all {len(checks)} checks passed")
 
 
 @main.command()

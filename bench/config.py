@@ -216,6 +216,7 @@ class BenchConfig:
     models: dict[str, Any]  # model name -> that model's Config instance
     domain: DomainConfig
     references: tuple[PublishedReference, ...] = ()
+    plugins: dict[str, str] = dataclasses.field(default_factory=dict)  # plugin name -> package.module:Class
 
     def suite(self, name: str) -> SuiteConfig:
         if name not in self.suites:
@@ -247,6 +248,7 @@ class Cell:
     train: TrainConfig
     eval: EvalConfig
     domain: DomainConfig
+    model_source: str = ""  # a plugin's package.module:Class ("" for a baseline): workers load the class from it
 
     @property
     def name(self) -> str:
@@ -269,6 +271,8 @@ class Cell:
         if not with_seed:
             del spec["cell"]["seed"]
         spec["dataset_digest"] = dataset_digest
+        if self.model_source:  # a plugin: where its code comes from is part of what defines the result
+            spec["cell"]["source"] = self.model_source
         spec["versions"] = library_versions()  # an upgrade of a library in the protocol re-runs the cell
         if self.train.eval_every:  # how the best checkpoint is selected (an earlier rule: re-run the cell)
             spec["selection"] = SELECTION_RULE
@@ -280,7 +284,7 @@ class Cell:
 def expand(config: BenchConfig, suite: SuiteConfig) -> list[Cell]:
     """The suite's matrix in a stable order: dataset, then model, then seed."""
     return [
-        Cell(suite.name, m, d, s, config.models[m], suite.train, suite.eval, config.domain)
+        Cell(suite.name, m, d, s, config.models[m], suite.train, suite.eval, config.domain, config.plugins.get(m, ""))
         for d in suite.datasets
         for m in suite.models
         for s in suite.seeds
@@ -350,10 +354,19 @@ def _parse_value(text: str) -> Any:
 
 
 def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
-    from baselines import MODELS  # the registry knows each model's Config dataclass
+    import baselines  # the registry knows each model's Config dataclass
     from bench.data import DATASETS
 
-    check_keys(raw, {"suites", "models", "features", "references"}, origin, "top level")
+    check_keys(raw, {"suites", "models", "features", "references", "plugins"}, origin, "top level")
+    plugin_table = subtable(raw, "plugins", origin, "plugins")
+    bad = {k: v for k, v in plugin_table.items() if not isinstance(v, str)}
+    if bad:
+        raise ConfigError(f"{origin}: [plugins] values must be strings 'package.module:Class', got {bad}")
+    try:
+        plugins = baselines.load_plugins(plugin_table)
+    except baselines.PluginError as e:
+        raise ConfigError(str(e)) from None
+    MODELS = baselines.models()
     model_tables = subtable(raw, "models", origin, "models")
     for name in model_tables:
         if name not in MODELS:
@@ -409,7 +422,7 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
                 f"{origin}: [references #{i + 1}] dataset: unknown dataset {ref.dataset!r}; "
                 f"known: {', '.join(DATASETS)}"
             )
-    return BenchConfig(path=path, suites=suites, models=models, domain=domain, references=references)
+    return BenchConfig(path=path, suites=suites, models=models, domain=domain, references=references, plugins=plugins)
 
 
 def _positive(obj: Any, *keys: str) -> None:

@@ -207,19 +207,38 @@ def sample_counts(cfg: EvalConfig, dataset: Dataset, reference: int, generated: 
     }
 
 
-def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
-    start = time.perf_counter()
-    device = next(model.parameters()).device
-    ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
-    samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
+def score_samples(samples: torch.Tensor, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, ref) -> dict:
+    """The sample metrics of uint8 samples (cfg.num_samples, C, H, W) under the protocol, with their counts; the
+    models' FID at the real-data row's N too when that N is smaller (fid_matched)."""
     features = extractor(samples, cfg.batch_size)
     metrics = sample_metrics(features, ref.features, cfg)
     metrics.update(sample_counts(cfg, dataset, len(ref.features["features"])))
     matched = real_row_images(cfg, dataset)
     if matched < cfg.num_samples and matched > features["features"].shape[1]:
-        # the models at the real-data row's N: a seeded subset of the same samples (the bias of FID grows as 1/N)
+        # a seeded subset of the same samples at the real-data row's N (the bias of FID grows as 1/N)
         idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
         metrics[FID_MATCHED] = fid(features["features"][idx], ref.features["features"])
+    return metrics
+
+
+def evaluate_external(
+    samples: torch.Tensor, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device
+) -> Evaluation:
+    """Samples made elsewhere (`bench eval`), scored exactly as a suite scores its models' samples: the same
+    features, reference cache, metrics and protocol, so the fingerprint matches the suite's models."""
+    start = time.perf_counter()
+    ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    metrics = score_samples(samples, dataset, cfg, extractor, ref)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device)
+    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref)
+
+
+def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
+    metrics = score_samples(samples, dataset, cfg, extractor, ref)
     observed = None
     if model.family == "vae":
         test = dataset.test_images[: cfg.likelihood_images or None]

@@ -202,7 +202,7 @@ def time_reference_loop(
     """The plain loop: Dataset + DataLoader(shuffle), `.to(device)` per batch, the same train_step."""
     model = _model(name, shape, device)
     optimizers = model.optimizers()
-    per_step = batch_size * getattr(model, "batches_per_step", 1)
+    per_step = batch_size * model.batches_per_step
     array = images.numpy()
     array = array[:, 0] if shape[0] == 1 else array.transpose(0, 2, 3, 1)
     loader = DataLoader(ReferenceImages(array, ToTensor()), batch_size=per_step, shuffle=True, drop_last=True)

@@ -89,6 +89,14 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
             f"{m} ({variant_label(group, m, v)})" if dup else m
             for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
         ]
+        external = table["family"] == "external"
+        table.loc[external, "label"] = table.loc[external, "label"] + " (external samples)"
+        if external.any():
+            notes.append(
+                "Rows marked *external samples* are samples made outside genbench, scored by `bench eval` under this "
+                "protocol (same features, reference, N and seed): comparable as samples; nothing is known of their "
+                "training, and they have no likelihood."
+            )
         # the real-data reference row first and unranked; models ranked by FID
         table["_real"] = table["family"] == "real"
         table = table.sort_values(["_real", "fid_mean"], ascending=[False, True], na_position="last")

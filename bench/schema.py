@@ -120,3 +120,4 @@ SAMPLES_BEST = "samples/best.png"
 SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... with a slider over the steps
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt
+MODEL_FINAL, MODEL_BEST = "model/final", "model/best"  # MLflow PyTorch models: runs:/<run id>/model/final

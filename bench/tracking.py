@@ -268,6 +268,38 @@ class Run:
     def log_file(self, local_path: Path, artifact_dir: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(local_path), artifact_dir)
 
+    def log_model(self, model, path: str, metadata: dict[str, str]) -> None:
+        """`model` as an MLflow PyTorch model at artifact `path` of this run, so that
+        `mlflow.pytorch.load_model("runs:/<run id>/<path>")` returns it in a fresh process. Pickled whole (the class
+        is importable from the installed genbench; a plugin's module travels with it as code); on the CPU, so any
+        machine loads it. The run's own artifact directory, not a separate MLflow LoggedModel: MLflow 3 resolves
+        `runs:/ID/NAME` only for artifacts of the run."""
+        import copy
+        import tempfile
+
+        import mlflow.pytorch
+
+        cls = type(model)
+        code = []
+        if not cls.__module__.startswith("baselines."):  # a plugin: its top-level module or package travels along
+            top = sys.modules[cls.__module__.split(".")[0]]
+            file = Path(top.__file__)
+            code = [str(file.parent if file.name == "__init__.py" else file)]
+        from importlib.metadata import version
+
+        portable = copy.deepcopy(model).cpu().eval()
+        with tempfile.TemporaryDirectory() as tmp, _quiet_logger("mlflow.pytorch"):
+            local = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
+                portable,
+                str(local),
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={version('torch')}", f"genbench=={version('genbench')}"],
+                code_paths=code or None,
+                metadata=metadata,
+            )
+            self._timed(self.client.log_artifacts, self.run_id, str(local), path)
+
     def log_image_step(self, image: np.ndarray, key: str, step: int) -> None:
         """An (H, W, C) uint8 image as an MLflow image at `step` (`log_image(key=, step=)`): the UI's image view
         slides through a run's steps and compares runs side by side."""
@@ -397,6 +429,52 @@ def metric_histories(uri: str, run_ids: list[str], keys: tuple[str, ...]) -> pd.
         for m in client.get_metric_history(run_id, key)
     ]
     return pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+
+
+def load_model(uri: str, run_id: str, path: str, device: str = "cpu"):
+    """The model a cell logged at `path` (schema.MODEL_FINAL / MODEL_BEST), on `device`. TrackingError when the run
+    or the model does not exist."""
+    client = _client(uri)
+    try:
+        client.get_run(run_id)
+    except Exception as e:
+        raise TrackingError(
+            f"no run {run_id!r} in {uri} ({type(e).__name__}); copy a run id from the MLflow UI"
+        ) from None
+    parent = str(Path(path).parent)
+    if f"{path}/MLmodel" not in {a.path for a in client.list_artifacts(run_id, path)}:
+        have = [a.path for a in client.list_artifacts(run_id, parent)]
+        raise TrackingError(
+            f"run {run_id} has no logged model at {path!r} (it has {have or 'none'}): runs finished before genbench "
+            "logged models, real-data and external runs have none; use a cell run of `bench run`"
+        )
+    import mlflow
+    import mlflow.pytorch
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model: the bar only adds noise
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _quiet_logger("mlflow.pytorch"):
+            return mlflow.pytorch.load_model(f"runs:/{run_id}/{path}", map_location=device)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def run_params(uri: str, run_id: str) -> dict[str, str]:
+    return dict(_client(uri).get_run(run_id).data.params)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR):
+    """MLflow warns on every pickled model that pickles run code on load: genbench's own, by design."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def download_artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | None:

@@ -148,7 +148,7 @@ def train(
     model.train()
     # GANs with several discriminator updates per generator update (wgan-gp, sngan) take that many real batches
     # per step: a step is one generator update, as their papers count iterations.
-    reals_per_step = cfg.batch_size * getattr(model, "batches_per_step", 1)
+    reals_per_step = cfg.batch_size * model.batches_per_step
     graph = GraphStep(model, images, optimizers, cfg, reals_per_step) if use_cuda_graph(cfg, device) else None
     if graph is None:
         for opt in optimizers.values():  # e.g. a checkpoint of a CUDA-graph run, resumed on the CPU

@@ -1,0 +1,255 @@
+"""Issue 17: the model contract, `bench check-model`, plugins (the README's example, installed with pip as a user
+would), models loadable from MLflow, `bench sample` and `bench eval` of samples made elsewhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+import baselines
+from baselines.contract import GenerativeModel, LikelihoodModel, class_problems
+from bench.cli import main
+from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+
+
+@pytest.mark.parametrize("name", list(baselines.MODELS))
+def test_every_baseline_keeps_the_contract(name):
+    cls = baselines.MODELS[name]
+    assert class_problems(cls) == []
+    model = baselines.build(name, None, (1, 28, 28))
+    assert isinstance(model, LikelihoodModel if cls.family == "vae" else GenerativeModel)
+    assert isinstance(model.batches_per_step, int) and model.batches_per_step >= 1
+
+
+def test_the_contract_check_finds_what_a_class_lacks():
+    class NotAModel:
+        family = "flow"
+
+    problems = class_problems(NotAModel)
+    assert any("not a torch.nn.Module" in p for p in problems) and any("'gan' or 'vae'" in p for p in problems)
+    assert any("Config" in p for p in problems) and any("train_step" in p for p in problems)
+
+
+@pytest.mark.parametrize("name", list(baselines.MODELS))
+def test_check_model_passes_every_baseline(name):
+    result = CliRunner().invoke(main, ["check-model", name])
+    assert result.exit_code == 0, result.output
+    assert f"{name}: all" in result.output and "FAIL" not in result.output
+
+
+BROKEN = '''
+from dataclasses import dataclass
+import torch, torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Config:
+    latent_dim: int = 4
+
+
+class FloatSamples(nn.Module):
+    """A GAN whose samples are floats, not uint8, and whose train step learns nothing."""
+    family = "gan"
+    Config = Config
+    batches_per_step = 1
+
+    def __init__(self, config, image_shape):
+        super().__init__()
+        self.config, self.image_shape = config, image_shape
+        self.net = nn.Linear(4, 28 * 28)
+
+    def optimizers(self):
+        return {"g": torch.optim.SGD(self.net.parameters(), lr=0.1)}
+
+    def decoder_mean(self, z):
+        return torch.sigmoid(self.net(z)).view(-1, *self.image_shape)
+
+    def train_step(self, x, optimizers):
+        return {"loss": torch.tensor(float("nan"))}
+
+    def sample(self, n, generator=None):
+        return self.decoder_mean(torch.randn(n, 4, generator=generator))
+
+
+class NoSample(nn.Module):
+    family = "gan"
+    Config = Config
+'''
+
+
+def _config_with_plugins(tmp_path: Path, plugins: dict[str, str]) -> Path:
+    table = "\n".join(f'{k} = "{v}"' for k, v in plugins.items())
+    path = tmp_path / "bench.toml"
+    path.write_text(BENCH_TOML.read_text() + f"\n[plugins]\n{table}\n")
+    return path
+
+
+def test_check_model_names_each_broken_part_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "broken_models.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = _config_with_plugins(tmp_path, {"float-gan": "broken_models:FloatSamples"})
+    result = CliRunner().invoke(main, ["check-model", "float-gan", "--config", str(config)])
+    assert result.exit_code == 1
+    fails = [line for line in result.output.splitlines() if "FAIL" in line]
+    assert any("sample(n, generator): samples must be uint8" in line for line in fails), result.output
+    assert any("train_step" in line and "non-finite losses" in line for line in fails), result.output
+    assert "ok    decoder_mean" in result.output
+    # a class that breaks the contract is refused when the config is read: exit 2, one line, before anything runs
+    config = _config_with_plugins(tmp_path, {"no-sample": "broken_models:NoSample"})
+    result = CliRunner().invoke(main, ["list", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "breaks the model contract" in result.output and "method `sample` is missing" in result.output
+    config = _config_with_plugins(tmp_path, {"gone": "not_a_module_anywhere:X"})
+    result = CliRunner().invoke(main, ["list", "--config", str(config)])
+    assert result.exit_code == 2 and "cannot import 'not_a_module_anywhere'" in result.output
+    config = _config_with_plugins(tmp_path, {"dcgan": "broken_models:FloatSamples"})
+    result = CliRunner().invoke(main, ["list", "--config", str(config)])
+    assert result.exit_code == 2 and "has the name of a baseline" in result.output
+
+
+def _readme_files() -> dict[str, str]:
+    """The example files of README's "Benchmark your own model": fenced blocks whose first line names the file."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Benchmark your own model", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:python|toml)\n# (my_models/\S+)\n(.*?)```", section, flags=re.S)
+    return {name: body for name, body in blocks}
+
+
+def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(tmp_path):
+    """The README section, followed as written: its two files in a folder of their own, installed with pip (into a
+    target folder, to leave the test environment as it was, and without build isolation: no network here),
+    then `bench list`, `check-model`, a tiny quick suite with gan-mlp beside it and `bench report`; finally its
+    logged model loads in a fresh process that cannot import the plugin's module."""
+    files = _readme_files()
+    assert set(files) == {"my_models/tiny_gan.py", "my_models/pyproject.toml"}
+    for name, body in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(site), str(tmp_path / "my_models")], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results")}
+
+    def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = [BENCH, *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+    listed = bench("list", "--config", str(BENCH_TOML))
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"tiny-gan\s+gan", listed.stdout) and "plugin: tiny_gan:TinyGAN" in listed.stdout
+    checked = bench("check-model", "tiny-gan", "--config", str(BENCH_TOML))
+    assert checked.returncode == 0 and "tiny-gan: all 5 checks passed" in checked.stdout, checked.stdout
+    overrides = [x for o in (*TINY, "models=['gan-mlp','tiny-gan']", "seeds=[0]") for x in ("--set", o)]
+    ran = bench("run", "--suite", "quick", "--config", str(BENCH_TOML), "--no-progress", *overrides)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    reported = bench("report", "--suite", "quick", "--config", str(BENCH_TOML))
+    assert reported.returncode == 0, reported.stderr
+    board = (tmp_path / "results" / "reports" / "quick" / "leaderboard.md").read_text()
+    assert re.search(r"\| \d=? \| tiny-gan \| 1 \|", board) and re.search(r"\| \d=? \| gan-mlp \| 1 \|", board)
+
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    runs = child_runs(uri)
+    tiny = runs[runs["tags.bench.model"] == "tiny-gan"].iloc[0]
+    assert tiny["status"] == "FINISHED" and tiny["params.model.hidden"] == "256"
+    load = textwrap.dedent(
+        f"""
+        import importlib.util, mlflow, mlflow.pytorch, torch
+        assert importlib.util.find_spec("tiny_gan") is None  # not importable here: the model brings its code
+        mlflow.set_tracking_uri("{uri}")
+        model = mlflow.pytorch.load_model("runs:/{tiny["run_id"]}/model/final", map_location="cpu")
+        x = model.sample(5, generator=torch.Generator().manual_seed(0))
+        print(type(model).__name__, tuple(x.shape), x.dtype)
+        """
+    )
+    env_without = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env_without, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["TinyGAN", "(5,", "1,", "28,", "28)", "torch.uint8"]
+
+
+def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run):
+    run = child_runs(quick_run["uri"]).query("`tags.bench.model` == 'vae-mlp'").iloc[0]
+    code = textwrap.dedent(
+        f"""
+        import mlflow, mlflow.pytorch, torch
+        mlflow.set_tracking_uri("{quick_run["uri"]}")
+        for path in ("model/final", "model/best"):
+            model = mlflow.pytorch.load_model("runs:/{run["run_id"]}/" + path, map_location="cpu")
+            x = model.sample(3, generator=torch.Generator().manual_seed(0))
+            assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28), x.shape
+        print(type(model).__name__, model.training)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["VAEMLP", "False"]  # in eval mode, as it was evaluated
+
+
+def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run, tmp_path, monkeypatch):
+    """The acceptance path: `bench sample` with the run's evaluation seed and count to .npz, `bench eval` of that
+    file under the suite's protocol: the same FID to 1e-6, the same fingerprint, a row in the quick leaderboard.
+    Bad input exits 2 with one line."""
+    monkeypatch.setenv("BENCH_RESULTS", str(quick_run["results"]))
+    run = child_runs(quick_run["uri"]).query("`tags.bench.model` == 'gan-mlp'").iloc[0]
+    n, seed = int(run["params.eval.num_samples"]), int(run["params.eval.seed"])
+    cli = CliRunner()
+    out = tmp_path / "exported.npz"
+    result = cli.invoke(main, ["sample", run["run_id"], "-n", str(n), "--seed", str(seed), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert np.load(out)["samples"].shape == (n, 1, 28, 28) and np.load(out)["samples"].dtype == np.uint8
+    overrides = [x for o in TINY for x in ("--set", o)]
+    args = ["eval", "--suite", "quick", "--dataset", "digits", "--name", "exported", *overrides]
+    result = cli.invoke(main, [*args, "--samples", str(out)])
+    assert result.exit_code == 0, result.output
+    runs = search(quick_run["uri"])
+    ext = runs[runs["tags.bench.family"] == "external"].iloc[0]
+    assert abs(ext["metrics.fid"] - run["metrics.fid"]) < 1e-6
+    assert ext["tags.bench.protocol"] == run["tags.bench.protocol"] and ext["tags.bench.model"] == "exported"
+    board = cli.invoke(main, ["report", "--suite", "quick", "--out", str(tmp_path / "r")])
+    assert board.exit_code == 0, board.output
+    assert "exported (external samples)" in (tmp_path / "r" / "leaderboard.md").read_text()
+    csv = pd.read_csv(tmp_path / "r" / "leaderboard.csv")
+    assert abs(csv[csv["model"] == "exported"]["fid_mean"].iloc[0] - run["metrics.fid"]) < 1e-6
+
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2000, 28, 28, 3), np.uint8))
+    result = cli.invoke(main, [*args, "--samples", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "shape (2000, 28, 28, 3)" in result.output
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    result = cli.invoke(main, [*args, "--samples", str(folder)])
+    assert result.exit_code == 2 and "not PNG images: notes.txt" in result.output
+    few = tmp_path / "few.npy"
+    np.save(few, np.zeros((10, 28, 28), np.uint8))
+    result = cli.invoke(main, [*args, "--samples", str(few)])
+    assert result.exit_code == 2 and "10 samples" in result.output
+    result = cli.invoke(main, ["sample", "no-such-run", "--out", str(tmp_path / "g.png")])
+    assert result.exit_code == 2 and "no run 'no-such-run'" in result.output
+
+
+def test_a_png_folder_reads_as_the_same_images(tmp_path):
+    from PIL import Image
+
+    from bench.external import as_images, read_samples
+
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for i, im in enumerate(images):
+        Image.fromarray(im[0].numpy()).save(tmp_path / f"{i:03d}.png")
+    back = as_images(read_samples(tmp_path), (1, 28, 28), "pngs")
+    assert torch.equal(back, images)
+    floats = as_images(images.permute(0, 2, 3, 1).numpy() / 255.0, (1, 28, 28), "floats")
+    assert torch.equal(floats, images)
