@@ -21,7 +21,14 @@ from bench import schema, tracking
 from bench.config import Cell
 from bench.data import Dataset
 from bench.devices import environment
-from bench.evaluate import SELECTION_KEY, PeriodicFID, evaluate, held_out_split, selection_protocol
+from bench.evaluate import (
+    SELECTION_KEY,
+    PeriodicFID,
+    evaluate,
+    held_out_split,
+    nearest_grid,
+    selection_protocol,
+)
 from bench.features import Extractor, reference_features
 from bench.train import train
 from bench.typed_toml import to_toml
@@ -184,7 +191,8 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
 
     ctx.echo("    evaluating the final checkpoint ...")
     extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
-    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
+    extras = tuple(ctx.extractors[(cell.dataset, name)] for name in cell.eval.extra_extractors)
+    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo, extras)
     metrics = dict(ev.metrics)
     metrics.update(
         {
@@ -205,6 +213,7 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         run.log_dict(ev.details["ais"], schema.AIS_ARTIFACT)
     run.log_metrics(metrics, step=result.steps)
     run.log_image(grid(ev.samples[:64]), schema.SAMPLES_FINAL)
+    run.log_image(grid(nearest_grid(*ev.details["nearest"]), per_row=4), schema.NEAREST_TRAIN)
     if model.family == "vae":
         x = dataset.test_images[:32].to(ctx.device).float() / 255.0
         recon = model.reconstruct(x).cpu()
@@ -216,7 +225,7 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
         run.log_file(final, schema.CHECKPOINTS_DIR)
     run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps))
     if best_path.is_file():
-        metrics.update(evaluate_best(model, best_path, result.steps, ev, dataset, cell, extractor, ctx, run))
+        metrics.update(evaluate_best(model, best_path, result.steps, ev, dataset, cell, (extractor, *extras), ctx, run))
         best_path.unlink()
     checkpoint.unlink(missing_ok=True)  # the finished run holds the final and best checkpoints
     if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
@@ -226,7 +235,7 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
     return metrics
 
 
-def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell, extractor, ctx, run) -> dict:
+def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell, extractors, ctx, run) -> dict:
     """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
     the best is the final step, the final evaluation is reused rather than repeated."""
     state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -237,7 +246,8 @@ def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell,
         ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(state["model"])
-        ev = evaluate(best_model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo)
+        cache = ctx.results / "cache"
+        ev = evaluate(best_model, dataset, cell.eval, extractors[0], cache, ctx.echo, tuple(extractors[1:]))
         if ev.fingerprint != final.fingerprint:  # same cfg and extractor: cannot differ unless the cache changed
             raise RuntimeError("the best checkpoint was evaluated under another protocol than the final one")
     metrics = {f"{schema.BEST_PREFIX}{k}": v for k, v in ev.metrics.items()}
@@ -265,9 +275,9 @@ def _model_metadata(cell: Cell, step: int) -> dict[str, str]:
     }
 
 
-def grid(images: torch.Tensor) -> np.ndarray:
-    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, 8 per row."""
-    tiled = make_grid(images, nrow=8, padding=2, pad_value=128)  # (C, H', W') uint8
+def grid(images: torch.Tensor, per_row: int = 8) -> np.ndarray:
+    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, `per_row` images per row."""
+    tiled = make_grid(images, nrow=per_row, padding=2, pad_value=128)  # (C, H', W') uint8
     return tiled.permute(1, 2, 0).numpy()
 
 

@@ -26,7 +26,7 @@ from bench.storage import json_digest
 from bench.typed_toml import ConfigError, build, check_keys, subtable
 
 DEFAULT_CONFIG = "bench.toml"
-EXTRACTORS = ("domain", "inception")
+EXTRACTORS = ("domain", "inception", "dinov2", "dinov2-vitb14", "dinov2-vits14")  # bench/features.py EXTRACTORS
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -100,7 +100,8 @@ class AISConfig:
 class EvalConfig:
     """The evaluation protocol; every field here is part of the protocol fingerprint."""
 
-    extractor: str = "domain"  # feature extractor for fid/is/kid/precision/recall
+    extractor: str = "domain"  # the first encoder: its sample metrics keep the plain names (fid, kid_mean, ...)
+    extra_extractors: tuple[str, ...] = ()  # more encoders, each scoring the same samples: fid_dinov2, ...
     reference_split: str = "train"  # real images the samples are compared with
     num_samples: int = 2000  # generated images per evaluation
     batch_size: int = 500
@@ -109,6 +110,8 @@ class EvalConfig:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     prc_neighborhood: int = 3  # k of the k-NN balls (Kynkäänniemi et al. 2019)
+    dc_neighborhood: int = 5  # k of density and coverage's k-NN balls (Naeem et al. 2020)
+    copying_cells: int = 20  # k-means cells of the data-copying test C_T (Meehan et al. 2020)
     isc_splits: int = 10
     seed: int = 0  # evaluation seed: samples, binarisation of the test split, KID subsets
     ais: AISConfig = field(default_factory=AISConfig)  # [suites.NAME.eval.ais]
@@ -122,8 +125,18 @@ class EvalConfig:
             "kid_subsets",
             "kid_subset_size",
             "prc_neighborhood",
+            "dc_neighborhood",
+            "copying_cells",
             "isc_splits",
         )
+        for name in self.extra_extractors:
+            if name not in EXTRACTORS:
+                raise ValueError(f"extra_extractors: unknown extractor {name!r}; known: {', '.join(EXTRACTORS)}")
+        if self.extractor in self.extra_extractors or len(set(self.extra_extractors)) < len(self.extra_extractors):
+            raise ValueError(
+                f"extra_extractors {list(self.extra_extractors)} must not repeat an extractor or the first one "
+                f"({self.extractor!r})"
+            )
         if self.likelihood_images < 0:
             raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
         _one_of(self, "extractor", EXTRACTORS)

@@ -20,8 +20,17 @@ from bench.config import EvalConfig, TrainConfig
 from bench.data import Dataset
 from bench.features import Extractor, Reference, reference_features
 from bench.likelihood import observe_test, reconstruction_quality, vae_likelihood
-from bench.metrics import FID_INF_MIN_FRACTION, FID_INF_POINTS, fid, sample_metrics
+from bench.metrics import (
+    COPYING_MIN_SAMPLES,
+    FID_INF_MIN_FRACTION,
+    FID_INF_POINTS,
+    _pairwise,
+    data_copying,
+    fid,
+    sample_metrics,
+)
 from bench.schema import (
+    COPYING,
     FID,
     FID_MATCHED,
     GENERATED_IMAGES,
@@ -29,6 +38,8 @@ from bench.schema import (
     REFERENCE_IMAGES,
     SELECTION_RULE,
     SELECTION_SEED_OFFSET,
+    encoder_key,
+    encoder_suffix,
 )
 from bench.storage import atomic_save, json_digest
 
@@ -89,14 +100,20 @@ class PeriodicFID:
 
 
 def protocol(
-    cfg: EvalConfig, dataset: Dataset, extractor: Extractor, reference_digest: str, device, observed=None
+    cfg: EvalConfig,
+    dataset: Dataset,
+    extractor: Extractor,
+    reference_digest: str,
+    device,
+    observed=None,
+    extras: list[dict] | None = None,
 ) -> dict:
     """Everything that changes an evaluation's numbers (DESIGN.md, Evaluation). `observed`: the VAEs' test images as
     the likelihood saw them; GANs and the real-data row get the same digest computed here, so they share the
     fingerprint of the VAEs they are compared with."""
     if observed is None:
         observed = observe_test(dataset.test_images[: cfg.likelihood_images or None], dataset.observation, cfg.seed)
-    return {
+    proto = {
         "extractor": extractor.name,
         "extractor_weights_digest": extractor.weights_digest,
         "preprocessing": extractor.preprocessing,
@@ -122,6 +139,15 @@ def protocol(
             "models_also_at_this_n": real_row_images(cfg, dataset) < cfg.num_samples,  # fid_matched
         },
         "inception_score": {"splits": cfg.isc_splits},
+        "density_coverage": {"neighborhood": cfg.dc_neighborhood, "counts": "equal, as precision/recall"},
+        "data_copying": {  # Meehan et al. 2020
+            "statistic": "C_T: Mann-Whitney z of nearest-training-feature distances, generated vs test, per cell",
+            "cells": cfg.copying_cells,
+            "clustering": "k-means (Lloyd, 50 iterations) of the train split's features, seeded",
+            "training": "train split",
+            "held_out": "test split",
+            "min_samples_per_cell": COPYING_MIN_SAMPLES,
+        },
         "fid_inf": {  # Chong & Forsyth 2020
             "points": FID_INF_POINTS,
             "smallest": f"max({FID_INF_MIN_FRACTION} x generated images, 2 x feature dimension + 1)",
@@ -151,6 +177,9 @@ def protocol(
             "torchmetrics": version("torchmetrics"),
         },
     }
+    if extras:  # absent without extra encoders: one-encoder protocols keep their fingerprints
+        proto["extra_extractors"] = extras
+    return proto
 
 
 def _ais_protocol(cfg: EvalConfig) -> dict:
@@ -207,54 +236,117 @@ def sample_counts(cfg: EvalConfig, dataset: Dataset, reference: int, generated: 
     }
 
 
-def score_samples(samples: torch.Tensor, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, ref) -> dict:
-    """The sample metrics of uint8 samples (cfg.num_samples, C, H, W) under the protocol, with their counts; the
-    models' FID at the real-data row's N too when that N is smaller (fid_matched)."""
-    features = extractor(samples, cfg.batch_size)
-    metrics = sample_metrics(features, ref.features, cfg)
-    metrics.update(sample_counts(cfg, dataset, len(ref.features["features"])))
+def score_samples(
+    samples: torch.Tensor,
+    dataset: Dataset,
+    cfg: EvalConfig,
+    extractor: Extractor,
+    ref,
+    cache_dir: Path,
+    extras: tuple[Extractor, ...] = (),
+) -> tuple[dict, dict]:
+    """The sample metrics of uint8 samples (cfg.num_samples, C, H, W) in every encoder's features, the first
+    encoder's under the plain names and each extra one's with its suffix (fid_dinov2, ...), with the sample counts;
+    the models' FID at the real-data row's N when that N is smaller (fid_matched); the data-copying statistic.
+    Also returns details: each extra encoder's reference digest, and the nearest training images of 8 samples in
+    the first encoder's features (the report's figure)."""
+    metrics = sample_counts(cfg, dataset, len(ref.features["features"]))
+    details: dict = {"references": {}}
     matched = real_row_images(cfg, dataset)
-    if matched < cfg.num_samples and matched > features["features"].shape[1]:
-        # a seeded subset of the same samples at the real-data row's N (the bias of FID grows as 1/N)
-        idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
-        metrics[FID_MATCHED] = fid(features["features"][idx], ref.features["features"])
-    return metrics
+    for i, ex in enumerate((extractor, *extras)):
+        reference = ref if i == 0 else reference_features(ex, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+        features = ex(samples, cfg.batch_size)
+        out = sample_metrics(features, reference.features, cfg)
+        if matched < cfg.num_samples and matched > features["features"].shape[1]:
+            # a seeded subset of the same samples at the real-data row's N (the bias of FID grows as 1/N)
+            idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
+            out[FID_MATCHED] = fid(features["features"][idx], reference.features["features"])
+        train = reference_features(ex, dataset, "train", cache_dir, cfg.batch_size).features["features"]
+        test = reference_features(ex, dataset, "test", cache_dir, cfg.batch_size).features["features"]
+        copying = data_copying(features["features"], train, test, cfg.copying_cells, cfg.seed)
+        if copying is not None:  # None: no cell with enough generated and test samples to test (not logged)
+            out[COPYING] = copying
+        metrics.update({encoder_key(k, ex.name if i else ""): v for k, v in out.items()})
+        if i == 0:
+            nearest = _pairwise(features["features"][:NEAREST_SHOWN], train).topk(3, largest=False).indices
+            details["nearest"] = (samples[:NEAREST_SHOWN], dataset.train_images[nearest])  # (8, C, H, W), (8, 3, ...)
+        else:
+            details["references"][ex.name] = reference.digest
+    return metrics, details
+
+
+NEAREST_SHOWN = 8  # samples shown beside their 3 nearest training images
+
+
+def nearest_grid(samples: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """Rows of (sample, its 3 nearest training images): uint8 (8 · 4, C, H, W), for an 4-per-row grid."""
+    return torch.cat([samples[:, None], nearest], dim=1).flatten(0, 1)
 
 
 def evaluate_external(
-    samples: torch.Tensor, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device
+    samples: torch.Tensor,
+    dataset: Dataset,
+    cfg: EvalConfig,
+    extractor: Extractor,
+    cache_dir: Path,
+    device,
+    extras: tuple[Extractor, ...] = (),
 ) -> Evaluation:
     """Samples made elsewhere (`bench eval`), scored exactly as a suite scores its models' samples: the same
     features, reference cache, metrics and protocol, so the fingerprint matches the suite's models."""
     start = time.perf_counter()
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
-    metrics = score_samples(samples, dataset, cfg, extractor, ref)
-    proto = protocol(cfg, dataset, extractor, ref.digest, device)
-    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref)
+    metrics, details = score_samples(samples, dataset, cfg, extractor, ref, cache_dir, extras)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device, extras=extra_parts(extras, details))
+    return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref, details)
 
 
-def evaluate(model, dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, echo=print) -> Evaluation:
+def evaluate(
+    model,
+    dataset: Dataset,
+    cfg: EvalConfig,
+    extractor: Extractor,
+    cache_dir: Path,
+    echo=print,
+    extras: tuple[Extractor, ...] = (),
+) -> Evaluation:
     start = time.perf_counter()
     device = next(model.parameters()).device
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
-    metrics = score_samples(samples, dataset, cfg, extractor, ref)
+    metrics, details = score_samples(samples, dataset, cfg, extractor, ref, cache_dir, extras)
     observed = None
     if model.family == "vae":
         test = dataset.test_images[: cfg.likelihood_images or None]
         observed = observe_test(test, dataset.observation, cfg.seed)
         metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
-    details = {}
     if cfg.ais.images:  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])
         details["ais"] = ais
-    proto = protocol(cfg, dataset, extractor, ref.digest, device, observed)
+    proto = protocol(cfg, dataset, extractor, ref.digest, device, observed, extra_parts(extras, details))
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref, details)
 
 
-def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device) -> Evaluation:
+def extra_parts(extras: tuple[Extractor, ...], details: dict) -> list[dict]:
+    """Each extra encoder's part of the protocol: what its numbers depend on."""
+    return [
+        {
+            "extractor": ex.name,
+            "weights_digest": ex.weights_digest,
+            "preprocessing": ex.preprocessing,
+            "resize": ex.resize,
+            "features_digest": details["references"][ex.name],
+            "metrics": f"<metric>_{encoder_suffix(ex.name)}",
+        }
+        for ex in extras
+    ]
+
+
+def evaluate_real(
+    dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache_dir: Path, device, extras: tuple[Extractor, ...] = ()
+) -> Evaluation:
     """The real-data row of a (dataset, protocol): held-out images scored as if they were samples, against the
     reference split, at the models' N (`real_row_images`). At that N its FID is the floor a perfect model reaches
     (train vs test); when the held-out split is smaller, the row is scored on all of it, its FID is a floor only for
@@ -266,10 +358,17 @@ def evaluate_real(dataset: Dataset, cfg: EvalConfig, extractor: Extractor, cache
     held_out = reference_features(extractor, dataset, other, cache_dir, cfg.batch_size).features
     n = real_row_images(cfg, dataset)
     idx = torch.randperm(len(held_out["features"]), generator=torch.Generator().manual_seed(cfg.seed))[:n]
-    metrics = sample_metrics({k: v[idx] for k, v in held_out.items()}, ref.features, cfg)
-    metrics.update(sample_counts(cfg, dataset, len(ref.features["features"]), generated=n))
-    if n < cfg.num_samples:  # fewer held-out images than the models' N: its FID is comparable with fid_matched only
-        metrics[FID_MATCHED] = metrics[FID]
-    proto = protocol(cfg, dataset, extractor, ref.digest, device)
+    metrics = sample_counts(cfg, dataset, len(ref.features["features"]), generated=n)
+    details: dict = {"references": {}}
+    for i, ex in enumerate((extractor, *extras)):
+        reference = ref if i == 0 else reference_features(ex, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+        scored = held_out if i == 0 else reference_features(ex, dataset, other, cache_dir, cfg.batch_size).features
+        out = sample_metrics({k: v[idx] for k, v in scored.items()}, reference.features, cfg)
+        if n < cfg.num_samples:  # fewer held-out images than the models' N: comparable with fid_matched only
+            out[FID_MATCHED] = out[FID]
+        metrics.update({encoder_key(k, ex.name if i else ""): v for k, v in out.items()})
+        if i:
+            details["references"][ex.name] = reference.digest
+    proto = protocol(cfg, dataset, extractor, ref.digest, device, extras=extra_parts(extras, details))
     shown = dataset.split(other)[0][idx[:64]]  # a grid of the held-out images scored
     return Evaluation(metrics, proto, fingerprint(proto), shown, time.perf_counter() - start, ref)

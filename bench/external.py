@@ -13,7 +13,7 @@ from bench import schema, tracking
 from bench.cell import flatten, grid
 from bench.config import BenchConfig
 from bench.data import Dataset
-from bench.evaluate import evaluate_external
+from bench.evaluate import evaluate_external, nearest_grid
 from bench.storage import bytes_digest
 
 IMAGE_SUFFIXES = (".png",)
@@ -124,8 +124,10 @@ def score_and_log(
         echo(f"using the first {cfg.num_samples} of {len(samples)} samples (the suite's eval.num_samples)")
     tracking.check_reachable(uri)
     extractor = build_extractor(cfg.extractor, dataset, config.domain, results / "cache", device)
-    echo(f"scoring {len(used)} samples of {dataset.name} with the {extractor.name} extractor ...")
-    ev = evaluate_external(used, dataset, cfg, extractor, results / "cache", device)
+    extras = tuple(build_extractor(n, dataset, config.domain, results / "cache", device) for n in cfg.extra_extractors)
+    names = ", ".join(ex.name for ex in (extractor, *extras))
+    echo(f"scoring {len(used)} samples of {dataset.name} with the {names} extractor(s) ...")
+    ev = evaluate_external(used, dataset, cfg, extractor, results / "cache", device, extras)
     digest = bytes_digest([used.numpy().tobytes()])
     key = bytes_digest([f"external|{name}|{digest}|{ev.fingerprint}"])[:16]
     tracker = tracking.Tracker(uri, suite.name, results / "artifacts")
@@ -158,6 +160,7 @@ def score_and_log(
     run.log_dict(ev.protocol, schema.PROTOCOL_ARTIFACT)
     run.log_metrics({**ev.metrics, schema.EVAL_S: ev.seconds, schema.EVAL_REFERENCE_S: ev.reference.seconds})
     run.log_image(grid(used[:64]), schema.SAMPLES_FINAL)
+    run.log_image(grid(nearest_grid(*ev.details["nearest"]), per_row=4), schema.NEAREST_TRAIN)
     run.end("FINISHED")
     return run.run_id, ev.metrics
 

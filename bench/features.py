@@ -6,6 +6,8 @@ protocol fingerprint, and they key the on-disk cache of real-data features.
 - `inception`: torch-fidelity's `inception-v3-compat` (the TF-FID Inception-v3, with TF1's bilinear resize to
   299×299), pool features (2048-d) and unbiased logits (1008 classes). Weights from `BENCH_INCEPTION_WEIGHTS`,
   torch's hub cache, or torch-fidelity's download; offline without them, a clear error before any training.
+- `dinov2`, `dinov2-vitb14`, `dinov2-vits14`: DINOv2 ViT-L/14 (B/14, S/14) via timm, the CLS embedding at 224×224:
+  FD_DINOv2 of Stein et al. 2023. Weights from `BENCH_DINOV2_WEIGHTS`, torch's hub cache, or Meta's download.
 - `domain`: a small CNN trained by the suite on the dataset's own training labels with a fixed recipe and seed
   (bench.toml [features.domain]), cached by (dataset digest, recipe). Fast on a CPU; its numbers are comparable
   only with other `domain` numbers on the same dataset, never with Inception numbers.
@@ -14,6 +16,7 @@ protocol fingerprint, and they key the on-disk cache of real-data features.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 import urllib.error
@@ -56,13 +59,12 @@ class Extractor:
         if images.dtype != torch.uint8:
             raise ExtractorError(f"feature extractors take uint8 images, got {images.dtype}")
         device = next(self.net.parameters()).device
-        out: dict[str, list[torch.Tensor]] = {"features": [], "logits": []}
+        out: dict[str, list[torch.Tensor]] = {}
         self.net.eval()
         with strict_fp32():
             for chunk in images.split(batch_size):
-                result = self.net(chunk.to(device))
-                for key in out:
-                    out[key].append(result[key].double().cpu())
+                for key, value in self.net(chunk.to(device)).items():  # features; logits when it classifies
+                    out.setdefault(key, []).append(value.double().cpu())
         return {key: torch.cat(parts) for key, parts in out.items()}
 
 
@@ -245,10 +247,124 @@ def inception_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path,
     )
 
 
+# DINOv2 (Oquab et al. 2023) as Stein et al. 2023 use it for FD_DINOv2 (dgm-eval's default encoder: ViT-L/14),
+# built by timm; the weights are Meta's released checkpoints (or timm's conversion of them).
+DINOV2 = {  # extractor name → (timm architecture, Meta's checkpoint file, its URL)
+    name: (
+        arch,
+        f"dinov2_{short}_pretrain.pth",
+        f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/dinov2_{short}_pretrain.pth",
+    )
+    for name, arch, short in (
+        ("dinov2", "vit_large_patch14_dinov2", "vitl14"),
+        ("dinov2-vitb14", "vit_base_patch14_dinov2", "vitb14"),
+        ("dinov2-vits14", "vit_small_patch14_dinov2", "vits14"),
+    )
+}
+DINOV2_ENV = "BENCH_DINOV2_WEIGHTS"
+DINOV2_SIZE = 224
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def dinov2_weights(name: str) -> Path:
+    """The DINOv2 weights file of extractor `name`: $BENCH_DINOV2_WEIGHTS, else torch's hub cache (where
+    torch.hub.load("facebookresearch/dinov2", ...) keeps Meta's checkpoint, as dgm-eval and torch-fidelity use it),
+    else a download from Meta (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
+    _, file, url = DINOV2[name]
+    env = os.environ.get(DINOV2_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ExtractorError(f"{DINOV2_ENV}={env} is not a file; point it at Meta's {file} (or timm's conversion)")
+        return path
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / file
+    if hub.is_file():
+        return hub
+    if os.environ.get("BENCH_OFFLINE") == "1":
+        why = "BENCH_OFFLINE=1 is set, so no download was tried"
+    else:
+        try:
+            hub.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(hub), progress=True)
+            return hub
+        except (OSError, urllib.error.URLError, RuntimeError) as e:
+            hub.unlink(missing_ok=True)
+            why = f"the download from {url} failed ({type(e).__name__}: {e})"
+    raise ExtractorError(
+        f"the {name} extractor needs DINOv2 weights ({file}) and found none: {DINOV2_ENV} is not set, they are not "
+        f"in torch's hub cache ({hub}), and {why}. Set {DINOV2_ENV}=/path/to/{file}, copy the file into "
+        f"{hub.parent}, run once with network access, or drop {name!r} from eval.extra_extractors"
+    )
+
+
+class DinoV2Net(nn.Module):
+    """uint8 images → the CLS embedding of DINOv2 after its final norm (the features of FD_DINOv2): grayscale
+    repeated to 3 channels, [0, 1], bicubic resize to 224×224, ImageNet normalisation, fp32."""
+
+    def __init__(self, name: str, weights: Path):
+        super().__init__()
+        import timm
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        self.vit = timm.create_model(DINOV2[name][0], pretrained=False, num_classes=0, img_size=DINOV2_SIZE)
+        if weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        # Meta's checkpoints carry a mask token and positional embeddings for 518×518; timm's filter drops the
+        # one and resamples the other to the 16×16 patch grid of a 224×224 input
+        self.vit.load_state_dict(checkpoint_filter_fn(state, self.vit), strict=True)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = x.float() / 255.0
+        x = F.interpolate(x, size=(DINOV2_SIZE, DINOV2_SIZE), mode="bicubic", align_corners=False)
+        return {"features": self.vit((x - self.mean) / self.std)}
+
+
+def dinov2_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:
+    weights = dinov2_weights(name)
+    try:
+        net = DinoV2Net(name, weights)
+    except Exception as e:  # a truncated file, or another architecture's weights
+        raise ExtractorError(
+            f"cannot load {name} weights from {weights} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it "
+            f"must be Meta's {DINOV2[name][1]} (or timm's conversion of it)"
+        ) from e
+    from importlib.metadata import version
+
+    return Extractor(
+        name,
+        file_digest(weights),
+        f"uint8/255; grayscale repeated to 3 channels; ImageNet mean/std; fp32; CLS token after the final norm "
+        f"(timm {version('timm')} {DINOV2[name][0]})",
+        net.to(device).eval(),
+        {"weights": str(weights)},
+        resize=f"bicubic (torch, a = -0.75, no antialias) to {DINOV2_SIZE}x{DINOV2_SIZE}",
+        feature_dim=net.vit.num_features,
+    )
+
+
 EXTRACTORS: dict[str, Callable[..., Extractor]] = {
     "domain": domain_extractor,
     "inception": inception_extractor,
+    **{name: functools.partial(dinov2_extractor, name) for name in DINOV2},
 }
+
+
+def find_weights(name: str) -> Path | None:
+    """The weights file extractor `name` will load (None for `domain`, which trains its own): ExtractorError naming
+    every way to provide them when there are none. Cheap: no network is built."""
+    if name == "inception":
+        return inception_weights()
+    if name in DINOV2:
+        return dinov2_weights(name)
+    return None
 
 
 def build_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:

@@ -78,6 +78,25 @@ def sample_panel(grids: list[tuple[str, Path]], title: str, path: Path) -> Path 
     return _save(fig, path)
 
 
+def nearest_panel(panels: list[tuple[str, Path]], title: str, path: Path) -> Path | None:
+    """The memorisation figure: per model, its logged grid of 8 rows (a sample, then its 3 nearest training
+    images in the first encoder's features), side by side, labelled above."""
+    images = [(label, plt.imread(str(p))) for label, p in panels if p is not None and Path(p).is_file()]
+    if not images:
+        return None
+    fig, axes = plt.subplots(1, len(images), figsize=(2.3 * len(images) + 0.4, 6.2), squeeze=False)
+    for ax, (label, image) in zip(axes[0], images, strict=True):
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=8)
+        width = image.shape[1] / 4
+        ax.axvline(width - 0.5, color="C3", linewidth=1.5)  # the sample | its nearest training images
+    fig.suptitle(f"{title}: each sample (left of the red line)\nbeside its 3 nearest training images", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def likelihood_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
     """VAEs: −ELBO split into distortion and rate (stacked bars) and the IWAE NLL (marker), nats per image, with the
     spread over seeds. `table` is a leaderboard section table (one row per model, <metric>_mean/_std columns)."""

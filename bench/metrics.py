@@ -15,7 +15,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from bench.config import EvalConfig
-from bench.schema import FID, FID_INF, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
+from bench.schema import COVERAGE, DENSITY, FID, FID_INF, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
 
 FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
 
@@ -100,6 +100,79 @@ def precision_recall(
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
+def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """Euclidean distances (len(a), len(b)) in float64, in row chunks (memory, not math)."""
+    return torch.cat([torch.cdist(a[i : i + chunk].double(), b.double()) for i in range(0, len(a), chunk)])
+
+
+def _kth_neighbour(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row (the radius of its k-NN ball), (N,)."""
+    return _pairwise(x, x).kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself, at 0
+
+
+def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative Models"),
+    with k-NN balls around the real features only, which makes them robust to outliers among the real ones:
+    density = mean over generated samples of (number of real balls containing it) / k, ≈ 1 when the two
+    distributions match and unbounded above; coverage = share of real balls that contain at least one generated
+    sample, in [0, 1]. Equal counts on both sides, as for precision/recall (the larger side subsampled, seeded)."""
+    n = min(len(real), len(generated))
+    if len(real) > n:
+        real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]]
+    if len(generated) > n:
+        generated = generated[torch.randperm(len(generated), generator=torch.Generator().manual_seed(seed))[:n]]
+    radii = _kth_neighbour(real, k)  # (n,)
+    inside = _pairwise(real, generated) < radii[:, None]  # (real, generated): generated j in the ball of real i
+    density = inside.sum(0).double().mean().item() / k
+    coverage = inside.any(1).double().mean().item()
+    return density, coverage
+
+
+COPYING_MIN_SAMPLES = 20  # cells with fewer generated (or test) samples are left out of C_T, as in Meehan et al.
+
+
+def data_copying(
+    generated: torch.Tensor, train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0
+) -> float | None:
+    """The C_T statistic of Meehan, Chaudhuri & Dasgupta 2020 ("A Non-Parametric Test to Detect Data-Copying in
+    Generative Models"). The feature space is cut into `cells` cells by k-means on the training features. In each
+    cell, the distances to the nearest training feature of the generated samples are compared with those of the
+    held-out test samples by the Mann-Whitney U test, as its z-score: negative when generated samples sit closer to
+    the training data than unseen real data do. C_T is the average of the cells' z-scores weighted by the cells'
+    share of test samples, over the cells with at least COPYING_MIN_SAMPLES generated and test samples. C_T ≪ 0
+    (the authors flag below −3) means data copying; ≈ 0 none; > 0 samples further from the training data than
+    test data (underfitting). None when no cell holds enough samples (e.g. a model collapsed into a corner)."""
+    g = torch.Generator().manual_seed(seed)
+    train = train.double()
+    centres = train[torch.randperm(len(train), generator=g)[:cells]].clone()
+    for _ in range(50):  # Lloyd's k-means; an emptied cell keeps its centre
+        assign = _pairwise(train, centres).argmin(1)
+        moved = centres.clone()
+        for c in range(len(centres)):
+            members = train[assign == c]
+            if len(members):
+                moved[c] = members.mean(0)
+        if torch.allclose(moved, centres):
+            break
+        centres = moved
+    gen_cell, test_cell = _pairwise(generated, centres).argmin(1), _pairwise(test, centres).argmin(1)
+    gen_nn, test_nn = _pairwise(generated, train).min(1).values, _pairwise(test, train).min(1).values
+    total, weight = 0.0, 0.0
+    for c in range(len(centres)):
+        q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
+        m, n = len(q), len(p)
+        if m < COPYING_MIN_SAMPLES or n < COPYING_MIN_SAMPLES:
+            continue
+        # U = #{(i, j): L(Q_i) > L(P_j)} (+ half the ties), its null mean m n / 2 and variance m n (m + n + 1) / 12
+        u = (q[:, None] > p[None, :]).sum().item() + 0.5 * (q[:, None] == p[None, :]).sum().item()
+        z = (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
+        share = n / len(test)
+        total, weight = total + share * z, weight + share
+    if weight == 0:  # e.g. a collapsed model whose samples all fall in a cell with few test images
+        return None
+    return total / weight
+
+
 def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
     """All sample-quality metrics of one evaluation, by their MLflow names, behind the sanity gates: too few
     samples for the feature dimension, non-finite features or metrics, a negative or numerically zero FID each
@@ -139,9 +212,13 @@ def compute(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], c
     extrapolated = fid_infinity(generated["features"], real["features"], cfg.seed)
     if extrapolated is not None:
         out[FID_INF] = extrapolated
-    out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
+    if generated.get("logits") is not None and generated["logits"].shape[1]:  # a classifier head (not DINOv2)
+        out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
     out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
     out[PRECISION], out[RECALL] = precision_recall(
         generated["features"], real["features"], cfg.prc_neighborhood, cfg.seed
+    )
+    out[DENSITY], out[COVERAGE] = density_coverage(
+        generated["features"], real["features"], cfg.dc_neighborhood, cfg.seed
     )
     return out

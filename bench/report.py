@@ -108,6 +108,7 @@ def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ())
         table.loc[~real, "rank"] = stats.tied_ranks(samples)
         if len(contestants):
             notes.append(_uncertainty_note(contestants["n"]))
+        notes += _metric_notes(group)
         counts = _counts(group)
         if real.any():
             notes.append(_real_row(table, real, counts))
@@ -159,6 +160,48 @@ def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) 
     return ", ".join(parts[:most]) + (f", +{len(parts) - most} more" if len(parts) > most else "")
 
 
+ENCODER_NOTES = {
+    "domain": "`domain`: a small CNN trained on this dataset's labels (bench.toml [features.domain]); fast and "
+    "sensitive to this dataset's classes, comparable with no published number",
+    "inception": "`inception`: the TF-FID Inception-v3 (torch-fidelity inception-v3-compat, 2048-d pool features, "
+    "299×299 TF1 bilinear resize): the protocol of Heusel et al. 2017 and of most published FIDs",
+    "dinov2": "`dinov2`: DINOv2 ViT-L/14's CLS embedding at 224×224 (timm): FD_DINOv2 of Stein et al. 2023 "
+    "(dgm-eval's default encoder), which tracks human judgement better than Inception",
+    "dinov2-vitb14": "`dinov2-vitb14`: DINOv2 ViT-B/14, a cheaper variant of FD_DINOv2 (not the published one)",
+    "dinov2-vits14": "`dinov2-vits14`: DINOv2 ViT-S/14, the cheapest variant (not the published FD_DINOv2)",
+}
+
+
+def _metric_notes(group: pd.DataFrame) -> list[str]:
+    """One sentence per encoder and per newer metric shown in this table."""
+    present = {c.removeprefix("metrics.") for c in group.columns if c.startswith("metrics.") and group[c].notna().any()}
+    notes = []
+    first = str(group.iloc[-1].get("params.eval.extractor", ""))
+    extras = [e for e in schema.ENCODERS if e != first and schema.encoder_key(schema.FID, e) in present]
+    if extras:
+        notes.append(
+            f"Encoders: every sample metric is computed in each encoder's features from the same samples; the "
+            f"first encoder (`{first}`) has the plain columns, the others are marked [name]. "
+            + "; ".join(ENCODER_NOTES[e] for e in (first, *extras) if e in ENCODER_NOTES)
+            + ". Fréchet distances (FD) in different encoders are different quantities: compare within a column."
+        )
+    if schema.DENSITY in present:
+        notes.append(
+            "Density and coverage (Naeem et al. 2020, k = 5 nearest neighbours among the real features only): density "
+            "is how many real neighbourhoods a sample falls in, relative to k (≈ 1 when the distributions match, above "
+            "1 when samples crowd where real data is dense); coverage is the share of real neighbourhoods that hold a "
+            "sample (diversity). Unlike precision/recall they do not inflate with outliers among the samples."
+        )
+    if schema.COPYING in present:
+        notes.append(
+            "Copying C_T (Meehan et al. 2020): in k-means cells of the training features, a Mann-Whitney z-score of "
+            "the samples' distances to their nearest training image against the test images' distances, averaged "
+            "over cells. Far below 0 (the authors' threshold: −3) means samples sit closer to the training set than "
+            "unseen real data does: memorisation, which FID rewards; near 0 is healthy; above 0 is underfitting."
+        )
+    return notes
+
+
 def _counts(group: pd.DataFrame) -> dict[str, int | None]:
     """The sample counts behind a section's sample metrics (logged by every evaluation; None for older runs)."""
 
@@ -185,7 +228,7 @@ def _real_row(table: pd.DataFrame, real: pd.Series, counts: dict) -> str:
         )
     table.loc[real, "label"] = f"real data (held-out split, N = {n:,})"
     for m in METRICS:
-        if m not in schema.SAMPLE_COUNT_FREE:
+        if schema.base_metric(m) not in schema.SAMPLE_COUNT_FREE:
             table.loc[real, [f"{m}_mean", f"{m}_std", f"{m}_ci_low", f"{m}_ci_high"]] = math.nan
     return (
         f"The held-out split has only {n:,} images, fewer than the models' {models:,} samples, so the real-data row is "

@@ -68,6 +68,20 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
         path = figures.sample_panel(grids, section.dataset, folder / f"{stem}-samples.png")
     if path:
         out.append(("Samples, a row per model", path))
+    nearest = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _, row in section.table[~section.table["family"].isin(["published", "real"])].iterrows():
+            cell_runs = runs[(runs[schema.MODEL] == row["model"]) & (runs[schema.VARIANT] == row["variant"])]
+            first = cell_runs.sort_values(schema.SEED).iloc[0]
+            panel = tracking.download_artifact(uri, first["run_id"], schema.NEAREST_TRAIN, Path(tmp) / first["run_id"])
+            copying = first.get(f"metrics.{schema.COPYING}")
+            label = f"{row['label']} (seed {first[schema.SEED]})"
+            if copying is not None and pd.notna(copying):
+                label += f"\nC_T = {copying:.1f}"
+            nearest.append((label, panel))
+        path = figures.nearest_panel(nearest, section.dataset, folder / f"{stem}-nearest.png")
+    if path:
+        out.append(("Memorisation check: 8 samples per model (left), each beside its 3 nearest training images", path))
     path = _improvement_figure(section, figures, folder / f"{stem}-improvement.png")
     if path:
         out.append(("Probability of improvement on FID between every pair of models, over their seeds", path))

@@ -20,9 +20,9 @@ from bench.config import BenchConfig, Cell, ConfigError, expand
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.devices import bf16_note, resolve_device
-from bench.evaluate import evaluate_real, fingerprint, protocol
+from bench.evaluate import evaluate_real, extra_parts, fingerprint, protocol
 from bench.executors import build_executor
-from bench.features import Extractor, build_extractor, reference_features
+from bench.features import Extractor, build_extractor, find_weights, reference_features
 from bench.interrupts import interrupt_on
 from bench.metrics import MetricError
 from bench.storage import bytes_digest
@@ -70,6 +70,8 @@ def _run_suite(
     uri = tracking.resolve_uri(tracking_uri, results)
     tracking.check_reachable(uri)  # seconds, before data, extractors or training
     runner = build_executor(executor, cells_per_gpu, ray_address, uri)
+    for name in (suite.eval.extractor, *suite.eval.extra_extractors):
+        find_weights(name)  # seconds: a missing weights file stops the suite before data or a domain classifier
 
     # Preflight: data, feature extractors and the tracking store, before any training starts.
     datasets = {}
@@ -90,6 +92,10 @@ def _run_suite(
             extractors[(name, "domain")] = build_extractor(
                 "domain", datasets[name], config.domain, results / "cache", device
             )
+        for extra in suite.eval.extra_extractors:  # every encoder is built (weights found) before any training
+            echo(f"feature extractor {extra} for {name} ...")
+            extractors[(name, extra)] = build_extractor(extra, datasets[name], config.domain, results / "cache", device)
+            _check_sample_counts(suite.eval, datasets[name], extractors[(name, extra)])
         if ex.name == "inception" and device.type == "cpu":
             echo(
                 f"  note: Inception runs at ~8 images/s on a 2-core CPU (the 299x299 resize): "
@@ -267,12 +273,19 @@ def run_real_reference(dataset: Dataset, suite, ctx: SuiteContext) -> None:
         f"reference features of {dataset.name}/{suite.eval.reference_split}: "
         f"{'loaded from the cache' if ref.cached else 'computed'} in {ref.seconds:.1f}s ({ref.path.name})"
     )
-    proto_fingerprint = fingerprint(protocol(suite.eval, dataset, extractor, ref.digest, ctx.device))
-    key = bytes_digest([f"real|{dataset.digest}|{proto_fingerprint}"])[:16]
+    extras = tuple(ctx.extractors[(dataset.name, n)] for n in suite.eval.extra_extractors)
+    digests = {
+        "references": {
+            ex.name: reference_features(ex, dataset, suite.eval.reference_split, cache, suite.eval.batch_size).digest
+            for ex in extras
+        }
+    }
+    proto = protocol(suite.eval, dataset, extractor, ref.digest, ctx.device, extras=extra_parts(extras, digests))
+    key = bytes_digest([f"real|{dataset.digest}|{fingerprint(proto)}"])[:16]
     if key in ctx.finished:  # decided before any metric is computed: a re-run costs one cached feature load
         return
     try:
-        ev = evaluate_real(dataset, suite.eval, extractor, cache, ctx.device)
+        ev = evaluate_real(dataset, suite.eval, extractor, cache, ctx.device, extras)
     except MetricError as e:  # e.g. a test split smaller than the feature dimension: no floor, the cells still run
         ctx.echo(f"real data {dataset.name}: no reference row — {e}")
         return

@@ -40,12 +40,50 @@ FID_INF = "fid_inf"  # FID extrapolated to infinitely many samples (bench.metric
 IS_MEAN, IS_STD = "is_mean", "is_std"
 KID_MEAN, KID_STD = "kid_mean", "kid_std"
 PRECISION, RECALL = "precision", "recall"
+DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020
+COPYING = "copying_ct"  # Meehan et al. 2020's C_T: ≪ 0 (below −3) flags data copying
 FID_MATCHED = "fid_matched"  # FID of the models at the real-data row's N, when the held-out split is smaller than N
 SAMPLE_COUNT_FREE = (
     FID_INF,
     KID_MEAN,
     FID_MATCHED,
 )  # comparable across sample counts: the real row shows them at any N
+ENCODER_METRICS = (
+    "fid",
+    "fid_inf",
+    "kid_mean",
+    "kid_std",
+    "is_mean",
+    "is_std",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "copying_ct",
+    "fid_matched",
+)  # what each encoder computes from the same samples
+ENCODERS = ("inception", "dinov2", "dinov2-vitb14", "dinov2-vits14", "domain")  # bench.config.EXTRACTORS
+
+
+def encoder_suffix(encoder: str) -> str:
+    return encoder.replace("-", "_")
+
+
+def encoder_key(metric: str, encoder: str = "") -> str:
+    """A sample metric's name in an encoder's features: plain for the suite's first encoder (so earlier runs stay
+    comparable), `<metric>_<encoder>` for the others (fid_dinov2, precision_dinov2_vits14)."""
+    return f"{metric}_{encoder_suffix(encoder)}" if encoder and metric in ENCODER_METRICS else metric
+
+
+def base_metric(key: str) -> str:
+    """The metric of an encoder-suffixed key (fid_dinov2 → fid); the key itself otherwise."""
+    for enc in ENCODERS:
+        suffix = f"_{encoder_suffix(enc)}"
+        if key.endswith(suffix) and key[: -len(suffix)] in ENCODER_METRICS:
+            return key[: -len(suffix)]
+    return key
+
+
 GENERATED_IMAGES = "eval/generated_images"  # images scored as samples (the real-data row: held-out images)
 REFERENCE_IMAGES = "eval/reference_images"  # images of the reference split they are compared with
 MATCHED_IMAGES = "eval/matched_images"  # the N of fid_matched (the real-data row's N)
@@ -91,6 +129,9 @@ LEADERBOARD: dict[str, Metric] = {
         Metric(IS_MEAN, "IS ↑", True, 2),
         Metric(PRECISION, "precision ↑", True, 3),
         Metric(RECALL, "recall ↑", True, 3),
+        Metric(DENSITY, "density", None, 3),  # ≈ 1 when the distributions match: no direction
+        Metric(COVERAGE, "coverage ↑", True, 3),
+        Metric(COPYING, "copying C_T", None, 2),  # ≪ 0 (< −3) flags copying, ≈ 0 none, > 0 underfitting
         Metric(ELBO, "ELBO ↑", True, 2),
         Metric(NLL_IWAE, "NLL (IWAE) ↓", False, 2),
         Metric(BITS_PER_DIM, "bits/dim ↓", False, 4),
@@ -105,6 +146,30 @@ LEADERBOARD: dict[str, Metric] = {
     )
 }
 
+_ARROWS = {True: " ↑", False: " ↓", None: ""}
+_ENCODER_LABELS = {
+    "fid": "FD",
+    "fid_inf": "FD∞",
+    "kid_mean": "KID",
+    "precision": "precision",
+    "recall": "recall",
+    "density": "density",
+    "coverage": "coverage",
+    "copying_ct": "copying C_T",
+}
+LEADERBOARD.update(  # the same metrics in each extra encoder's features: labelled columns, e.g. "FD ↓ [dinov2]"
+    {
+        encoder_key(m, enc): Metric(
+            encoder_key(m, enc),
+            f"{label}{_ARROWS[LEADERBOARD[m].higher_is_better]} [{enc}]",
+            LEADERBOARD[m].higher_is_better,
+            LEADERBOARD[m].decimals,
+        )
+        for enc in ENCODERS
+        for m, label in _ENCODER_LABELS.items()
+    }
+)
+
 # the metrics a cell prints when it finishes
 SHOWN = (FID, IS_MEAN, ELBO, NLL_IWAE, NLL_AIS, AIS_BDMC_GAP)
 
@@ -117,6 +182,7 @@ AIS_ARTIFACT = "ais.json"
 ERROR_ARTIFACT = "error.txt"
 SAMPLES_FINAL = "samples/final.png"
 SAMPLES_BEST = "samples/best.png"
+NEAREST_TRAIN = "samples/nearest_train.png"  # 8 samples, each beside its 3 nearest training images (first encoder)
 SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... with a slider over the steps
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt

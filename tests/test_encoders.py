@@ -1,0 +1,203 @@
+"""Issue 18: several encoders per suite, DINOv2 through its real loading code, density and coverage against the
+reference `prdc` package, and the data-copying check on images that are copied, held out, or noisy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench import metrics
+from bench.cli import main
+from bench.data import load
+from bench.evaluate import evaluate_external
+from bench.features import DINOV2_ENV, build_extractor, dinov2_weights
+from tests.conftest import child_runs, tiny_config
+
+
+def _features(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g, dtype=torch.float64) * scale + shift).float().double()
+
+
+@pytest.mark.parametrize(("shift", "scale"), [(0.0, 1.0), (0.5, 1.0), (0.0, 1.8), (0.0, 0.4)])
+def test_density_and_coverage_agree_with_the_prdc_package(shift, scale):
+    from prdc import compute_prdc
+
+    real, fake = _features(400, 12, seed=1), _features(400, 12, seed=2, shift=shift, scale=scale)
+    ours = metrics.density_coverage(fake, real, k=5)
+    ref = compute_prdc(real.numpy(), fake.numpy(), nearest_k=5)
+    assert ours == pytest.approx((ref["density"], ref["coverage"]), abs=1e-12)
+
+
+def test_density_and_coverage_see_collapse_and_outliers():
+    real = _features(500, 8, seed=3)
+    collapsed = _features(500, 8, seed=4, scale=0.2)  # all samples near the mode
+    density, coverage = metrics.density_coverage(collapsed, real, k=5)
+    assert density > 2.0 and coverage < 0.5  # crowded where real data is dense, most of it uncovered
+    matched = metrics.density_coverage(_features(500, 8, seed=5), real, k=5)
+    assert 0.8 < matched[0] < 1.2 and matched[1] > 0.9
+
+
+def test_the_copying_statistic_on_synthetic_features():
+    train, test = _features(3000, 6, seed=6), _features(600, 6, seed=7)
+    copied = train[:600]
+    fresh = _features(600, 6, seed=8)
+    noisy = train[600:1200] + 0.5 * _features(600, 6, seed=9)
+    blurred = train[600:1200] + 1.5 * _features(600, 6, seed=9)
+    assert metrics.data_copying(copied, train, test, cells=10) < -5  # every copied distance is 0: U = 0 per cell
+    assert abs(metrics.data_copying(fresh, train, test, cells=10)) < 3
+    assert metrics.data_copying(noisy, train, test, cells=10) > -3  # noisy copies: not flagged
+    assert metrics.data_copying(blurred, train, test, cells=10) > 3  # further from the training data: underfitting
+
+
+def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
+    """The check through the real pipeline (digits, domain features, `bench eval`'s scoring): a "model" that returns
+    training images verbatim is flagged; one that returns held-out test images is not; a noisy one is not."""
+    digits = load("digits")
+    cfg = dataclasses.replace(tiny_config().suite("quick").eval, num_samples=300, kid_subset_size=100)
+    cache = quick_run["results"] / "cache"
+    domain = build_extractor("domain", digits, tiny_config().domain, cache, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+
+    def c_t(images: torch.Tensor) -> float:
+        ev = evaluate_external(images[:300], digits, cfg, domain, cache, torch.device("cpu"))
+        return ev.metrics["copying_ct"]
+
+    copied = c_t(digits.train_images[torch.randperm(len(digits.train_images), generator=g)])
+    held_out = c_t(digits.test_images)
+    noise = torch.randint(-40, 41, digits.train_images.shape, generator=g)
+    noisy = c_t((digits.train_images.int() + noise).clamp(0, 255).to(torch.uint8))
+    assert copied < -3, copied
+    assert held_out > -3 and noisy > -3, (held_out, noisy)
+
+
+# ------------------------------------------------------------------------------------------------------ DINOv2
+
+
+@pytest.fixture(scope="module")
+def dinov2_s_weights(tmp_path_factory) -> Path:
+    """A randomly initialised DINOv2 ViT-S/14 saved as Meta releases it: positional embeddings for 518×518 and the
+    mask token, in a .pth state dict. The real weights cannot be downloaded here."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)  # 518×518, as released
+    state = net.state_dict()
+    for key in state:  # LayerScale starts at 1e-5, which would make the random features ignore the image
+        if key.endswith(".gamma"):
+            state[key] = torch.ones_like(state[key])
+    state["mask_token"] = torch.zeros(1, net.num_features)
+    path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_dinov2_features_equal_the_librarys_on_the_same_weights(dinov2_s_weights, monkeypatch):
+    """genbench's extractor (weights found through BENCH_DINOV2_WEIGHTS, loaded by the real code) against timm's own
+    model built from the same file, on images preprocessed independently with torchvision: the same CLS features."""
+    import timm
+    import torchvision.transforms.functional as TF
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
+    digits = load("digits")
+    ex = build_extractor("dinov2-vits14", digits, None, Path("unused"), torch.device("cpu"))
+    assert ex.feature_dim == 384 and "bicubic" in ex.resize and len(ex.weights_digest) == 64
+    images = digits.test_images[:6]
+    ours = ex(images, batch_size=4)
+    assert set(ours) == {"features"} and ours["features"].shape == (6, 384)
+
+    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224).eval()
+    ref.load_state_dict(checkpoint_filter_fn(torch.load(dinov2_s_weights, weights_only=True), ref))
+    x = images.expand(-1, 3, -1, -1).float() / 255
+    x = TF.resize(x, [224, 224], interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+    x = TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        theirs = ref(x).double()
+    assert torch.allclose(ours["features"], theirs, atol=1e-5, rtol=1e-5)
+    assert ours["features"].std(0).mean() > 0.01  # the features depend on the image
+    # the preprocessing matters at this tolerance: bilinear instead of bicubic gives other features
+    x_bilinear = TF.resize(images.expand(-1, 3, -1, -1).float() / 255, [224, 224], antialias=False)
+    with torch.no_grad():
+        other = ref(TF.normalize(x_bilinear, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])).double()
+    assert not torch.allclose(ours["features"], other, atol=1e-3)
+
+
+def test_dinov2_without_weights_offline_is_a_one_line_error_in_seconds(tmp_path, monkeypatch):
+    monkeypatch.delenv(DINOV2_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    with pytest.raises(Exception, match="BENCH_DINOV2_WEIGHTS") as info:
+        dinov2_weights("dinov2")
+    assert "dinov2_vitl14_pretrain.pth" in str(info.value) and "hub cache" in str(info.value)
+    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
+    start = time.perf_counter()
+    args = ["run", "--suite", "quick", "--set", 'eval.extra_extractors=["inception", "dinov2"]', "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and time.perf_counter() - start < 60
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and ("Inception" in lines[0] or "DINOv2" in lines[0]), result.output
+    assert not (tmp_path / "results" / "checkpoints").exists()  # nothing trained
+
+
+def small_digits(name="digits", root=None):
+    """Digits cut to 400 training and 90 test images: ViT-S features are 384-d, so FID needs more than 384 images
+    on each side, and a ViT on the CPU scores this in about a minute."""
+    full = load(name)
+    return dataclasses.replace(
+        full,
+        train_images=full.train_images[:400],
+        train_labels=full.train_labels[:400],
+        test_images=full.test_images[:90],
+        test_labels=full.test_labels[:90],
+        digest="small-" + full.digest[:40],
+    )
+
+
+def test_a_suite_with_two_encoders_logs_both_under_distinct_names(dinov2_s_weights, tmp_path, monkeypatch):
+    from bench import report_files, runner
+
+    monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
+    monkeypatch.setattr(runner, "load_dataset", small_digits)
+    extra = (
+        "models=['gan-mlp']",
+        "seeds=[0]",
+        "eval.num_samples=400",
+        "eval.kid_subset_size=100",
+        "eval.ais.images=0",
+        "train.eval_samples=100",
+        "eval.copying_cells=1",  # 90 test images: one cell holds them all
+        "features.domain.min_test_accuracy=0.5",  # a domain classifier trained on 400 images
+        'eval.extra_extractors=["dinov2-vits14"]',
+    )
+    lines: list[str] = []
+    cfg = tiny_config(*extra)
+    runner.run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lines.append, executor="inline")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = child_runs(uri).iloc[0]
+    assert run["status"] == "FINISHED", (run.get("tags.bench.error"), lines[-6:])
+    # (no fid_inf in 384-d features from 400 samples: its smallest subset must exceed 2 x 384)
+    for base in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "copying_ct"):
+        assert np.isfinite(run[f"metrics.{base}"]) and np.isfinite(run[f"metrics.{base}_dinov2_vits14"]), base
+    for base in ("fid", "kid_mean"):  # (a 20-step GAN saturates precision at 0 and C_T at its maximum in both)
+        assert run[f"metrics.{base}"] != run[f"metrics.{base}_dinov2_vits14"], base
+    assert "metrics.is_mean_dinov2_vits14" not in run  # DINOv2 has no classifier: no Inception Score
+    client = mlflow.MlflowClient(uri)
+    proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json")).read_text())
+    (part,) = proto["extra_extractors"]
+    assert part["extractor"] == "dinov2-vits14" and len(part["weights_digest"]) == 64 and part["features_digest"]
+    # one encoder alone is another protocol: another leaderboard table
+    single = tiny_config(*extra[:-1])
+    runner.run_suite(single, "quick", results=tmp_path, progress=False, echo=lines.append, executor="inline")
+    assert len(set(child_runs(uri)["tags.bench.protocol"])) == 2
+    md = report_files.write_report(uri, "quick", tmp_path / "r")["markdown"].read_text()
+    assert "FD ↓ [dinov2-vits14]" in md and "coverage ↑ [dinov2-vits14]" in md
+    assert "Encoders: every sample metric is computed in each encoder's features" in md
+    assert "nearest training images" in md
