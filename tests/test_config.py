@@ -59,7 +59,10 @@ def test_defaults_live_on_the_fields(tmp_path):
         (MINIMAL + "[suites.s.train]\nsteps = 'many'\n", "[suites.s.train] steps must be an integer, got 'many' (str)"),
         (MINIMAL + "[suites.s.train]\nsteps = 0\n", "[suites.s.train] steps must be > 0, got 0"),
         (MINIMAL + "[suites.s.train]\nbatch_size = true\n", "batch_size must be an integer, got True"),
-        (MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n", "extractor must be one of domain, inception; got 'vgg'"),
+        (
+            MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n",
+            "extractor must be one of domain, inception, dinov2, dinov2-vitb14, dinov2-vits14; got 'vgg'",
+        ),
         (MINIMAL + "[models.gan-mlp]\nlr = '1e-4'\n", "[models.gan-mlp] lr must be a number"),
         (
             MINIMAL + "[models.dcgan9]\nlr = 1\n",

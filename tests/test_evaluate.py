@@ -31,6 +31,8 @@ CHANGES = {
     "kid_subsets": 50,
     "kid_subset_size": 500,
     "prc_neighborhood": 5,
+    "dc_neighborhood": 3,
+    "copying_cells": 10,
     "isc_splits": 5,
     "seed": 1,
     "ais": AISConfig(images=10),
@@ -55,8 +57,9 @@ AIS_CHANGES = {
 
 
 def test_every_eval_setting_is_covered():
-    # eval.extractor only selects the Extractor; the protocol records the one used (name, weights, preprocessing)
-    assert set(CHANGES) | {"extractor"} == {f.name for f in dataclasses.fields(EvalConfig)}
+    # eval.extractor and extra_extractors only select Extractors; the protocol records those used (name, weights,
+    # preprocessing, reference digest: test_extra_encoders_are_part_of_the_protocol)
+    assert set(CHANGES) | {"extractor", "extra_extractors"} == {f.name for f in dataclasses.fields(EvalConfig)}
 
 
 @pytest.mark.parametrize("field", list(CHANGES))
@@ -121,3 +124,22 @@ def test_the_protocol_states_sample_counts_the_real_row_and_the_binarised_images
     assert len(proto["likelihood"]["observed_digest"]) == 16
     # the best-checkpoint selection rule is recorded beside the protocol but does not split leaderboard tables
     assert fingerprint({**proto, "best_checkpoint_selection": {"every": 500}}) == fingerprint(proto)
+
+
+def test_extra_encoders_are_part_of_the_protocol(parts):
+    cfg, dataset, extractor, ref = parts
+    base = protocol(cfg, dataset, extractor, ref, CPU)
+    assert "extra_extractors" not in base  # one encoder: the protocol (and fingerprint) of before
+    part = {
+        "extractor": "dinov2",
+        "weights_digest": "w" * 64,
+        "preprocessing": "p",
+        "resize": "r",
+        "features_digest": "f1",
+        "metrics": "<metric>_dinov2",
+    }
+    with_extra = protocol(cfg, dataset, extractor, ref, CPU, extras=[part])
+    other_weights = protocol(cfg, dataset, extractor, ref, CPU, extras=[{**part, "weights_digest": "v" * 64}])
+    other_reference = protocol(cfg, dataset, extractor, ref, CPU, extras=[{**part, "features_digest": "f2"}])
+    prints = {fingerprint(p) for p in (base, with_extra, other_weights, other_reference)}
+    assert len(prints) == 4

@@ -98,7 +98,18 @@ def test_sample_metrics_names_and_too_few_samples():
     gen = {"features": features(300, 8, seed=9), "logits": torch.randn(300, 10, dtype=torch.float64)}
     real = {"features": features(400, 8, seed=10), "logits": torch.randn(400, 10, dtype=torch.float64)}
     out = metrics.sample_metrics(gen, real, cfg)
-    assert set(out) == {"fid", "fid_inf", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall"}
+    assert set(out) == {
+        "fid",
+        "fid_inf",
+        "is_mean",
+        "is_std",
+        "kid_mean",
+        "kid_std",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+    }
     assert all(math.isfinite(v) for v in out.values())
     few = {"features": features(8, 8, seed=11), "logits": torch.randn(8, 10, dtype=torch.float64)}
     with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):

@@ -117,12 +117,12 @@ def test_report_from_the_store(quick_run, tmp_path):
     assert row["nll_ais_mean"] == pytest.approx(runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.nll_ais"].mean())
     # figures: FID curves, the sample panel, the VAE likelihood chart, the AIS chart; linked from the markdown
     figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))
-    assert figures == ["ais.png", "fid.png", "improvement.png", "likelihood.png", "samples.png"]
+    assert figures == ["ais.png", "fid.png", "improvement.png", "likelihood.png", "nearest.png", "samples.png"]
     for name, p in paths.items():
         if name.startswith("figure:"):
             assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" and f"(figures/{p.name})" in md
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 5 and "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
     assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
 
 
