@@ -59,7 +59,7 @@ def test_registry_is_literal_and_complete():
 def test_train_step_is_finite_and_changes_every_parameter(name, shape, observation):
     model = build(name, shape, observation)
     before = [p.detach().clone() for p in model.parameters()]
-    x = batch(shape, 8 * getattr(model, "batches_per_step", 1))  # wgan-gp/sngan: one real batch per D update
+    x = batch(shape, 8 * model.batches_per_step)  # wgan-gp/sngan: one real batch per D update
     logs = model.train_step(x, model.optimizers())
     # losses stay on the device as detached scalars: the loop reads them back once per log interval, never per step
     assert logs and all(torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad for v in logs.values()), logs
@@ -261,7 +261,7 @@ def test_train_step_can_live_in_a_cuda_graph(name, shape, observation):
     read on the host unless capturable (which needs a GPU)."""
     model = build(name, shape, observation)
     optimizers = {k: torch.optim.SGD(o.param_groups[0]["params"], lr=1e-3) for k, o in model.optimizers().items()}
-    x = batch(shape, 8 * getattr(model, "batches_per_step", 1))
+    x = batch(shape, 8 * model.batches_per_step)
     model.train_step(x, optimizers)
     with _HostTraffic() as traffic:
         model.train_step(x, optimizers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -201,8 +202,11 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     """The acceptance path: `bench sample` with the run's evaluation seed and count to .npz, `bench eval` of that
     file under the suite's protocol: the same FID to 1e-6, the same fingerprint, a row in the quick leaderboard.
     Bad input exits 2 with one line."""
-    monkeypatch.setenv("BENCH_RESULTS", str(quick_run["results"]))
-    run = child_runs(quick_run["uri"]).query("`tags.bench.model` == 'gan-mlp'").iloc[0]
+    results = tmp_path / "results"  # a copy of the quick suite's store: the shared one stays as other tests expect
+    shutil.copytree(quick_run["results"], results)
+    monkeypatch.setenv("BENCH_RESULTS", str(results))
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    run = child_runs(uri).query("`tags.bench.model` == 'gan-mlp'").iloc[0]
     n, seed = int(run["params.eval.num_samples"]), int(run["params.eval.seed"])
     cli = CliRunner()
     out = tmp_path / "exported.npz"
@@ -213,7 +217,7 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     args = ["eval", "--suite", "quick", "--dataset", "digits", "--name", "exported", *overrides]
     result = cli.invoke(main, [*args, "--samples", str(out)])
     assert result.exit_code == 0, result.output
-    runs = search(quick_run["uri"])
+    runs = search(uri)
     ext = runs[runs["tags.bench.family"] == "external"].iloc[0]
     assert abs(ext["metrics.fid"] - run["metrics.fid"]) < 1e-6
     assert ext["tags.bench.protocol"] == run["tags.bench.protocol"] and ext["tags.bench.model"] == "exported"

@@ -90,6 +90,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path, name):
 
 def test_divergence_raises():
     class Diverging(torch.nn.Module):
+        batches_per_step = 1  # the model contract (baselines/contract.py)
+
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.zeros(1))
@@ -214,6 +216,8 @@ def test_compile_matches_eager():
 
 class _LateNaN(torch.nn.Module):
     """A model whose loss turns NaN at step `at` (a tensor on the device, as the baselines return)."""
+
+    batches_per_step = 1
 
     def __init__(self, at: int):
         super().__init__()
