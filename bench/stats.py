@@ -3,7 +3,7 @@
 - `t_interval`: the 95% Student-t confidence interval of a mean over n ≥ 2 seeds (mean ± t₀.₉₇₅,ₙ₋₁ · s/√n).
 - `welch_p`: Welch's two-sided t-test between two models' seeds (unequal variances), None when a side has n < 2.
 - `tied_ranks`: ranks in which a model that is not significantly different (Welch, α = 0.05) from the best model
-  of its group shares that model's rank, marked "=" ("1=", "1=", "3").
+  (with n ≥ 2) of its group shares that model's rank, marked "=" ("1=", "1=", "3").
 - `probability_of_improvement`: P(a random seed of A beats a random seed of B), ties counting half: the
   Mann-Whitney U statistic over nA·nB, the pairwise measure of Agarwal et al. 2021 ("Deep Reinforcement Learning at
   the Edge of the Statistical Precipice").
@@ -43,19 +43,28 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 def tied_ranks(samples: Sequence[Sequence[float]], lower_is_better: bool = True, alpha: float = ALPHA) -> list[str]:
     """Ranks of models given per-seed values, in their order by mean. Going down that order, each model is tested
-    against the first model of the current group: not significantly different (or untestable, n < 2) → it joins
-    the group and shares its rank; otherwise it starts a new group ranked by its position. Shared ranks carry "="."""
+    against the leader of the current group, its first model with n ≥ 2 seeds: not significantly different → it
+    joins the group and shares its rank; otherwise it starts a new group ranked by its position. A model with n < 2
+    cannot be tested: it joins the group it falls in and never leads one, so a single-seed row (say, external
+    samples) cannot tie every model below it together. A group of untestable rows is joined by the next model.
+    Shared ranks carry "="."""
     means = [sum(s) / len(s) if len(s) else math.nan for s in samples]
     order = sorted(range(len(samples)), key=lambda i: (math.isnan(means[i]), means[i] * (1 if lower_is_better else -1)))
     rank = [0] * len(samples)
-    leader = None
+    group_rank, leader = None, None
     for position, i in enumerate(order, 1):
-        if leader is not None:
+        testable = len(samples[i]) >= 2
+        if group_rank is not None and (not testable or leader is None):
+            rank[i] = group_rank  # untestable, or nothing testable to test against yet
+            leader = leader if leader is not None or not testable else i
+            continue
+        if group_rank is not None:
             p = welch_p(samples[leader], samples[i])
-            if p is None or p >= alpha:
-                rank[i] = rank[leader]
+            if p >= alpha:
+                rank[i] = group_rank
                 continue
-        leader, rank[i] = i, position
+        group_rank, rank[i] = position, position
+        leader = i if testable else None
     shared = {r for r in rank if rank.count(r) > 1}
     return [f"{r}=" if r in shared else str(r) for r in rank]
 

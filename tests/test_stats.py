@@ -37,6 +37,10 @@ def test_ranks_tie_what_seeds_cannot_separate():
     assert tied_ranks(overlapping) == ["1=", "1=", "3"]
     assert tied_ranks([[5.0, 5.1, 4.9], [1.0, 1.1, 0.9]]) == ["2", "1"]  # the input order does not matter
     assert tied_ranks([[2.0], [1.0], [3.0]]) == ["1=", "1=", "1="]  # n = 1: untestable, so every rank is shared
+    # a single-seed row on top (external samples) shares the first rank but does not tie the models below it
+    with_single = [[0.1], [16.0, 17.0, 15.5], [33.0, 30.0, 36.0], [34.0, 31.0, 35.0], [90.0, 91.0, 92.0]]
+    assert tied_ranks(with_single) == ["1=", "1=", "3=", "3=", "5"]
+    assert tied_ranks([[16.0, 17.0, 15.5], [20.0], [33.0, 30.0, 36.0]]) == ["1=", "1=", "3"]
     assert tied_ranks([[9.0, 9.1], [1.0, 1.1]], lower_is_better=False) == ["1", "2"]
 
 
