@@ -75,7 +75,8 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
             first = cell_runs.sort_values(schema.SEED).iloc[0]
             panel = tracking.download_artifact(uri, first["run_id"], schema.NEAREST_TRAIN, Path(tmp) / first["run_id"])
             copying = first.get(f"metrics.{schema.COPYING}")
-            label = f"{row['label']} (seed {first[schema.SEED]})"
+            seed = first[schema.SEED]
+            label = row["label"] if seed == "-" else f"{row['label']} (seed {seed})"
             if copying is not None and pd.notna(copying):
                 label += f"\nC_T = {copying:.1f}"
             nearest.append((label, panel))
