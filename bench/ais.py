@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from baselines.contract import GenerativeModel
 from bench.devices import strict_fp32
 from bench.schema import AIS_BDMC_GAP, AIS_SIGMA, BITS_PER_DIM_AIS, NLL_AIS
 
@@ -313,7 +314,9 @@ def simulate(model, n: int, sigma: float, seed: int) -> tuple[torch.Tensor, torc
     return mean + sigma * torch.randn(mean.shape, generator=gen, device=device), z
 
 
-def decoder_likelihood(model, test: torch.Tensor, cfg, seed: int, echo: Callable[[str], None] = print) -> dict:
+def decoder_likelihood(
+    model: GenerativeModel, test: torch.Tensor, cfg, seed: int, echo: Callable[[str], None] = print
+) -> dict:
     """AIS metrics of a GAN generator or VAE decoder: σ chosen on the validation images (the last
     cfg.validation_images of the test split), nll_ais and bits_per_dim_ais on the first cfg.images, the BDMC gap on
     cfg.bdmc_images simulated images, and the cost. Returns {"metrics": …, "validation": {σ: mean log p}}."""

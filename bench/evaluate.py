@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from baselines.contract import GenerativeModel
 from bench.ais import decoder_likelihood
 from bench.config import EvalConfig, TrainConfig
 from bench.data import Dataset
@@ -55,7 +56,7 @@ class Evaluation:
     details: dict = dataclasses.field(default_factory=dict)  # e.g. AIS's validation score per σ (`ais.json`)
 
 
-def generate(model, n: int, batch_size: int, seed: int) -> torch.Tensor:
+def generate(model: GenerativeModel, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """n uint8 samples from the model, reproducible for a seed."""
     device = next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(seed)
@@ -302,7 +303,7 @@ def evaluate_external(
 
 
 def evaluate(
-    model,
+    model: GenerativeModel,
     dataset: Dataset,
     cfg: EvalConfig,
     extractor: Extractor,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from baselines.common import observation_model
+from baselines.contract import LikelihoodModel
 from bench.schema import BITS_PER_DIM, DISTORTION, ELBO, NLL_IWAE, RATE, RECON_PSNR, RECON_SSIM
 from bench.storage import bytes_digest
 
@@ -42,7 +43,7 @@ def observe_test(images: torch.Tensor, observation: str, seed: int) -> Observed:
 
 
 @torch.no_grad()
-def vae_likelihood(model, observed: Observed, k: int, batch_size: int, seed: int) -> dict[str, float]:
+def vae_likelihood(model: LikelihoodModel, observed: Observed, k: int, batch_size: int, seed: int) -> dict[str, float]:
     """ELBO, rate, distortion, k-sample IWAE NLL and bits/dim of `model` on the observed test images."""
     device = next(model.parameters()).device
     images = observed.images

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from baselines.contract import GenerativeModel
 from bench.config import TrainConfig
 from bench.devices import training_precision
 from bench.interrupts import StopRequest
@@ -96,7 +97,7 @@ def save_checkpoint(
 
 
 def train(
-    model,
+    model: GenerativeModel,
     images: torch.Tensor,
     cfg: TrainConfig,
     *,
