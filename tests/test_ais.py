@@ -62,7 +62,7 @@ def test_ais_with_a_pilot_schedule_is_an_unbiased_estimator_and_adapting_on_the_
     """The guarantee itself (issue 16, item 6). One PPCA image scored 20,000 times by independent single chains
     (100 distributions): the weight exp(estimate) is an unbiased estimate of p(x), so the mean of
     exp(estimate − exact) must be 1 within its standard error, and the mean estimate (Jensen) at or below the exact
-    log-likelihood. Measured: pilot-then-replay 0.998–1.009 (± 0.0074) over four seeds; adapting the step sizes on
+    log-likelihood. Measured: pilot-then-replay 0.998–1.005 (± 0.0074) over four seeds; adapting the step sizes on
     the scored chains themselves (the earlier estimator) 1.066–1.083, 7–11 standard errors above 1, an optimistic
     bias that the check below must see."""
     model, sigma = LinearGaussian(10, 3, seed=0), 0.3
