@@ -379,7 +379,7 @@ def sample(
 @config_option
 def check_model(name: str, shape: str, config_path: str) -> None:
     """Check that model NAME (a baseline or a plugin) keeps the model contract, in seconds on the CPU."""
-    cfg = _load(config_path)  # registers the plugins of bench.toml and of installed packages
+    _load(config_path)  # registers the plugins of bench.toml and of installed packages
     import baselines
     from bench.check_model import check
 
@@ -391,7 +391,6 @@ def check_model(name: str, shape: str, config_path: str) -> None:
     for c in checks:
         click.echo(c.line())
     failed = [c for c in checks if not c.ok]
-    del cfg
     if failed:
         click.echo(f"{name}: {len(failed)} of {len(checks)} checks FAILED", err=True)
         sys.exit(1)

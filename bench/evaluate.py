@@ -25,9 +25,9 @@ from bench.metrics import (
     COPYING_MIN_SAMPLES,
     FID_INF_MIN_FRACTION,
     FID_INF_POINTS,
-    _pairwise,
     data_copying,
     fid,
+    pairwise_distances,
     sample_metrics,
 )
 from bench.schema import (
@@ -262,14 +262,17 @@ def score_samples(
             # a seeded subset of the same samples at the real-data row's N (the bias of FID grows as 1/N)
             idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
             out[FID_MATCHED] = fid(features["features"][idx], reference.features["features"])
-        train = reference_features(ex, dataset, "train", cache_dir, cfg.batch_size).features["features"]
-        test = reference_features(ex, dataset, "test", cache_dir, cfg.batch_size).features["features"]
+        # the copying test's training and held-out features: the reference split's are already loaded
+        splits = {cfg.reference_split: reference.features}
+        for split in {"train", "test"} - set(splits):
+            splits[split] = reference_features(ex, dataset, split, cache_dir, cfg.batch_size).features
+        train, test = splits["train"]["features"], splits["test"]["features"]
         copying = data_copying(features["features"], train, test, cfg.copying_cells, cfg.seed)
         if copying is not None:  # None: no cell with enough generated and test samples to test (not logged)
             out[COPYING] = copying
         metrics.update({encoder_key(k, ex.name if i else ""): v for k, v in out.items()})
         if i == 0:
-            nearest = _pairwise(features["features"][:NEAREST_SHOWN], train).topk(3, largest=False).indices
+            nearest = pairwise_distances(features["features"][:NEAREST_SHOWN], train).topk(3, largest=False).indices
             details["nearest"] = (samples[:NEAREST_SHOWN], dataset.train_images[nearest])  # (8, C, H, W), (8, 3, ...)
         else:
             details["references"][ex.name] = reference.digest

@@ -175,16 +175,29 @@ def hub_inception_path() -> Path:
 def inception_weights() -> Path:
     """The Inception weights file: $BENCH_INCEPTION_WEIGHTS, else torch's hub cache, else torch-fidelity's
     download into the hub cache (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
-    env = os.environ.get(WEIGHTS_ENV)
+    return weights_file(
+        WEIGHTS_ENV,
+        INCEPTION_FILE,
+        INCEPTION_URL,
+        f"the inception extractor needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE})",
+        "use the domain extractor: --set eval.extractor=domain",
+        hash_prefix=INCEPTION_HASH_PREFIX,
+    )
+
+
+def weights_file(env_var: str, file: str, url: str, need: str, otherwise: str, hash_prefix: str | None = None) -> Path:
+    """A pretrained encoder's weights: the file named by $env_var, else `file` in torch's hub cache, else a download
+    of `url` into that cache (not when BENCH_OFFLINE=1). ExtractorError naming every way to provide them: `need`
+    says what is missing, `otherwise` the way around it."""
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / file
+    env = os.environ.get(env_var)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
             raise ExtractorError(
-                f"{WEIGHTS_ENV}={env} is not a file; point it at torch-fidelity's {INCEPTION_FILE}, "
-                f"or unset it to use torch's hub cache ({hub_inception_path()})"
+                f"{env_var}={env} is not a file; point it at {file}, or unset it to use torch's hub cache ({hub})"
             )
         return path
-    hub = hub_inception_path()
     if hub.is_file():
         return hub
     if os.environ.get("BENCH_OFFLINE") == "1":
@@ -192,15 +205,14 @@ def inception_weights() -> Path:
     else:
         try:
             hub.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(INCEPTION_URL, str(hub), hash_prefix=INCEPTION_HASH_PREFIX, progress=True)
+            torch.hub.download_url_to_file(url, str(hub), hash_prefix=hash_prefix, progress=True)
             return hub
         except (OSError, urllib.error.URLError, RuntimeError) as e:  # no network, HTTP error, hash mismatch
-            why = f"the download from {INCEPTION_URL} failed ({type(e).__name__}: {e})"
+            hub.unlink(missing_ok=True)
+            why = f"the download from {url} failed ({type(e).__name__}: {e})"
     raise ExtractorError(
-        f"the inception extractor needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE}) and found none: "
-        f"{WEIGHTS_ENV} is not set, they are not in torch's hub cache ({hub}), and {why}. "
-        f"Set {WEIGHTS_ENV}=/path/to/{INCEPTION_FILE}, copy the file into {hub.parent}, run once with network "
-        "access, or use the domain extractor: --set eval.extractor=domain"
+        f"{need} and found none: {env_var} is not set, they are not in torch's hub cache ({hub}), and {why}. "
+        f"Set {env_var}=/path/to/{file}, copy the file into {hub.parent}, run once with network access, or {otherwise}"
     )
 
 
@@ -271,29 +283,12 @@ def dinov2_weights(name: str) -> Path:
     torch.hub.load("facebookresearch/dinov2", ...) keeps Meta's checkpoint, as dgm-eval and torch-fidelity use it),
     else a download from Meta (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
     _, file, url = DINOV2[name]
-    env = os.environ.get(DINOV2_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise ExtractorError(f"{DINOV2_ENV}={env} is not a file; point it at Meta's {file} (or timm's conversion)")
-        return path
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / file
-    if hub.is_file():
-        return hub
-    if os.environ.get("BENCH_OFFLINE") == "1":
-        why = "BENCH_OFFLINE=1 is set, so no download was tried"
-    else:
-        try:
-            hub.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(hub), progress=True)
-            return hub
-        except (OSError, urllib.error.URLError, RuntimeError) as e:
-            hub.unlink(missing_ok=True)
-            why = f"the download from {url} failed ({type(e).__name__}: {e})"
-    raise ExtractorError(
-        f"the {name} extractor needs DINOv2 weights ({file}) and found none: {DINOV2_ENV} is not set, they are not "
-        f"in torch's hub cache ({hub}), and {why}. Set {DINOV2_ENV}=/path/to/{file}, copy the file into "
-        f"{hub.parent}, run once with network access, or drop {name!r} from eval.extra_extractors"
+    return weights_file(
+        DINOV2_ENV,
+        file,
+        url,
+        f"the {name} extractor needs DINOv2 weights ({file}, or timm's conversion of it)",
+        f"drop {name!r} from eval.extra_extractors",
     )
 
 

@@ -100,14 +100,14 @@ def precision_recall(
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
-def _pairwise(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """Euclidean distances (len(a), len(b)) in float64, in row chunks (memory, not math)."""
     return torch.cat([torch.cdist(a[i : i + chunk].double(), b.double()) for i in range(0, len(a), chunk)])
 
 
 def _kth_neighbour(x: torch.Tensor, k: int) -> torch.Tensor:
     """Distance of each row of x to its k-th nearest other row (the radius of its k-NN ball), (N,)."""
-    return _pairwise(x, x).kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself, at 0
+    return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself, at 0
 
 
 def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, seed: int = 0) -> tuple[float, float]:
@@ -122,7 +122,9 @@ def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, se
     if len(generated) > n:
         generated = generated[torch.randperm(len(generated), generator=torch.Generator().manual_seed(seed))[:n]]
     radii = _kth_neighbour(real, k)  # (n,)
-    inside = _pairwise(real, generated) < radii[:, None]  # (real, generated): generated j in the ball of real i
+    inside = (
+        pairwise_distances(real, generated) < radii[:, None]
+    )  # (real, generated): generated j in the ball of real i
     density = inside.sum(0).double().mean().item() / k
     coverage = inside.any(1).double().mean().item()
     return density, coverage
@@ -146,7 +148,7 @@ def data_copying(
     train = train.double()
     centres = train[torch.randperm(len(train), generator=g)[:cells]].clone()
     for _ in range(50):  # Lloyd's k-means; an emptied cell keeps its centre
-        assign = _pairwise(train, centres).argmin(1)
+        assign = pairwise_distances(train, centres).argmin(1)
         moved = centres.clone()
         for c in range(len(centres)):
             members = train[assign == c]
@@ -155,8 +157,8 @@ def data_copying(
         if torch.allclose(moved, centres):
             break
         centres = moved
-    gen_cell, test_cell = _pairwise(generated, centres).argmin(1), _pairwise(test, centres).argmin(1)
-    gen_nn, test_nn = _pairwise(generated, train).min(1).values, _pairwise(test, train).min(1).values
+    gen_cell, test_cell = pairwise_distances(generated, centres).argmin(1), pairwise_distances(test, centres).argmin(1)
+    gen_nn, test_nn = pairwise_distances(generated, train).min(1).values, pairwise_distances(test, train).min(1).values
     total, weight = 0.0, 0.0
     for c in range(len(centres)):
         q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
