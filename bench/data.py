@@ -17,19 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 
 from bench.storage import atomic_write, bytes_digest
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-# The torchvision classes behind the datasets; tests swap in subclasses that accept fixture files.
-TORCHVISION = {
-    "mnist": torchvision.datasets.MNIST,
-    "fashion-mnist": torchvision.datasets.FashionMNIST,
-    "cifar10": torchvision.datasets.CIFAR10,
-}
+# The torchvision classes behind the datasets, by name (torchvision is imported only when one is loaded: its import
+# costs seconds, which every `bench` process would pay); tests swap in subclasses that accept fixture files.
+TORCHVISION: dict[str, str | type] = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def _torchvision_class(name: str) -> type:
+    cls = TORCHVISION[name]
+    if isinstance(cls, str):
+        import torchvision.datasets
+
+        cls = getattr(torchvision.datasets, cls)
+    return cls
 
 
 # The likelihood convention of each dataset (README, "Likelihood conventions"): the MNIST family is modelled as
@@ -179,7 +184,7 @@ def _gunzip(src: Path, dst: Path) -> None:
 
 
 def _load_torchvision(name: str, root: Path) -> Dataset:
-    cls = TORCHVISION[name]
+    cls = _torchvision_class(name)
     try:
         train, test = cls(str(root), train=True, download=False), cls(str(root), train=False, download=False)
     except Exception as e:

@@ -32,6 +32,10 @@ from bench.metrics import (
 )
 from bench.schema import (
     COPYING,
+    EVAL_FEATURES_S,
+    EVAL_GENERATE_S,
+    EVAL_LIKELIHOOD_S,
+    EVAL_SAMPLE_METRICS_S,
     FID,
     FID_MATCHED,
     GENERATED_IMAGES,
@@ -249,14 +253,18 @@ def score_samples(
     """The sample metrics of uint8 samples (cfg.num_samples, C, H, W) in every encoder's features, the first
     encoder's under the plain names and each extra one's with its suffix (fid_dinov2, ...), with the sample counts;
     the models' FID at the real-data row's N when that N is smaller (fid_matched); the data-copying statistic.
-    Also returns details: each extra encoder's reference digest, and the nearest training images of 8 samples in
-    the first encoder's features (the report's figure)."""
+    Also returns details: each extra encoder's reference digest, the nearest training images of 8 samples in
+    the first encoder's features (the report's figure), and the seconds spent on features and on metrics."""
     metrics = sample_counts(cfg, dataset, len(ref.features["features"]))
     details: dict = {"references": {}}
     matched = real_row_images(cfg, dataset)
+    seconds = {EVAL_FEATURES_S: 0.0, EVAL_SAMPLE_METRICS_S: 0.0}
     for i, ex in enumerate((extractor, *extras)):
         reference = ref if i == 0 else reference_features(ex, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+        t = time.perf_counter()
         features = ex(samples, cfg.batch_size)
+        seconds[EVAL_FEATURES_S] += time.perf_counter() - t
+        t = time.perf_counter()
         out = sample_metrics(features, reference.features, cfg)
         if matched < cfg.num_samples and matched > features["features"].shape[1]:
             # a seeded subset of the same samples at the real-data row's N (the bias of FID grows as 1/N)
@@ -267,6 +275,7 @@ def score_samples(
         for split in {"train", "test"} - set(splits):
             splits[split] = reference_features(ex, dataset, split, cache_dir, cfg.batch_size).features
         train, test = splits["train"]["features"], splits["test"]["features"]
+        t = time.perf_counter()  # (the reference splits' features above come from the cache, or are timed there)
         copying = data_copying(features["features"], train, test, cfg.copying_cells, cfg.seed)
         if copying is not None:  # None: no cell with enough generated and test samples to test (not logged)
             out[COPYING] = copying
@@ -276,6 +285,8 @@ def score_samples(
             details["nearest"] = (samples[:NEAREST_SHOWN], dataset.train_images[nearest])  # (8, C, H, W), (8, 3, ...)
         else:
             details["references"][ex.name] = reference.digest
+        seconds[EVAL_SAMPLE_METRICS_S] += time.perf_counter() - t
+    details["seconds"] = seconds
     return metrics, details
 
 
@@ -301,6 +312,7 @@ def evaluate_external(
     start = time.perf_counter()
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     metrics, details = score_samples(samples, dataset, cfg, extractor, ref, cache_dir, extras)
+    metrics.update(details.pop("seconds"))
     proto = protocol(cfg, dataset, extractor, ref.digest, device, extras=extra_parts(extras, details))
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, ref, details)
 
@@ -317,14 +329,19 @@ def evaluate(
     start = time.perf_counter()
     device = next(model.parameters()).device
     ref = reference_features(extractor, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    t = time.perf_counter()
     samples = generate(model, cfg.num_samples, cfg.batch_size, cfg.seed)
+    generate_s = time.perf_counter() - t
     metrics, details = score_samples(samples, dataset, cfg, extractor, ref, cache_dir, extras)
+    metrics.update({EVAL_GENERATE_S: generate_s, **details.pop("seconds")})  # where the evaluation's time goes
     observed = None
     if model.family == "vae":
+        t = time.perf_counter()
         test = dataset.test_images[: cfg.likelihood_images or None]
         observed = observe_test(test, dataset.observation, cfg.seed)
         metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
+        metrics[EVAL_LIKELIHOOD_S] = time.perf_counter() - t
     if cfg.ais.images:  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])

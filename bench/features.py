@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception
 
 from bench.config import DomainConfig
 from bench.data import Dataset
@@ -162,7 +161,8 @@ def _train_domain(net: DomainNet, dataset: Dataset, recipe: DomainConfig, device
 
 # torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code).
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_URL = fidelity_inception.URL_INCEPTION_V3
+# torch-fidelity's URL_INCEPTION_V3 (not imported from it: importing torch-fidelity costs seconds; a test compares)
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_HASH_PREFIX = "6726825d"  # torch.hub convention: the file's sha256 starts with it
 WEIGHTS_ENV = "BENCH_INCEPTION_WEIGHTS"
 
@@ -227,6 +227,8 @@ class InceptionNet(nn.Module):
 
     def __init__(self, weights: Path):
         super().__init__()
+        from torch_fidelity import feature_extractor_inceptionv3 as fidelity_inception  # seconds to import: here only
+
         self.net = fidelity_inception.FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
         )

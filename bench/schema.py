@@ -109,6 +109,10 @@ CHECKPOINTS = {  # which metrics a leaderboard reports
 TRAIN_S, EVAL_S, EVAL_BEST_S = "time/train_s", "time/eval_s", "time/eval_best_s"
 EVAL_REFERENCE_S, TRACKING_S = "time/eval_reference_s", "time/tracking_s"
 TRAIN_IMAGES_PER_S = "throughput/train_images_per_s"
+# where an evaluation's time/eval_s goes (AIS logs its own: time/ais_select_s, time/ais_s)
+EVAL_GENERATE_S, EVAL_FEATURES_S = "time/eval_generate_s", "time/eval_features_s"  # samples; every encoder's features
+EVAL_SAMPLE_METRICS_S = "time/eval_sample_metrics_s"  # FID, KID, IS, P/R, D/C, FID∞, C_T, nearest images
+EVAL_LIKELIHOOD_S = "time/eval_likelihood_s"  # the VAEs' ELBO/IWAE bound and reconstruction quality
 
 
 @dataclass(frozen=True)

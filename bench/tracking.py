@@ -225,6 +225,25 @@ def attach_run(uri: str, run_id: str) -> Run:
     return Run(client, run_id, client.get_run(run_id).info.artifact_uri)
 
 
+def _baked(model):
+    """`model` with every parametrisation (sngan's spectral norm, a plugin's weight norm) replaced by the weight it
+    computes now: torch refuses to pickle parametrised modules. The logged model computes the same function in eval
+    mode (samples and discriminator outputs are unchanged); resuming training uses the run's state-dict checkpoints,
+    which keep the parametrisations."""
+    from torch.nn.utils import parametrize
+
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            # removing a parametrisation deletes its property from the module's class, which a deep copy shares
+            # with the original model: give this module a class of its own first
+            cls = type(module)
+            own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, own)
+            for name in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
 class Run:
     """A handle on one MLflow run: batched metrics, params, tags and artifacts."""
 
@@ -287,7 +306,7 @@ class Run:
             code = [str(file.parent if file.name == "__init__.py" else file)]
         from importlib.metadata import version
 
-        portable = copy.deepcopy(model).cpu().eval()
+        portable = _baked(copy.deepcopy(model).cpu().eval())
         with tempfile.TemporaryDirectory() as tmp, _quiet_logger("mlflow.pytorch"):
             local = Path(tmp) / "model"
             mlflow.pytorch.save_model(

@@ -4,6 +4,10 @@ session-wide run of that tiny quick suite into a temporary MLflow store."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +76,47 @@ def quick_run(tmp_path_factory):
     lines: list[str] = []
     outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
     return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines}
+
+
+def seed_cache(quick_run, results: Path) -> None:
+    """The tiny recipe's domain extractor, already trained by the session's quick run (saves ~10 s per store)."""
+    shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
+
+
+def bench_run(results: Path, *extra: str) -> subprocess.Popen:
+    """`bench run` of the tiny quick suite with `extra` settings, as a user runs it (the console script), into
+    `results`, in its own process group (so a test can kill the suite as a whole)."""
+    bench = Path(sys.executable).parent / "bench"
+    args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
+    for setting in TINY + extra:
+        args += ["--set", setting]
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1"}
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+RESUME = ("models=['gan-mlp']", "seeds=[0]", "train.steps=300", "train.checkpoint_every=50", "train.eval_every=100")
+
+
+@pytest.fixture(scope="session")
+def killed_and_resumed(quick_run, tmp_path_factory):
+    """Issue 15's scenario, run once for the tests that look at it (tests/test_isolation.py checks the numbers,
+    tests/test_browser.py the MLflow UI; neither writes into it): `bench run` of gan-mlp seed 0 for 300 steps is
+    SIGKILLed as a whole (parent and worker) after its first checkpoint, then run again to the end."""
+    results = tmp_path_factory.mktemp("killed")
+    seed_cache(quick_run, results)
+    proc = bench_run(results, *RESUME)
+    checkpoints = results / "checkpoints"
+    wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+    proc.wait(timeout=30)
+    (last,) = checkpoints.glob("*/last.pt")
+    step = torch.load(last, weights_only=False)["step"]
+    again = bench_run(results, *RESUME)
+    out, _ = again.communicate(timeout=300)
+    return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,6 @@ installed by `make test` when missing) driven by Selenium. Screenshots go to res
 from __future__ import annotations
 
 import json
-import os
-import signal
 import urllib.request
 from pathlib import Path
 
@@ -127,26 +125,17 @@ def test_bench_ui_shows_the_suite_runs(quick_run, browser):
     assert proc.poll() is not None
 
 
-def test_a_resumed_cell_is_one_run_with_continuous_curves_in_the_ui(quick_run, browser, tmp_path):
-    """Issue 15's acceptance, as a user would look: SIGKILL a quick-suite cell mid-training, rerun, open the run in
-    the MLflow UI. One run for the cell, FINISHED, whose periodic/fid chart covers every evaluation step from the
-    first (the API says which steps; the screenshot shows the chart) and whose images sit at every sample step."""
+def test_a_resumed_cell_is_one_run_with_continuous_curves_in_the_ui(killed_and_resumed, browser):
+    """Issue 15's acceptance, as a user would look: SIGKILL a quick-suite cell mid-training, rerun (the session's
+    `killed_and_resumed`), open the run in the MLflow UI. One run for the cell, FINISHED, whose periodic/fid chart
+    covers every evaluation step from the first (the API says which steps; the screenshot shows the chart) and whose
+    images sit at every sample step."""
     import mlflow
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from tests.test_isolation import RESUME, _bench_run, _seed_cache
-
-    _seed_cache(quick_run, tmp_path)
-    proc = _bench_run(tmp_path, *RESUME)
-    wait_until(lambda: any((tmp_path / "checkpoints").glob("*/last.pt")), 120, "the first checkpoint")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    again = _bench_run(tmp_path, *RESUME)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, out
-
-    uri = tracking.default_uri(tmp_path)
+    assert killed_and_resumed["returncode"] == 0, killed_and_resumed["out"]
+    uri = tracking.default_uri(killed_and_resumed["results"])
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("quick")
     (cell,) = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("bench.model") == "gan-mlp"]

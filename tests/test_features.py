@@ -126,7 +126,9 @@ def test_inception_download_failure_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
     def no_network(url, dst, **kwargs):
-        assert url == features.INCEPTION_URL and dst.endswith(features.INCEPTION_FILE)
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        assert url == features.INCEPTION_URL == URL_INCEPTION_V3 and dst.endswith(features.INCEPTION_FILE)
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)

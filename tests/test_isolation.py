@@ -4,10 +4,7 @@ the same numbers, and SIGINT stops cleanly with a checkpoint."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,12 +16,7 @@ import torch
 
 from bench import tracking
 from bench.runner import run_suite
-from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search, tiny_config, wait_until
-
-
-def _seed_cache(quick_run, results: Path) -> None:
-    """The tiny recipe's domain extractor, already trained by the session's quick run (saves ~10 s per store)."""
-    shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
+from tests.conftest import RESUME, TINY, bench_run, child_runs, search, seed_cache, tiny_config, wait_until
 
 
 def _training_started(results: Path) -> bool:
@@ -51,7 +43,7 @@ def _running_worker(uri: str, model: str) -> int | None:
 def test_a_crash_or_divergence_stays_in_its_cell(quick_run, tmp_path):
     """gan-mlp seed 0's worker is SIGKILLed mid-training (as the out-of-memory killer would), vae-mlp diverges
     (lr 1e30): both are FAILED with the reason, and gan-mlp seed 1 still finishes."""
-    _seed_cache(quick_run, tmp_path)
+    seed_cache(quick_run, tmp_path)
     extra = ("seeds=[0, 1]", "train.steps=400", "train.checkpoint_every=100", "models.vae-mlp.lr=1e30")
     uri = tracking.default_uri(tmp_path)
     outcome: dict = {}
@@ -91,40 +83,16 @@ def test_a_crash_or_divergence_stays_in_its_cell(quick_run, tmp_path):
     assert "SIGKILL" in error
 
 
-def _bench_run(results: Path, *extra: str) -> subprocess.Popen:
-    bench = Path(sys.executable).parent / "bench"  # the console script, as a user runs it
-    args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
-    for setting in TINY + extra:
-        args += ["--set", setting]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1"}
-    return subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-
-
-RESUME = ("models=['gan-mlp']", "seeds=[0]", "train.steps=300", "train.checkpoint_every=50", "train.eval_every=100")
-
-
-def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run, tmp_path):
-    killed, whole = tmp_path / "killed", tmp_path / "whole"
-    for results in (killed, whole):
-        _seed_cache(quick_run, results)
-    proc = _bench_run(killed, *RESUME)
+def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(killed_and_resumed, quick_run, tmp_path):
+    killed, whole = killed_and_resumed["results"], tmp_path / "whole"
+    step, out = killed_and_resumed["killed_at"], killed_and_resumed["out"]
     checkpoints = killed / "checkpoints"
-    wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole suite: parent and worker, no chance to clean up
-    proc.wait(timeout=30)
-    (last,) = checkpoints.glob("*/last.pt")
-    step = torch.load(last, weights_only=False)["step"]
     assert 50 <= step < 300
-
-    again = _bench_run(killed, *RESUME)
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0, out
+    assert killed_and_resumed["returncode"] == 0, out
     assert "left RUNNING by a process that no longer exists: marked KILLED" in out
     assert f"resumed from its checkpoint at step {step}" in out
-    reference = _bench_run(whole, *RESUME)
+    seed_cache(quick_run, whole)
+    reference = bench_run(whole, *RESUME)
     out_whole, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out_whole
 
@@ -155,9 +123,9 @@ def test_sigkill_mid_suite_then_resume_gives_the_uninterrupted_numbers(quick_run
     ],
 )
 def test_sigint_or_sigterm_stops_cleanly_with_a_checkpoint(quick_run, tmp_path, stop):
-    _seed_cache(quick_run, tmp_path)
+    seed_cache(quick_run, tmp_path)
     settings = ("models=['gan-mlp']", "seeds=[0]", "train.steps=2000", "train.checkpoint_every=5000")
-    proc = _bench_run(tmp_path, *settings)
+    proc = bench_run(tmp_path, *settings)
     uri = tracking.default_uri(tmp_path)
 
     wait_until(lambda: _training_started(tmp_path), 120, "the first sample grid")

@@ -8,8 +8,7 @@ from bench import tracking
 from bench.config import ConfigError
 from bench.executors import RayExecutor
 from bench.runner import run_suite
-from tests.conftest import TINY, child_runs, tiny_config
-from tests.test_isolation import _seed_cache
+from tests.conftest import TINY, child_runs, seed_cache, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def local_ray(tmp_path_factory):
 
 
 def test_quick_suite_on_local_ray_gives_the_local_executors_cells(quick_run, local_ray, tmp_path):
-    _seed_cache(quick_run, tmp_path)
+    seed_cache(quick_run, tmp_path)
     extra = ("seeds=[0, 1]",)
     outcomes = run_suite(
         tiny_config(*extra), "quick", results=tmp_path, overrides=TINY + extra, executor="ray", progress=False
@@ -53,7 +52,7 @@ def test_ray_cells_log_to_a_tracking_server(quick_run, local_ray, tmp_path):
     from tests.test_server import server_process
 
     with server_process(tmp_path / "server") as uri:
-        _seed_cache(quick_run, tmp_path)
+        seed_cache(quick_run, tmp_path)
         extra = ("seeds=[0]", "models=['vae-mlp']")
         outcomes = run_suite(
             tiny_config(*extra), "quick", tracking_uri=uri, results=tmp_path, overrides=TINY + extra,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from click.testing import CliRunner
 
 import baselines
@@ -53,6 +54,14 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
     assert ((vae["metrics.recon_ssim"] > 0) & (vae["metrics.recon_ssim"] <= 1) & (vae["metrics.recon_psnr"] > 0)).all()
     assert vae["metrics.elbo"].add(vae["metrics.rate"]).add(vae["metrics.distortion"]).abs().max() < 1e-6
     assert runs["params.train.steps"].eq("20").all() and runs["params.model.latent_dim"].notna().all()
+    # where each evaluation's time went: every phase timed, the phases within the whole (the GPU check's table)
+    phases = ["time/eval_generate_s", "time/eval_features_s", "time/eval_sample_metrics_s", "time/ais_s"]
+    for _, run in runs.iterrows():
+        timed = phases + (["time/eval_likelihood_s"] if run["tags.bench.family"] == "vae" else [])
+        assert all(run[f"metrics.{p}"] > 0 for p in timed), run[[f"metrics.{p}" for p in timed]]
+        total = sum(run[f"metrics.{p}"] for p in timed) + run["metrics.time/ais_select_s"]
+        assert total <= run["metrics.time/eval_s"] <= total + 10.0, (total, run["metrics.time/eval_s"])
+    assert runs.loc[runs["tags.bench.family"] == "gan", "metrics.time/eval_likelihood_s"].isna().all()
 
 
 def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_run):
@@ -310,3 +319,19 @@ def test_real_data_reference_row(quick_run):
     assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
     assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
     assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (64, 3, 32, 32), (1, 1, 8, 8)])
+def test_sample_grids_have_torchvisions_layout(shape):
+    """bench.cell.grid draws its own grids (importing torchvision costs every worker seconds); the reference is
+    torchvision's make_grid with the same padding and border value."""
+    from torchvision.utils import make_grid
+
+    from bench.cell import grid
+
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = make_grid(images, nrow=8, padding=2, pad_value=128).permute(1, 2, 0).numpy()
+    ours = grid(images)
+    assert ours.shape == expected.shape and (ours == expected).all()
+    four = make_grid(images, nrow=4, padding=2, pad_value=128).permute(1, 2, 0).numpy()
+    assert (grid(images, per_row=4) == four).all()

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, seed_cache
 from tests.test_ui import free_port, wait_healthy
 
 
@@ -47,9 +47,10 @@ def server(tmp_path_factory):
         yield uri
 
 
-def test_quick_suite_and_report_against_a_tracking_server(server, tmp_path, monkeypatch):
+def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
+    seed_cache(quick_run, tmp_path)  # the domain extractor is not what is under test here
     args = ["run", "--suite", "quick", "--tracking-uri", server, "--no-progress"]
     result = CliRunner().invoke(main, [*args, *(a for t in TINY for a in ("--set", t))])
     assert result.exit_code == 0, result.output
