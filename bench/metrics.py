@@ -133,22 +133,28 @@ def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, se
 COPYING_MIN_SAMPLES = 20  # cells with fewer generated (or test) samples are left out of C_T, as in Meehan et al.
 
 
-def data_copying(
-    generated: torch.Tensor, train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0
-) -> float | None:
-    """The C_T statistic of Meehan, Chaudhuri & Dasgupta 2020 ("A Non-Parametric Test to Detect Data-Copying in
-    Generative Models"). The feature space is cut into `cells` cells by k-means on the training features. In each
-    cell, the distances to the nearest training feature of the generated samples are compared with those of the
-    held-out test samples by the Mann-Whitney U test, as its z-score: negative when generated samples sit closer to
-    the training data than unseen real data do. C_T is the average of the cells' z-scores weighted by the cells'
-    share of test samples, over the cells with at least COPYING_MIN_SAMPLES generated and test samples. C_T ≪ 0
-    (the authors flag below −3) means data copying; ≈ 0 none; > 0 samples further from the training data than
-    test data (underfitting). None when no cell holds enough samples (e.g. a model collapsed into a corner)."""
+def nearest_distance(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Each row of a's Euclidean distance to its nearest row of b, (len(a),) float64, reduced chunk by chunk (the
+    whole matrix of 10,000 × 60,000 distances would be 4.8 GB)."""
+    b = b.double()
+    return torch.cat([torch.cdist(a[i : i + chunk].double(), b).min(1).values for i in range(0, len(a), chunk)])
+
+
+def nearest_centre(a: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """The index of each row of a's nearest centre, (len(a),)."""
+    return torch.cat([torch.cdist(a[i : i + chunk].double(), centres).argmin(1) for i in range(0, len(a), chunk)])
+
+
+def copying_reference(train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0) -> dict:
+    """The half of the C_T test (`data_copying`) that does not depend on the model, computed once per reference:
+    the k-means cells of the training features (Lloyd's algorithm from `cells` seeded training points, at most 50
+    iterations; an emptied cell keeps its centre), the cell of each test feature and its distance to the nearest
+    training feature."""
     g = torch.Generator().manual_seed(seed)
     train = train.double()
     centres = train[torch.randperm(len(train), generator=g)[:cells]].clone()
-    for _ in range(50):  # Lloyd's k-means; an emptied cell keeps its centre
-        assign = pairwise_distances(train, centres).argmin(1)
+    for _ in range(50):
+        assign = nearest_centre(train, centres)
         moved = centres.clone()
         for c in range(len(centres)):
             members = train[assign == c]
@@ -157,8 +163,30 @@ def data_copying(
         if torch.allclose(moved, centres):
             break
         centres = moved
-    gen_cell, test_cell = pairwise_distances(generated, centres).argmin(1), pairwise_distances(test, centres).argmin(1)
-    gen_nn, test_nn = pairwise_distances(generated, train).min(1).values, pairwise_distances(test, train).min(1).values
+    return {"centres": centres, "test_cell": nearest_centre(test, centres), "test_nn": nearest_distance(test, train)}
+
+
+def data_copying(
+    generated: torch.Tensor,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    cells: int = 20,
+    seed: int = 0,
+    reference: dict | None = None,
+) -> float | None:
+    """The C_T statistic of Meehan, Chaudhuri & Dasgupta 2020 ("A Non-Parametric Test to Detect Data-Copying in
+    Generative Models"). The feature space is cut into `cells` cells by k-means on the training features. In each
+    cell, the distances to the nearest training feature of the generated samples are compared with those of the
+    held-out test samples by the Mann-Whitney U test, as its z-score: negative when generated samples sit closer to
+    the training data than unseen real data do. C_T is the average of the cells' z-scores weighted by the cells'
+    share of test samples, over the cells with at least COPYING_MIN_SAMPLES generated and test samples. C_T ≪ 0
+    (the authors flag below −3) means data copying; ≈ 0 none; > 0 samples further from the training data than
+    test data (underfitting). None when no cell holds enough samples (e.g. a model collapsed into a corner).
+    `reference`: copying_reference(train, test, cells, seed), when computed once for many models."""
+    if reference is None:
+        reference = copying_reference(train, test, cells, seed)
+    centres, test_cell, test_nn = reference["centres"], reference["test_cell"], reference["test_nn"]
+    gen_cell, gen_nn = nearest_centre(generated, centres), nearest_distance(generated, train)
     total, weight = 0.0, 0.0
     for c in range(len(centres)):
         q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
@@ -168,7 +196,7 @@ def data_copying(
         # U = #{(i, j): L(Q_i) > L(P_j)} (+ half the ties), its null mean m n / 2 and variance m n (m + n + 1) / 12
         u = (q[:, None] > p[None, :]).sum().item() + 0.5 * (q[:, None] == p[None, :]).sum().item()
         z = (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
-        share = n / len(test)
+        share = n / len(test_nn)
         total, weight = total + share * z, weight + share
     if weight == 0:  # e.g. a collapsed model whose samples all fall in a cell with few test images
         return None

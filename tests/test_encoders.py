@@ -58,6 +58,61 @@ def test_the_copying_statistic_on_synthetic_features():
     assert metrics.data_copying(blurred, train, test, cells=10) > 3  # further from the training data: underfitting
 
 
+def test_the_copying_statistic_equals_scipys_kmeans_and_mann_whitney():
+    """C_T rebuilt from independent parts: scipy's k-means (Lloyd's algorithm from the same seeded training
+    points), scipy's nearest-neighbour distances (cKDTree) and scipy's Mann-Whitney U per cell, weighted by the
+    cells' test shares (Meehan et al. 2020)."""
+    from scipy.cluster.vq import kmeans2
+    from scipy.spatial import cKDTree
+    from scipy.stats import mannwhitneyu
+
+    train, test = _features(3000, 6, seed=6), _features(600, 6, seed=7)
+    generated = train[600:1200] + 0.7 * _features(600, 6, seed=9)
+    cells, seed = 10, 3
+    start = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:cells]]
+    centres, _ = kmeans2(train.numpy(), start.numpy(), iter=50, minit="matrix", missing="warn")
+    tree, cell_of = cKDTree(train.numpy()), lambda x: cKDTree(centres).query(x.numpy())[1]
+    gen_nn, test_nn = tree.query(generated.numpy())[0], tree.query(test.numpy())[0]
+    gen_cell, test_cell = cell_of(generated), cell_of(test)
+    total = weight = 0.0
+    for c in range(cells):
+        q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
+        if min(len(q), len(p)) < metrics.COPYING_MIN_SAMPLES:
+            continue
+        u = mannwhitneyu(q, p, alternative="two-sided", method="asymptotic").statistic  # U of the first sample
+        m, n = len(q), len(p)
+        z = (u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12)
+        total, weight = total + n / len(test) * z, weight + n / len(test)
+    expected = total / weight
+    ours = metrics.data_copying(generated, train, test, cells=cells, seed=seed)
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    # computed once per reference (the suite's cache), the model's half gives the same number
+    reference = metrics.copying_reference(train, test, cells, seed)
+    assert metrics.data_copying(generated, train, test, cells, seed, reference) == ours
+
+
+def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):
+    """evaluate.copying_cells: computed once per (train and test feature digests, cells, seed), then loaded."""
+    from bench import evaluate
+    from bench.config import EvalConfig
+    from bench.features import Reference
+
+    train, test = _features(2000, 6, seed=6), _features(400, 6, seed=7)
+    refs = [Reference({"features": f}, digest, False, 0.0, tmp_path) for f, digest in ((train, "tr"), (test, "te"))]
+    cfg = EvalConfig(copying_cells=8)
+    first = evaluate.copying_cells(*refs, cfg, tmp_path)
+    assert len(list(tmp_path.glob("copying-*.pt"))) == 1
+
+    def not_again(*args):
+        raise AssertionError("recomputed despite the cache")
+
+    monkeypatch.setattr(evaluate, "copying_reference", not_again)
+    again = evaluate.copying_cells(*refs, cfg, tmp_path)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.raises(AssertionError, match="recomputed"):  # another seed is another key
+        evaluate.copying_cells(*refs, EvalConfig(copying_cells=8, seed=1), tmp_path)
+
+
 def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
     """The check through the real pipeline (digits, domain features, `bench eval`'s scoring): a "model" that returns
     training images verbatim is flagged; one that returns held-out test images is not; a noisy one is not."""
