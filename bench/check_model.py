@@ -126,8 +126,28 @@ def check(name: str, image_shape: tuple[int, int, int] = (1, 28, 28), observatio
         _expect(all(torch.isfinite(p).all() for p in model.parameters()), "parameters became non-finite")
         return f"{text} ({(time.perf_counter() - start) * 1000:.0f} ms on the CPU)"
 
+    def logged() -> str:
+        import io
+        import pickle
+
+        from bench.tracking import portable_copy
+
+        model.eval()
+        buffer = io.BytesIO()
+        torch.save(portable_copy(model), buffer, pickle_module=pickle)  # as mlflow.pytorch stores a model
+        size = buffer.tell()
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        again = loaded.sample(6, generator=torch.Generator().manual_seed(1))
+        _expect(
+            torch.equal(again, model.sample(6, generator=torch.Generator().manual_seed(1))),
+            "the pickled copy samples differently from the model",
+        )
+        return f"pickles ({size / 1e6:.1f} MB) and samples the same after loading"
+
     run("sample(n, generator)", sample)
     run("decoder_mean(z)", decoder_mean)
+    run("logged as an MLflow model (model/final)", logged)
     run(f"one train_step on {model.batches_per_step} x 8 real images", train_step)
     if cls.family == "vae":
         model.eval()

@@ -225,6 +225,13 @@ def attach_run(uri: str, run_id: str) -> Run:
     return Run(client, run_id, client.get_run(run_id).info.artifact_uri)
 
 
+def portable_copy(model):
+    """What `Run.log_model` pickles: a CPU copy of `model` in eval mode, its parametrisations baked in."""
+    import copy
+
+    return _baked(copy.deepcopy(model).cpu().eval())
+
+
 def _baked(model):
     """`model` with every parametrisation (sngan's spectral norm, a plugin's weight norm) replaced by the weight it
     computes now: torch refuses to pickle parametrised modules. The logged model computes the same function in eval
@@ -293,7 +300,6 @@ class Run:
         is importable from the installed genbench; a plugin's module travels with it as code); on the CPU, so any
         machine loads it. The run's own artifact directory, not a separate MLflow LoggedModel: MLflow 3 resolves
         `runs:/ID/NAME` only for artifacts of the run."""
-        import copy
         import tempfile
 
         import mlflow.pytorch
@@ -306,7 +312,7 @@ class Run:
             code = [str(file.parent if file.name == "__init__.py" else file)]
         from importlib.metadata import version
 
-        portable = _baked(copy.deepcopy(model).cpu().eval())
+        portable = portable_copy(model)
         with tempfile.TemporaryDirectory() as tmp, _quiet_logger("mlflow.pytorch"):
             local = Path(tmp) / "model"
             mlflow.pytorch.save_model(

@@ -84,6 +84,14 @@ class FloatSamples(nn.Module):
         return self.decoder_mean(torch.randn(n, 4, generator=generator))
 
 
+class Unpicklable(FloatSamples):
+    """Keeps a lambda: it trains and samples, but cannot be pickled, so the end of its cell could not log it."""
+
+    def __init__(self, config, image_shape):
+        super().__init__(config, image_shape)
+        self.scale = lambda x: x
+
+
 class NoSample(nn.Module):
     family = "gan"
     Config = Config
@@ -106,7 +114,12 @@ def test_check_model_names_each_broken_part_in_one_line(tmp_path, monkeypatch):
     fails = [line for line in result.output.splitlines() if "FAIL" in line]
     assert any("sample(n, generator): samples must be uint8" in line for line in fails), result.output
     assert any("train_step" in line and "non-finite losses" in line for line in fails), result.output
-    assert "ok    decoder_mean" in result.output
+    assert "ok    decoder_mean" in result.output and "ok    logged as an MLflow model" in result.output
+    config = _config_with_plugins(tmp_path, {"lambda-gan": "broken_models:Unpicklable"})
+    result = CliRunner().invoke(main, ["check-model", "lambda-gan", "--config", str(config)])
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if "logged as an MLflow model" in line]
+    assert "FAIL" in line and "pickle" in line.lower(), result.output
     # a class that breaks the contract is refused when the config is read: exit 2, one line, before anything runs
     config = _config_with_plugins(tmp_path, {"no-sample": "broken_models:NoSample"})
     result = CliRunner().invoke(main, ["list", "--config", str(config)])
@@ -152,7 +165,7 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"tiny-gan\s+gan", listed.stdout) and "plugin: tiny_gan:TinyGAN" in listed.stdout
     checked = bench("check-model", "tiny-gan", "--config", str(BENCH_TOML))
-    assert checked.returncode == 0 and "tiny-gan: all 5 checks passed" in checked.stdout, checked.stdout
+    assert checked.returncode == 0 and "tiny-gan: all 6 checks passed" in checked.stdout, checked.stdout
     overrides = [x for o in (*TINY, "models=['gan-mlp','tiny-gan']", "seeds=[0]") for x in ("--set", o)]
     ran = bench("run", "--suite", "quick", "--config", str(BENCH_TOML), "--no-progress", *overrides)
     assert ran.returncode == 0, ran.stdout + ran.stderr
