@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid
 
 import baselines
 from bench import schema, tracking
@@ -274,26 +275,10 @@ def _model_metadata(cell: Cell, step: int) -> dict[str, str]:
     }
 
 
-GRID_PADDING, GRID_PAD_VALUE = 2, 128
-
-
 def grid(images: torch.Tensor, per_row: int = 8) -> np.ndarray:
-    """uint8 (N, C, H, W) → one (H', W', 3) uint8 grid image, `per_row` images per row, a 2-pixel grey border
-    around each (the layout of torchvision's make_grid(padding=2, pad_value=128), without importing torchvision,
-    whose import costs every worker seconds); grey images are repeated to RGB; one image is returned unpadded."""
-    n, c, h, w = images.shape
-    if c == 1:
-        images = images.expand(-1, 3, -1, -1)
-    if n == 1:  # one image: itself, unpadded (as make_grid)
-        return images[0].permute(1, 2, 0).numpy()
-    columns = min(per_row, n)
-    rows = -(-n // columns)
-    p = GRID_PADDING
-    out = torch.full((images.shape[1], rows * (h + p) + p, columns * (w + p) + p), GRID_PAD_VALUE, dtype=images.dtype)
-    for i, image in enumerate(images):
-        y, x = divmod(i, columns)
-        out[:, y * (h + p) + p : (y + 1) * (h + p), x * (w + p) + p : (x + 1) * (w + p)] = image
-    return out.permute(1, 2, 0).numpy()
+    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, `per_row` images per row."""
+    tiled = make_grid(images, nrow=per_row, padding=2, pad_value=128)  # (C, H', W') uint8
+    return tiled.permute(1, 2, 0).numpy()
 
 
 @dataclass

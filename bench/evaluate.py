@@ -272,13 +272,10 @@ def score_samples(
             idx = torch.randperm(cfg.num_samples, generator=torch.Generator().manual_seed(cfg.seed))[:matched]
             out[FID_MATCHED] = fid(features["features"][idx], reference.features["features"])
         seconds[EVAL_SAMPLE_METRICS_S] += time.perf_counter() - t
-        # the copying test's training and held-out features: the reference split's are already loaded
-        splits = {cfg.reference_split: reference}
-        for split in {"train", "test"} - set(splits):
-            splits[split] = reference_features(ex, dataset, split, cache_dir, cfg.batch_size)
-        t = time.perf_counter()  # (the other split's features come from the cache, or are computed once per suite)
-        train, test = splits["train"].features["features"], splits["test"].features["features"]
-        cells = copying_cells(splits["train"], splits["test"], cfg, cache_dir)
+        train_ref, test_ref = copying_splits(ex, dataset, cfg, cache_dir, reference)
+        t = time.perf_counter()  # (the other split's features and the cells come from the cache: `prepare_copying`)
+        train, test = train_ref.features["features"], test_ref.features["features"]
+        cells = copying_cells(train_ref, test_ref, cfg, cache_dir)
         copying = data_copying(features["features"], train, test, cfg.copying_cells, cfg.seed, cells)
         if copying is not None:  # None: no cell with enough generated and test samples to test (not logged)
             out[COPYING] = copying
@@ -294,6 +291,26 @@ def score_samples(
 
 
 NEAREST_SHOWN = 8  # samples shown beside their 3 nearest training images
+
+
+def copying_splits(
+    ex: Extractor, dataset: Dataset, cfg: EvalConfig, cache_dir: Path, reference: Reference
+) -> tuple[Reference, Reference]:
+    """The copying test's training and held-out features, (train, test): `reference` (the reference split's, already
+    loaded) and the other split's from the cache."""
+    splits = {cfg.reference_split: reference}
+    for split in {"train", "test"} - set(splits):
+        splits[split] = reference_features(ex, dataset, split, cache_dir, cfg.batch_size)
+    return splits["train"], splits["test"]
+
+
+def prepare_copying(ex: Extractor, dataset: Dataset, cfg: EvalConfig, cache_dir: Path) -> float:
+    """The suite computes each encoder's copying cells once, before its cells start, so that workers running side
+    by side (--cells-per-gpu) load them rather than each computing them. Returns the seconds it took."""
+    start = time.perf_counter()
+    reference = reference_features(ex, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
+    copying_cells(*copying_splits(ex, dataset, cfg, cache_dir, reference), cfg, cache_dir)
+    return time.perf_counter() - start
 
 
 def copying_cells(train: Reference, test: Reference, cfg: EvalConfig, cache_dir: Path) -> dict:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-GRID_PADDING = 2  # bench.cell.grid: a 2-pixel border, 8 images per row
+GRID_PADDING = 2  # bench.cell.grid: make_grid(padding=2), 8 images per row
 GRID_COLUMNS = 8
 DPI = 110
 

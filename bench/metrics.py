@@ -100,14 +100,28 @@ def precision_recall(
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
-def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """Euclidean distances (len(a), len(b)) in float64, in row chunks (memory, not math)."""
-    return torch.cat([torch.cdist(a[i : i + chunk].double(), b.double()) for i in range(0, len(a), chunk)])
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor, reduce=None, chunk: int = 2048) -> torch.Tensor:
+    """Euclidean distances (len(a), len(b)) in float64, in row chunks (memory, not math). `reduce`, applied to each
+    chunk's (rows, len(b)) distances, keeps only what is needed per row (a minimum, an index), so the whole matrix
+    never exists: 10,000 × 60,000 distances would be 4.8 GB."""
+    b = b.double()
+    chunks = (torch.cdist(a[i : i + chunk].double(), b) for i in range(0, len(a), chunk))
+    return torch.cat([d if reduce is None else reduce(d) for d in chunks])
+
+
+def nearest_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each row of a's Euclidean distance to its nearest row of b, (len(a),) float64."""
+    return pairwise_distances(a, b, lambda d: d.min(1).values)
+
+
+def nearest_centre(a: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """The index of each row of a's nearest centre, (len(a),)."""
+    return pairwise_distances(a, centres, lambda d: d.argmin(1))
 
 
 def _kth_neighbour(x: torch.Tensor, k: int) -> torch.Tensor:
     """Distance of each row of x to its k-th nearest other row (the radius of its k-NN ball), (N,)."""
-    return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values  # the 1st smallest is the row itself, at 0
+    return pairwise_distances(x, x, lambda d: d.kthvalue(k + 1, dim=1).values)  # the 1st smallest: the row itself
 
 
 def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, seed: int = 0) -> tuple[float, float]:
@@ -131,18 +145,6 @@ def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, se
 
 
 COPYING_MIN_SAMPLES = 20  # cells with fewer generated (or test) samples are left out of C_T, as in Meehan et al.
-
-
-def nearest_distance(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Each row of a's Euclidean distance to its nearest row of b, (len(a),) float64, reduced chunk by chunk (the
-    whole matrix of 10,000 × 60,000 distances would be 4.8 GB)."""
-    b = b.double()
-    return torch.cat([torch.cdist(a[i : i + chunk].double(), b).min(1).values for i in range(0, len(a), chunk)])
-
-
-def nearest_centre(a: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """The index of each row of a's nearest centre, (len(a),)."""
-    return torch.cat([torch.cdist(a[i : i + chunk].double(), centres).argmin(1) for i in range(0, len(a), chunk)])
 
 
 def copying_reference(train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0) -> dict:

@@ -20,7 +20,7 @@ from bench.config import BenchConfig, Cell, ConfigError, expand
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.devices import bf16_note, resolve_device
-from bench.evaluate import evaluate_real, extra_parts, fingerprint, protocol
+from bench.evaluate import evaluate_real, extra_parts, fingerprint, prepare_copying, protocol
 from bench.executors import build_executor
 from bench.features import Extractor, build_extractor, find_weights, reference_features
 from bench.interrupts import interrupt_on
@@ -134,6 +134,9 @@ def _run_suite(
     try:
         for name in suite.datasets:
             run_real_reference(datasets[name], suite, ctx)
+            for extractor in (suite.eval.extractor, *suite.eval.extra_extractors):
+                seconds = prepare_copying(extractors[(name, extractor)], datasets[name], suite.eval, results / "cache")
+                echo(f"copying-test cells of {name} in {extractor} features: ready in {seconds:.1f}s")
 
         def run_numbered(numbered: tuple[int, Cell]) -> Outcome:
             index, cell = numbered

@@ -54,6 +54,11 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
     assert ((vae["metrics.recon_ssim"] > 0) & (vae["metrics.recon_ssim"] <= 1) & (vae["metrics.recon_psnr"] > 0)).all()
     assert vae["metrics.elbo"].add(vae["metrics.rate"]).add(vae["metrics.distortion"]).abs().max() < 1e-6
     assert runs["params.train.steps"].eq("20").all() and runs["params.model.latent_dim"].notna().all()
+    # the copying test's cells are computed once, by the suite, before any cell: the workers only load them
+    log = quick_run["log"]
+    ready = [i for i, line in enumerate(log) if line.startswith("copying-test cells of digits in domain features")]
+    assert len(ready) == 1 and ready[0] < min(i for i, line in enumerate(log) if line.startswith("[1/4]")), log[:12]
+    assert len(list((quick_run["results"] / "cache").glob("copying-*.pt"))) == 1
     # where each evaluation's time went: every phase timed, the phases within the whole (the GPU check's table)
     phases = ["time/eval_generate_s", "time/eval_features_s", "time/eval_sample_metrics_s", "time/ais_s"]
     for _, run in runs.iterrows():
@@ -69,7 +74,6 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     the final evaluation is reused, not repeated. Both claims are checked against the logged checkpoints: a fresh
     evaluation of best.pt reproduces best/*, and its periodic FID is recomputed from the selection rule (its own
     latent seed, the held-out test split), which differs from the FID of the scored latents and split."""
-    import torch
 
     from bench import schema
     from bench.data import load
@@ -111,7 +115,6 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
 def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     """Periodic FIDs 5, 2, 3, 4 at steps 5, 10, 15, 20: the step-10 checkpoint is the best one. Its best/* metrics
     must equal a full evaluation of the logged best.pt, and differ from the final ones."""
-    import torch
 
     from bench import evaluate as evaluate_mod
     from bench.evaluate import evaluate
@@ -319,19 +322,3 @@ def test_real_data_reference_row(quick_run):
     assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
     assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
     assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
-
-
-@pytest.mark.parametrize("shape", [(5, 1, 28, 28), (64, 3, 32, 32), (1, 1, 8, 8)])
-def test_sample_grids_have_torchvisions_layout(shape):
-    """bench.cell.grid draws its own grids (importing torchvision costs every worker seconds); the reference is
-    torchvision's make_grid with the same padding and border value."""
-    from torchvision.utils import make_grid
-
-    from bench.cell import grid
-
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    expected = make_grid(images, nrow=8, padding=2, pad_value=128).permute(1, 2, 0).numpy()
-    ours = grid(images)
-    assert ours.shape == expected.shape and (ours == expected).all()
-    four = make_grid(images, nrow=4, padding=2, pad_value=128).permute(1, 2, 0).numpy()
-    assert (grid(images, per_row=4) == four).all()
