@@ -102,8 +102,8 @@ def run(
     """Train and evaluate every cell of a suite; log everything to MLflow."""
     cfg = _load(config_path, overrides, suite)
     from bench.data import DataError
-    from bench.features import ExtractorError
-    from bench.runner import plan_suite, run_suite
+    from bench.eval.encoders import ExtractorError
+    from bench.run.suite import plan_suite, run_suite
     from bench.tracking import TrackingError
 
     if dry_run:
@@ -187,9 +187,9 @@ def perf(
     MLflow experiment `perf`. The speed options apply to genbench's loop; the reference loop stays plain fp32 eager.
     On CUDA the GPU's utilisation is sampled too (time enough steps, e.g. --steps 1000, for NVML to see them)."""
     import baselines
-    from bench import perf as perf_mod
     from bench import tracking
     from bench.devices import bf16_note, resolve_device
+    from bench.tools import perf as perf_mod
 
     names = [m.strip() for m in (models or ",".join(baselines.MODELS)).split(",") if m.strip()]
     unknown = [m for m in names if m not in baselines.MODELS]
@@ -298,9 +298,9 @@ def eval_(
     from bench import tracking
     from bench.data import DataError, load
     from bench.devices import resolve_device
-    from bench.external import SampleError, score_and_log
-    from bench.features import ExtractorError
-    from bench.metrics import MetricError
+    from bench.eval.encoders import ExtractorError
+    from bench.eval.metrics import MetricError
+    from bench.tools.external import SampleError, score_and_log
 
     try:
         data = load(dataset)
@@ -353,7 +353,7 @@ def sample(
     """Draw samples from the model a `bench run` cell logged to MLflow (run RUN_ID)."""
     from bench import tracking
     from bench.devices import resolve_device
-    from bench.external import SampleError, draw, write_samples
+    from bench.tools.external import SampleError, draw, write_samples
 
     if out.suffix not in (".png", ".npz", ".npy"):
         _fail(f"--out {out}: write .png (a grid), .npz or .npy (the uint8 array)")
@@ -381,7 +381,7 @@ def check_model(name: str, shape: str, config_path: str) -> None:
     """Check that model NAME (a baseline or a plugin) keeps the model contract, in seconds on the CPU."""
     _load(config_path)  # registers the plugins of bench.toml and of installed packages
     import baselines
-    from bench.check_model import check
+    from bench.tools.check_model import check
 
     if name not in baselines.models():
         _fail(f"unknown model {name!r}; known models: {', '.join(baselines.models())}")
@@ -413,7 +413,7 @@ def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: st
     """Write the suite's leaderboard (markdown, HTML, CSV and figures) from the tracking store."""
     cfg = _load(config_path, suite=suite)
     from bench import tracking
-    from bench.report_files import write_report
+    from bench.report.files import write_report
 
     uri = tracking.resolve_uri(tracking_uri, _results())
     out_dir = Path(out) if out else _results() / "reports" / suite

@@ -68,7 +68,7 @@ def tiny_config(*extra: str) -> config.BenchConfig:
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
     """The quick suite (digits × gan-mlp, vae-mlp × seeds 0, 1), tiny budget, into a fresh sqlite store."""
-    from bench.runner import run_suite
+    from bench.run.suite import run_suite
     from bench.tracking import default_uri
 
     results = tmp_path_factory.mktemp("results")

@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 
 import baselines
-from bench import ais as A
 from bench.config import AISConfig, TrainConfig
 from bench.data import load
-from bench.train import train
+from bench.eval import ais as A
+from bench.run.train import train
 
 
 class LinearGaussian(nn.Module):
@@ -273,7 +273,7 @@ def test_bits_per_dim_255_is_the_change_of_variables_to_the_0_255_scale():
     import numpy as np
     from scipy.stats import norm
 
-    from bench.ais import bits_per_dim_255
+    from bench.eval.ais import bits_per_dim_255
 
     rng = np.random.default_rng(0)
     x, mu, sigma = rng.uniform(0, 1, 784), rng.uniform(0, 1, 784), 0.1

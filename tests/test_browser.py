@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import report_files, tracking
+from bench import tracking
 from bench.config import PublishedReference
+from bench.report import files as report_files
 from tests.conftest import REPO, wait_until
 from tests.test_ui import free_port, wait_healthy
 

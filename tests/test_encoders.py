@@ -14,11 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from bench import features, metrics
 from bench.cli import main
 from bench.data import load
-from bench.evaluate import evaluate_external
-from bench.features import DINOV2_ENV, build_extractor, dinov2_weights
+from bench.eval import encoders as features
+from bench.eval import metrics
+from bench.eval.encoders import DINOV2_ENV, build_extractor, dinov2_weights
+from bench.eval.pipeline import evaluate_external
 from tests.conftest import child_runs, tiny_config
 
 
@@ -93,9 +94,9 @@ def test_the_copying_statistic_equals_scipys_kmeans_and_mann_whitney():
 
 def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):
     """evaluate.copying_cells: computed once per (train and test feature digests, cells, seed), then loaded."""
-    from bench import evaluate
     from bench.config import EvalConfig
-    from bench.features import Reference
+    from bench.eval import pipeline as evaluate
+    from bench.eval.encoders import Reference
 
     train, test = _features(2000, 6, seed=6), _features(400, 6, seed=7)
     refs = [Reference({"features": f}, digest, False, 0.0, tmp_path) for f, digest in ((train, "tr"), (test, "te"))]
@@ -217,7 +218,8 @@ def small_digits(name="digits", root=None):
 
 
 def test_a_suite_with_two_encoders_logs_both_under_distinct_names(dinov2_s_weights, tmp_path, monkeypatch):
-    from bench import report_files, runner
+    from bench.report import files as report_files
+    from bench.run import suite as runner
 
     monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
     monkeypatch.setattr(runner, "load_dataset", small_digits)

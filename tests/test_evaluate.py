@@ -9,8 +9,8 @@ import torch
 
 from bench.config import AISConfig, EvalConfig
 from bench.data import load
-from bench.evaluate import fingerprint, protocol
-from bench.features import Extractor
+from bench.eval.encoders import Extractor
+from bench.eval.pipeline import fingerprint, protocol
 
 CPU = torch.device("cpu")
 

@@ -10,8 +10,8 @@ import mlflow
 import pytest
 
 from bench.config import ConfigError
-from bench.executors import InlineExecutor, LocalExecutor
-from bench.runner import aggregate_throughput, run_suite
+from bench.run.executors import InlineExecutor, LocalExecutor
+from bench.run.suite import aggregate_throughput, run_suite
 from bench.tracking import default_uri
 from tests.conftest import REPO, TINY, tiny_config
 
@@ -39,7 +39,7 @@ def test_two_cells_per_gpu_run_side_by_side_with_the_same_numbers(quick_run, tmp
 
 
 def test_aggregate_throughput_counts_cells_run_and_images_trained():
-    from bench.cell import Outcome
+    from bench.run.cell import Outcome
 
     cell = tiny_config().suite("quick")  # any object stands in for the cell here
     outcomes = [
@@ -84,7 +84,7 @@ def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
         remote=lambda **resources: (asked.append(resources), lambda fn: fn)[1],
     )
     monkeypatch.setitem(sys.modules, "ray", fake)
-    from bench.executors import RayExecutor
+    from bench.run.executors import RayExecutor
 
     executor = RayExecutor(None, "sqlite:///x.db", cells_per_gpu=4)
     assert executor.slots == 8
@@ -95,6 +95,7 @@ def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
 
 def test_the_cli_offers_exactly_the_registered_executors():
     """bench.config.EXECUTORS (the CLI's choices, torch-free) names the registry in bench.executors."""
-    from bench import config, executors
+    from bench import config
+    from bench.run import executors
 
     assert tuple(executors.EXECUTORS) == config.EXECUTORS

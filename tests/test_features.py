@@ -8,9 +8,9 @@ import urllib.error
 import pytest
 import torch
 
-from bench import features
 from bench.config import DomainConfig
 from bench.data import load
+from bench.eval import encoders as features
 
 CPU = torch.device("cpu")
 RECIPE = DomainConfig(steps=40, min_test_accuracy=0.3)

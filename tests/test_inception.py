@@ -13,9 +13,10 @@ import torch
 import torch_fidelity
 from torch_fidelity.metric_kid import kid_features_to_metric
 
-from bench import features, metrics
 from bench.config import DomainConfig, EvalConfig
 from bench.data import load
+from bench.eval import encoders as features
+from bench.eval import metrics
 
 CPU = torch.device("cpu")
 N = 24

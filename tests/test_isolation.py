@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench import tracking
-from bench.runner import run_suite
+from bench.run.suite import run_suite
 from tests.conftest import RESUME, TINY, bench_run, child_runs, search, seed_cache, tiny_config, wait_until
 
 

@@ -8,8 +8,8 @@ import torch
 import baselines
 from bench.config import TrainConfig
 from bench.data import load
-from bench.likelihood import observe_test, vae_likelihood
-from bench.train import train
+from bench.eval.likelihood import observe_test, vae_likelihood
+from bench.run.train import train
 
 
 class Quiet:
@@ -52,7 +52,7 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
 
 
 def test_reconstruction_quality_against_closed_forms():
-    from bench.likelihood import reconstruction_quality
+    from bench.eval.likelihood import reconstruction_quality
 
     class Shifted(torch.nn.Module):
         """reconstruct(x) = x + shift (clamped): per-image MSE is known, so PSNR = −10·log10(MSE)."""

@@ -9,8 +9,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from bench import metrics
 from bench.config import EvalConfig
+from bench.eval import metrics
 
 
 def fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,7 +117,7 @@ def test_sample_metrics_names_and_too_few_samples():
 
 
 def test_metrics_are_batch_size_independent_through_the_extractor():
-    from bench.features import DomainNet, Extractor
+    from bench.eval.encoders import DomainNet, Extractor
 
     torch.manual_seed(0)
     ex = Extractor("domain", "x", "uint8/255", DomainNet((1, 28, 28), 10, 16), {})
@@ -189,7 +189,7 @@ def test_fid_inf_removes_most_of_the_sample_count_bias_on_gaussians():
     nearly exact) and N(0.3, 1.5² I) in 8 dimensions, ‖μ‖² + d(1 − s)² = 8·0.09 + 8·0.25 = 2.72. Over 20 draws of
     500 generated samples, FID overshoots the truth (its bias grows as 1/N); the extrapolation to N → ∞ sits closer
     than FID at all 500 and far closer than at the smallest subset it fits (100)."""
-    from bench.metrics import fid, fid_infinity
+    from bench.eval.metrics import fid, fid_infinity
 
     dim, truth = 8, 8 * 0.09 + 8 * (1 - 1.5) ** 2
     real = torch.randn(200_000, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -6,9 +6,10 @@ import mlflow
 import torch
 from click.testing import CliRunner
 
-from bench import perf, tracking
+from bench import tracking
 from bench.cli import main
 from bench.devices import native_bf16
+from bench.tools import perf
 from tests.conftest import REPO
 
 

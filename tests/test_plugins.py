@@ -262,7 +262,7 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
 def test_a_png_folder_reads_as_the_same_images(tmp_path):
     from PIL import Image
 
-    from bench.external import as_images, read_samples
+    from bench.tools.external import as_images, read_samples
 
     images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for i, im in enumerate(images):

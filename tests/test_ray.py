@@ -6,8 +6,8 @@ import pytest
 
 from bench import tracking
 from bench.config import ConfigError
-from bench.executors import RayExecutor
-from bench.runner import run_suite
+from bench.run.executors import RayExecutor
+from bench.run.suite import run_suite
 from tests.conftest import TINY, child_runs, seed_cache, tiny_config
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench import report, report_files, stats, tracking
+from bench import tracking
+from bench.report import files as report_files
+from bench.report import stats
+from bench.report import tables as report
 from tests.conftest import REPO, child_runs
 
 
@@ -179,6 +182,6 @@ def test_the_report_side_never_imports_torch():
     import subprocess
     import sys
 
-    code = "import sys, bench.report_files, bench.stats, bench.schema, bench.config; print('torch' in sys.modules)"
+    code = "import sys, bench.report.files, bench.report.stats, bench.schema, bench.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -14,9 +14,10 @@ import torch
 from click.testing import CliRunner
 
 import baselines
-from bench import report_files, tracking
+from bench import tracking
 from bench.cli import main
-from bench.runner import run_suite
+from bench.report import files as report_files
+from bench.run.suite import run_suite
 from tests.conftest import REPO, TINY, child_runs, real_runs, tiny_config
 
 CHILD_TAGS = (
@@ -77,9 +78,9 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
 
     from bench import schema
     from bench.data import load
-    from bench.evaluate import evaluate, generate
-    from bench.features import build_extractor, reference_features
-    from bench.metrics import fid
+    from bench.eval.encoders import build_extractor, reference_features
+    from bench.eval.metrics import fid
+    from bench.eval.pipeline import evaluate, generate
 
     runs = child_runs(quick_run["uri"])
     assert runs["metrics.best/step"].eq(20).all() and runs["metrics.time/eval_best_s"].eq(0).all()
@@ -116,9 +117,9 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     """Periodic FIDs 5, 2, 3, 4 at steps 5, 10, 15, 20: the step-10 checkpoint is the best one. Its best/* metrics
     must equal a full evaluation of the logged best.pt, and differ from the final ones."""
 
-    from bench import evaluate as evaluate_mod
-    from bench.evaluate import evaluate
-    from bench.features import build_extractor
+    from bench.eval import pipeline as evaluate_mod
+    from bench.eval.encoders import build_extractor
+    from bench.eval.pipeline import evaluate
 
     values = iter([5.0, 2.0, 3.0, 4.0])
     monkeypatch.setattr(evaluate_mod, "fid", lambda generated, real: next(values))  # the periodic FID only

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench.stats import probability_of_improvement, t_interval, tied_ranks, welch_p
+from bench.report.stats import probability_of_improvement, t_interval, tied_ranks, welch_p
 
 
 def test_t_interval_matches_scipy_and_covers_the_mean_95_percent_of_the_time():

@@ -8,7 +8,7 @@ import torch
 import baselines
 from bench.config import TrainConfig
 from bench.devices import bf16_note, native_bf16
-from bench.train import DivergenceError, train
+from bench.run.train import DivergenceError, train
 
 
 class Recorder:
@@ -137,8 +137,8 @@ def test_a_step_hands_n_critic_real_batches_to_models_that_ask():
 @pytest.mark.parametrize("name", ["dcgan", "conv-vae"])  # batch norm (mode switching) and a VAE's sampling noise
 def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
     """The evaluator samples from the model between steps; the trained weights must be bit-identical without it."""
-    from bench.evaluate import PeriodicFID
-    from bench.features import Extractor
+    from bench.eval.encoders import Extractor
+    from bench.eval.pipeline import PeriodicFID
 
     class Flat(torch.nn.Module):  # a stand-in extractor: 16 fixed random projections of the pixels
         def __init__(self):
@@ -245,7 +245,7 @@ def test_divergence_between_log_steps_names_its_step_and_is_never_checkpointed(t
 
 
 def test_loss_log_means_over_the_interval():
-    from bench.train import LossLog
+    from bench.run.train import LossLog
 
     log = LossLog()
     for v in (1.0, 2.0, 6.0):

@@ -14,17 +14,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import schema, tracking
-from bench.ais import check_test_split
-from bench.cell import Outcome, SuiteContext, flatten, grid, interrupted_attempt, open_cell
 from bench.config import BenchConfig, Cell, ConfigError, expand
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.devices import bf16_note, resolve_device
-from bench.evaluate import evaluate_real, extra_parts, fingerprint, prepare_copying, protocol
-from bench.executors import build_executor
-from bench.features import Extractor, build_extractor, find_weights, reference_features
-from bench.interrupts import interrupt_on
-from bench.metrics import MetricError
+from bench.eval.ais import check_test_split
+from bench.eval.encoders import Extractor, build_extractor, find_weights, reference_features
+from bench.eval.metrics import MetricError
+from bench.eval.pipeline import evaluate_real, extra_parts, fingerprint, prepare_copying, protocol
+from bench.run.cell import Outcome, SuiteContext, flatten, grid, interrupted_attempt, open_cell
+from bench.run.executors import build_executor
+from bench.run.interrupts import interrupt_on
 from bench.storage import bytes_digest
 
 

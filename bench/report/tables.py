@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import schema, stats
+from bench import schema
+from bench.report import stats
 from bench.schema import REAL_MODEL
 
 METRICS = schema.LEADERBOARD  # metric key → its column label, direction and decimals

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import schema, stats, tracking
-from bench.report import CHECKPOINTS, METRICS, Section, best_row, build, to_csv_frame, to_markdown, value_text
+from bench import schema, tracking
+from bench.report import stats
+from bench.report.tables import CHECKPOINTS, METRICS, Section, best_row, build, to_csv_frame, to_markdown, value_text
 
 
 def write_report(
@@ -43,7 +44,7 @@ def write_report(
 
 def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]:
     """FID curves, the sample panel and the VAE likelihood chart of one section (those that have data)."""
-    from bench import figures  # matplotlib only when figures are drawn
+    from bench.report import figures  # matplotlib only when figures are drawn
 
     stem = f"{section.dataset}-{section.protocol}"
     runs = section.runs

@@ -21,7 +21,8 @@ from bench import schema, tracking
 from bench.config import Cell
 from bench.data import Dataset
 from bench.devices import environment
-from bench.evaluate import (
+from bench.eval.encoders import Extractor, reference_features
+from bench.eval.pipeline import (
     SELECTION_KEY,
     PeriodicFID,
     evaluate,
@@ -29,8 +30,7 @@ from bench.evaluate import (
     nearest_grid,
     selection_protocol,
 )
-from bench.features import Extractor, reference_features
-from bench.train import train
+from bench.run.train import train
 from bench.typed_toml import to_toml
 
 

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from bench import schema, tracking
-from bench.cell import CellJob, Outcome, SuiteContext, execute
 from bench.config import Cell, ConfigError
 from bench.data import load as load_dataset
-from bench.features import build_extractor
-from bench.interrupts import interrupt_on
+from bench.eval.encoders import build_extractor
+from bench.run.cell import CellJob, Outcome, SuiteContext, execute
+from bench.run.interrupts import interrupt_on
 
 
 class LocalExecutor:

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from bench import schema, tracking
-from bench.cell import flatten, grid
 from bench.config import BenchConfig
 from bench.data import Dataset
-from bench.evaluate import evaluate_external, nearest_grid
+from bench.eval.pipeline import evaluate_external, nearest_grid
+from bench.run.cell import flatten, grid
 from bench.storage import bytes_digest
 
 IMAGE_SUFFIXES = (".png",)
@@ -109,7 +109,7 @@ def score_and_log(
     """Score the samples at `samples_path` under the suite's protocol for `dataset` and log them as an `external`
     run named `name`; returns (run id, metrics). A FINISHED run of the same samples under the same protocol is
     reused, not repeated."""
-    from bench.features import build_extractor
+    from bench.eval.encoders import build_extractor
 
     suite = config.suite(suite_name)
     cfg = suite.eval
@@ -169,7 +169,7 @@ def draw(uri: str, run_id: str, n: int, seed: int, checkpoint: str, batch_size: 
     """n uint8 samples from the model a cell run logged (`checkpoint`: final or best), drawn as the evaluation draws
     them: latents from `seed` in chunks of the run's eval.batch_size, so `--seed` = the run's eval.seed and `-n` =
     its eval.num_samples reproduce the evaluated samples exactly (on the same kind of device)."""
-    from bench.evaluate import generate
+    from bench.eval.pipeline import generate
 
     model = tracking.load_model(uri, run_id, schema.MODEL_FINAL if checkpoint == "final" else schema.MODEL_BEST, device)
     if batch_size is None:

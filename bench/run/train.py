@@ -16,7 +16,7 @@ from tqdm import tqdm
 from baselines.contract import GenerativeModel
 from bench.config import TrainConfig
 from bench.devices import training_precision
-from bench.interrupts import StopRequest
+from bench.run.interrupts import StopRequest
 from bench.storage import atomic_save
 
 GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from baselines.contract import GenerativeModel
-from bench.ais import decoder_likelihood
 from bench.config import EvalConfig, TrainConfig
 from bench.data import Dataset
-from bench.features import Extractor, Reference, reference_features
-from bench.likelihood import observe_test, reconstruction_quality, vae_likelihood
-from bench.metrics import (
+from bench.eval.ais import decoder_likelihood
+from bench.eval.encoders import Extractor, Reference, reference_features
+from bench.eval.likelihood import observe_test, reconstruction_quality, vae_likelihood
+from bench.eval.metrics import (
     COPYING_MIN_SAMPLES,
     FID_INF_MIN_FRACTION,
     FID_INF_POINTS,

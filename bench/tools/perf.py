@@ -33,8 +33,8 @@ from torchvision.transforms import ToTensor
 import baselines
 from bench import tracking
 from bench.config import TrainConfig
-from bench.features import DomainNet
-from bench.train import GraphStep, train
+from bench.eval.encoders import DomainNet
+from bench.run.train import GraphStep, train
 
 SHAPES = {"28": (1, 28, 28), "32": (3, 32, 32)}
 WARMUP = 3
@@ -227,7 +227,7 @@ def time_reference_loop(
 
 def eval_throughput(shape, device, n: int = 2000, batch_size: int = 500) -> float:
     """Images/s through the domain extractor's network (untrained: the cost does not depend on the weights)."""
-    from bench.features import Extractor
+    from bench.eval.encoders import Extractor
 
     net = DomainNet(shape, 10, 64).to(device).eval()
     extractor = Extractor("domain", "-", "-", net, {}, feature_dim=64)
@@ -243,7 +243,7 @@ def eval_throughput(shape, device, n: int = 2000, batch_size: int = 500) -> floa
 def tracking_overhead(device, steps: int = 300) -> tuple[float, float]:
     """A gan-mlp training loop logging to a fresh sqlite store on the quick suite's schedule (metrics every 50 steps,
     a sample grid every 500, here every 100): seconds inside MLflow calls and the loop's wall time."""
-    from bench.cell import CellLogger
+    from bench.run.cell import CellLogger
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = tracking.Tracker(tracking.default_uri(Path(tmp)), "perf-overhead", Path(tmp) / "artifacts")

@@ -1,0 +1,46 @@
+"""Everything that talks to MLflow; the only package that imports it.
+
+- store: where the store is, whether it answers (in seconds), the MLflow client, the UI on it
+- runs: writing a suite's runs (`Tracker`, `Run`), owner tags for orphaned runs
+- models: the models a cell logs, and loading them back
+- query: the read side (the report's table of runs, metric histories, artifacts)
+
+The names below are the package's interface; callers write `from bench import tracking` and `tracking.Tracker`.
+"""
+
+from bench.tracking.models import load_model, portable_copy
+from bench.tracking.query import attach_report, download_artifact, load_runs, metric_histories, run_params
+from bench.tracking.runs import Run, Tracker, attach_run, owner_tags, provenance_tags
+from bench.tracking.store import (
+    TrackingError,
+    check_reachable,
+    default_uri,
+    experiment_id,
+    resolve_uri,
+    serve_ui,
+    stop_ui,
+    store_exists,
+)
+
+__all__ = [
+    "Run",
+    "Tracker",
+    "TrackingError",
+    "attach_report",
+    "attach_run",
+    "check_reachable",
+    "default_uri",
+    "download_artifact",
+    "experiment_id",
+    "load_model",
+    "load_runs",
+    "metric_histories",
+    "owner_tags",
+    "portable_copy",
+    "provenance_tags",
+    "resolve_uri",
+    "run_params",
+    "serve_ui",
+    "stop_ui",
+    "store_exists",
+]

@@ -1,0 +1,140 @@
+"""The tracking store: where it is, whether it answers, the MLflow client, and the MLflow UI on it.
+
+bench/tracking/ is the only package that imports mlflow (DESIGN.md, Tracking): store (this module), runs (writing a
+suite's runs), models (logged models), query (the read side the report and `bench sample` use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model-training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message says which store and what to do."""
+
+
+def default_uri(results: Path) -> str:
+    return f"sqlite:///{(Path(results) / 'mlflow.db').resolve()}"
+
+
+def resolve_uri(uri: str | None, results: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the embedded sqlite store under results/."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
+
+
+REACH_TIMEOUT_S = 5.0  # the one preflight request to a tracking server; MLflow's own calls keep their retries
+
+
+def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
+    """An HTTP tracking server answers at all, asked once with a short timeout and no retries: MLflow's client
+    retries a refused connection with backoff for minutes before it gives up, so a wrong --tracking-uri would
+    otherwise hang the command. Any HTTP answer counts (an auth proxy's 401 too): only the connection is checked."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"cannot use tracking store {uri}: no answer within {timeout:.0f}s ({reason}); start the MLflow server "
+            "or fix --tracking-uri / MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def _quiet() -> None:
+    """MLflow's INFO lines (migrations, the system-metrics monitor starting and stopping) off genbench's output;
+    after the import, which sets MLflow's own logger levels."""
+    import mlflow  # noqa: F401
+
+    for name in ("mlflow", "alembic", "mlflow.system_metrics.system_metrics_monitor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _client(uri: str):
+    check_reachable(uri)
+    _quiet()
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _search(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int = logging.ERROR):
+    """MLflow warns on every pickled model that pickles run code on load: genbench's own, by design."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def store_exists(uri: str) -> bool:
+    """False only for an embedded sqlite store whose file is not there yet (opening it would create it)."""
+    return not (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file())
+
+
+def experiment_id(uri: str, experiment: str) -> str | None:
+    exp = _client(uri).get_experiment_by_name(experiment)
+    return None if exp is None else exp.experiment_id
+
+
+def serve_ui(uri: str, host: str, port: int) -> subprocess.Popen:
+    """Start the MLflow UI on the same store, in its own process group (the server forks workers)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    return subprocess.Popen(cmd, start_new_session=True)
+
+
+def stop_ui(proc: subprocess.Popen) -> None:
+    """End the UI server and every worker it started."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
