@@ -9,7 +9,10 @@ dataclass that sits beside each model in baselines/.
     [suites.NAME.eval]       EvalConfig
     [suites.NAME.eval.ais]   AISConfig
     [models.NAME]            the model's own Config dataclass
-    [features.domain]        DomainConfig (the recipe of the `domain` feature extractor)
+    [features.domain]        DomainConfig (the recipe of the `domain` feature encoder)
+    [[published]]            Published (numbers from papers, shown beside the leaderboard, never ranked)
+
+A cell of a suite (what defines one result, and its key) is bench/run/matrix.py's.
 """
 
 from __future__ import annotations
@@ -21,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.schema import SELECTION_RULE
-from bench.storage import json_digest
+from bench import schema
 from bench.typed_toml import ConfigError, build, check_keys, subtable
 
 DEFAULT_CONFIG = "bench.toml"
-EXTRACTORS = ("domain", "inception", "dinov2", "dinov2-vitb14", "dinov2-vits14")  # bench/features.py EXTRACTORS
+ENCODERS = tuple(schema.ENCODERS)  # the feature encoders a suite may name
 REFERENCE_SPLITS = ("train", "test")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
-EXECUTORS = ("local", "inline", "ray")  # bench.executors.EXECUTORS has one class per name
+EXECUTORS = ("local", "inline", "ray")  # bench.run.executors.EXECUTORS has one class per name
 AIS_SCHEDULES = ("sigmoid", "linear")
 
 
@@ -100,8 +102,8 @@ class AISConfig:
 class EvalConfig:
     """The evaluation protocol; every field here is part of the protocol fingerprint."""
 
-    extractor: str = "domain"  # the first encoder: its sample metrics keep the plain names (fid, kid_mean, ...)
-    extra_extractors: tuple[str, ...] = ()  # more encoders, each scoring the same samples: fid_dinov2, ...
+    encoder: str = "domain"  # the first encoder: its sample metrics keep the plain names (fid, kid_mean, ...)
+    extra_encoders: tuple[str, ...] = ()  # more encoders, each scoring the same samples: fid_dinov2, ...
     reference_split: str = "train"  # real images the samples are compared with
     num_samples: int = 2000  # generated images per evaluation
     batch_size: int = 500
@@ -129,17 +131,17 @@ class EvalConfig:
             "copying_cells",
             "isc_splits",
         )
-        for name in self.extra_extractors:
-            if name not in EXTRACTORS:
-                raise ValueError(f"extra_extractors: unknown extractor {name!r}; known: {', '.join(EXTRACTORS)}")
-        if self.extractor in self.extra_extractors or len(set(self.extra_extractors)) < len(self.extra_extractors):
+        for name in self.extra_encoders:
+            if name not in ENCODERS:
+                raise ValueError(f"extra_encoders: unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
+        if self.encoder in self.extra_encoders or len(set(self.extra_encoders)) < len(self.extra_encoders):
             raise ValueError(
-                f"extra_extractors {list(self.extra_extractors)} must not repeat an extractor or the first one "
-                f"({self.extractor!r})"
+                f"extra_encoders {list(self.extra_encoders)} must not repeat an encoder or the first one "
+                f"({self.encoder!r})"
             )
         if self.likelihood_images < 0:
             raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
-        _one_of(self, "extractor", EXTRACTORS)
+        _one_of(self, "encoder", ENCODERS)
         _one_of(self, "reference_split", REFERENCE_SPLITS)
         if self.kid_subset_size > self.num_samples:
             raise ValueError(
@@ -148,17 +150,28 @@ class EvalConfig:
         if self.isc_splits > self.num_samples:
             raise ValueError(f"isc_splits ({self.isc_splits}) must not exceed num_samples ({self.num_samples})")
 
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        """The encoders that score samples, the first one first (its metrics keep the plain names)."""
+        return (self.encoder, *self.extra_encoders)
+
+    @property
+    def held_out_split(self) -> str:
+        """The real split that is not the reference: the real-data row, the best-checkpoint selection, the copying
+        test's unseen images."""
+        return "test" if self.reference_split == "train" else "train"
+
 
 @dataclass(frozen=True)
 class DomainConfig:
-    """Fixed recipe of the `domain` extractor: a small CNN trained on the dataset's own training labels."""
+    """Fixed recipe of the `domain` encoder: a small CNN trained on the dataset's own training labels."""
 
     steps: int = 1000  # optimisation steps (a fixed count, so tiny and large datasets get comparable training)
     batch_size: int = 128
     lr: float = 1e-3
     feature_dim: int = 64  # width of the feature layer used for FID/KID/precision/recall
     seed: int = 0
-    # below this test accuracy the extractor is not trusted and evaluation stops: one floor for every dataset,
+    # below this test accuracy the encoder is not trusted and evaluation stops: one floor for every dataset,
     # or a table of floors by dataset name (a dataset missing from the table has no floor)
     min_test_accuracy: float | dict[str, float] = 0.9
 
@@ -171,7 +184,7 @@ class DomainConfig:
                 raise ValueError(f"min_test_accuracy{where} must be in [0, 1], got {floor}")
 
     def floor(self, dataset: str) -> float:
-        """The accuracy floor of the domain extractor on `dataset`."""
+        """The accuracy floor of the domain encoder on `dataset`."""
         floors = self.min_test_accuracy
         return floors.get(dataset, 0.0) if isinstance(floors, dict) else floors
 
@@ -197,12 +210,12 @@ class SuiteConfig:
                 raise ValueError(f"{key} has duplicates: {list(values)}")
 
 
-REFERENCE_METRICS = ("fid", "kid_mean", "is_mean", "precision", "recall", "elbo", "nll_iwae", "bits_per_dim")
+PUBLISHED_METRICS = ("fid", "kid_mean", "is_mean", "precision", "recall", "elbo", "nll_iwae", "bits_per_dim")
 
 
 @dataclass(frozen=True)
-class PublishedReference:
-    """A published number shown beside genbench's rows ([[references]] in bench.toml): never ranked, always cited."""
+class Published:
+    """A published number shown beside genbench's rows ([[published]] in bench.toml): never ranked, always cited."""
 
     dataset: str
     model: str  # as the paper names it
@@ -211,12 +224,12 @@ class PublishedReference:
     protocol: str  # how the paper measured it, in words
     citation: str
     std: float | None = None  # the paper's spread, if it gives one
-    extractor: str = ""  # for sample metrics: only beside tables with this extractor ("" = any)
+    encoder: str = ""  # for sample metrics: only beside tables with this encoder ("" = any)
 
     def __post_init__(self) -> None:
-        _one_of(self, "metric", REFERENCE_METRICS)
-        if self.extractor:
-            _one_of(self, "extractor", EXTRACTORS)
+        _one_of(self, "metric", PUBLISHED_METRICS)
+        if self.encoder:
+            _one_of(self, "encoder", ENCODERS)
         for key in ("model", "protocol", "citation"):
             if not getattr(self, key).strip():
                 raise ValueError(f"{key} must not be empty")
@@ -228,80 +241,13 @@ class BenchConfig:
     suites: dict[str, SuiteConfig]
     models: dict[str, Any]  # model name -> that model's Config instance
     domain: DomainConfig
-    references: tuple[PublishedReference, ...] = ()
+    published: tuple[Published, ...] = ()
     plugins: dict[str, str] = dataclasses.field(default_factory=dict)  # plugin name -> package.module:Class
 
     def suite(self, name: str) -> SuiteConfig:
         if name not in self.suites:
             raise ConfigError(f"unknown suite {name!r} in {self.path.name}; known suites: {', '.join(self.suites)}")
         return self.suites[name]
-
-
-# The libraries whose versions are part of the evaluation protocol (bench/evaluate.py) and of every cell's key. They
-# are pinned exactly in pyproject.toml: a checkout has one set, and a pin bump re-runs the cells under a new protocol
-# instead of mixing old and new numbers in one table.
-PROTOCOL_LIBRARIES = ("torch", "torch-fidelity", "torchmetrics")
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in PROTOCOL_LIBRARIES}
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (model, dataset, seed) of a suite with everything that defines its result."""
-
-    suite: str
-    model: str
-    dataset: str
-    seed: int
-    model_config: Any
-    train: TrainConfig
-    eval: EvalConfig
-    domain: DomainConfig
-    model_source: str = ""  # a plugin's package.module:Class ("" for a baseline): workers load the class from it
-
-    @property
-    def name(self) -> str:
-        return f"{self.model}/{self.dataset}/seed{self.seed}"
-
-    def as_dict(self) -> dict[str, Any]:
-        """Nested plain dict of everything that defines the cell (also what `config.toml` holds)."""
-        return {
-            "cell": {"suite": self.suite, "model": self.model, "dataset": self.dataset, "seed": self.seed},
-            "model": dataclasses.asdict(self.model_config),
-            "train": dataclasses.asdict(self.train),
-            "eval": dataclasses.asdict(self.eval),
-            "features": {"domain": dataclasses.asdict(self.domain)},
-        }
-
-    def key(self, dataset_digest: str, *, with_seed: bool = True) -> str:
-        """Hash of everything that defines the result: the `bench.cell` tag (or, without the seed, the variant)."""
-        spec = self.as_dict()
-        del spec["cell"]["suite"]  # the same cell in two suites is the same experiment
-        if not with_seed:
-            del spec["cell"]["seed"]
-        spec["dataset_digest"] = dataset_digest
-        if self.model_source:  # a plugin: where its code comes from is part of what defines the result
-            spec["cell"]["source"] = self.model_source
-        spec["versions"] = library_versions()  # an upgrade of a library in the protocol re-runs the cell
-        if self.train.eval_every:  # how the best checkpoint is selected (an earlier rule: re-run the cell)
-            spec["selection"] = SELECTION_RULE
-        if not self.eval.ais.images:  # AIS off: the key of cells from before AIS existed, so they are not re-run
-            del spec["eval"]["ais"]
-        return json_digest(spec)
-
-
-def expand(config: BenchConfig, suite: SuiteConfig) -> list[Cell]:
-    """The suite's matrix in a stable order: dataset, then model, then seed."""
-    return [
-        Cell(suite.name, m, d, s, config.models[m], suite.train, suite.eval, config.domain, config.plugins.get(m, ""))
-        for d in suite.datasets
-        for m in suite.models
-        for s in suite.seeds
-    ]
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -370,7 +316,11 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     import baselines  # the registry knows each model's Config dataclass
     from bench.data import DATASETS
 
-    check_keys(raw, {"suites", "models", "features", "references", "plugins"}, origin, "top level")
+    if "references" in raw:
+        raise ConfigError(
+            f"{origin}: [[references]] is now [[published]] (numbers from papers); rename the tables in {path.name}"
+        )
+    check_keys(raw, {"suites", "models", "features", "published", "plugins"}, origin, "top level")
     plugin_table = subtable(raw, "plugins", origin, "plugins")
     bad = {k: v for k, v in plugin_table.items() if not isinstance(v, str)}
     if bad:
@@ -409,6 +359,7 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
             TrainConfig, subtable(table, "train", origin, f"{where}.train"), origin, f"{where}.train"
         )
         evaluation = dict(subtable(table, "eval", origin, f"{where}.eval"))
+        _renamed(evaluation, origin, f"{where}.eval")
         evaluation["ais"] = build(
             AISConfig, subtable(evaluation, "ais", origin, f"{where}.eval.ais"), origin, f"{where}.eval.ais"
         )
@@ -423,19 +374,30 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
         suites[name] = suite
     if not suites:
         raise ConfigError(f"{origin}: no [suites.NAME] table; define at least one suite")
-    entries = raw.get("references", [])
+    entries = raw.get("published", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{origin}: references must be an array of tables ([[references]])")
-    references = tuple(
-        build(PublishedReference, entry, origin, f"references #{i + 1}") for i, entry in enumerate(entries)
-    )
-    for i, ref in enumerate(references):
+        raise ConfigError(f"{origin}: published must be an array of tables ([[published]])")
+    for i, entry in enumerate(entries):
+        _renamed(entry, origin, f"published #{i + 1}")
+    published = tuple(build(Published, entry, origin, f"published #{i + 1}") for i, entry in enumerate(entries))
+    for i, ref in enumerate(published):
         if ref.dataset not in DATASETS:
             raise ConfigError(
-                f"{origin}: [references #{i + 1}] dataset: unknown dataset {ref.dataset!r}; "
-                f"known: {', '.join(DATASETS)}"
+                f"{origin}: [published #{i + 1}] dataset: unknown dataset {ref.dataset!r}; known: {', '.join(DATASETS)}"
             )
-    return BenchConfig(path=path, suites=suites, models=models, domain=domain, references=references, plugins=plugins)
+    return BenchConfig(path=path, suites=suites, models=models, domain=domain, published=published, plugins=plugins)
+
+
+# keys of earlier versions: a clear error that names the new key (the protocol version changed with them)
+RENAMED = {"extractor": "encoder", "extra_extractors": "extra_encoders"}
+
+
+def _renamed(table: dict, origin: str, where: str) -> None:
+    for old, new in RENAMED.items():
+        if old in table:
+            raise ConfigError(
+                f"{origin}: [{where}] {old} is now {new} (genbench calls feature networks encoders); rename the key"
+            )
 
 
 def _positive(obj: Any, *keys: str) -> None:

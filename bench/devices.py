@@ -5,7 +5,6 @@ strict-fp32 context of evaluation, the training step's precision/TF32 context, a
 from __future__ import annotations
 
 import platform
-import subprocess
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.config import ConfigError
+from bench.storage import source_commit
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,15 +84,6 @@ def _cpu_name() -> str:
 
 def environment(device) -> dict:
     """Versions, device and git commit: the `environment.json` artifact."""
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     device = torch.device(device)
     return {
         "python": platform.python_version(),
@@ -106,5 +97,5 @@ def environment(device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels PyTorch picked: AVX2, AVX512, ...
         "bf16_native": native_bf16(device),
-        "git_commit": commit,
+        "git_commit": source_commit(),
     }

@@ -24,6 +24,11 @@ SEED = "bench.seed"
 CELL = "bench.cell"  # the cell's key: model, dataset, seed, configuration, data digest, protocol library versions
 VARIANT = "bench.variant"  # the key without the seed: the seeds of one variant form a leaderboard row
 PROTOCOL = "bench.protocol"  # the evaluation protocol's fingerprint: one leaderboard section per value
+PROTOCOL_VERSION_TAG = "bench.protocol_version"  # the PROTOCOL_VERSION a run was evaluated under
+
+# What is computed, and how, changes with this number (bench.eval.protocol). It is in every protocol fingerprint,
+# every cell key and every run's tags: results of an earlier version are re-run, never mixed with the current ones.
+PROTOCOL_VERSION = 2
 ERROR = "bench.error"
 EXECUTOR = "bench.executor"
 HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
@@ -31,7 +36,7 @@ RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interru
 RESUMED_FROM = "bench.resumed_from_step"
 PERF = "bench.perf"
 
-REAL_MODEL = "real-data"  # the bench.model of the real-vs-real reference row
+REAL_MODEL = "real-data"  # the bench.model of the real-data row (held-out real images scored as samples)
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -49,20 +54,93 @@ SAMPLE_COUNT_FREE = (
     FID_MATCHED,
 )  # comparable across sample counts: the real row shows them at any N
 ENCODER_METRICS = (
-    "fid",
-    "fid_inf",
-    "kid_mean",
-    "kid_std",
-    "is_mean",
-    "is_std",
-    "precision",
-    "recall",
-    "density",
-    "coverage",
-    "copying_ct",
-    "fid_matched",
+    FID,
+    FID_INF,
+    KID_MEAN,
+    KID_STD,
+    IS_MEAN,
+    IS_STD,
+    PRECISION,
+    RECALL,
+    DENSITY,
+    COVERAGE,
+    COPYING,
+    FID_MATCHED,
 )  # what each encoder computes from the same samples
-ENCODERS = ("inception", "dinov2", "dinov2-vitb14", "dinov2-vits14", "domain")  # bench.config.EXTRACTORS
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where a pretrained encoder's weights come from: $env, else `file` in torch's hub cache, else `url`."""
+
+    file: str
+    env: str
+    url: str
+    hash_prefix: str | None = None  # torch.hub convention: the file's sha256 starts with it
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """One feature encoder: which builder makes it (bench.eval.encoders.BUILDERS), its weights, what the
+    leaderboard says of it."""
+
+    kind: str  # domain | inception | dinov2
+    note: str
+    weights: Weights | None = None  # None: trained by the suite on the dataset's labels (domain)
+    arch: str = ""  # the timm architecture of a DINOv2 encoder
+
+
+# torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code); its URL is
+# torch-fidelity's URL_INCEPTION_V3 (a test compares: importing torch-fidelity here would cost seconds)
+INCEPTION_WEIGHTS = Weights(
+    "weights-inception-2015-12-05-6726825d.pth",
+    "BENCH_INCEPTION_WEIGHTS",
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+    "6726825d",
+)
+
+
+def _dinov2(short: str) -> Weights:
+    """Meta's released DINOv2 checkpoint (timm's conversion of it loads too)."""
+    file = f"dinov2_{short}_pretrain.pth"
+    return Weights(file, "BENCH_DINOV2_WEIGHTS", f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/{file}")
+
+
+# The feature encoders, by the name a suite gives (eval.encoder, eval.extra_encoders): config validation, the
+# weights lookup, the metric names (fid_<name>), the builders and the report's notes all derive from this table.
+ENCODERS: dict[str, EncoderInfo] = {
+    "domain": EncoderInfo(
+        "domain",
+        "`domain`: a small CNN trained on this dataset's labels (bench.toml [features.domain]); fast and sensitive "
+        "to this dataset's classes, comparable with no published number",
+    ),
+    "inception": EncoderInfo(
+        "inception",
+        "`inception`: the TF-FID Inception-v3 (torch-fidelity inception-v3-compat, 2048-d pool features, 299×299 TF1 "
+        "bilinear resize): the protocol of Heusel et al. 2017 and of most published FIDs",
+        INCEPTION_WEIGHTS,
+    ),
+    "dinov2": EncoderInfo(
+        "dinov2",
+        "`dinov2`: DINOv2 ViT-L/14's CLS embedding at 224×224 (timm): FD_DINOv2 of Stein et al. 2023 (dgm-eval's "
+        "default encoder), which tracks human judgement better than Inception",
+        _dinov2("vitl14"),
+        "vit_large_patch14_dinov2",
+    ),
+    "dinov2-vitb14": EncoderInfo(
+        "dinov2",
+        "`dinov2-vitb14`: DINOv2 ViT-B/14, a cheaper variant of FD_DINOv2 (not the published one)",
+        _dinov2("vitb14"),
+        "vit_base_patch14_dinov2",
+    ),
+    "dinov2-vits14": EncoderInfo(
+        "dinov2",
+        "`dinov2-vits14`: DINOv2 ViT-S/14, the cheapest variant (not the published FD_DINOv2)",
+        _dinov2("vits14"),
+        "vit_small_patch14_dinov2",
+    ),
+}
+SELECTION_ENCODER = "domain"  # the periodic FID that selects the best checkpoint is computed in its features
 
 
 def encoder_suffix(encoder: str) -> str:
@@ -70,8 +148,8 @@ def encoder_suffix(encoder: str) -> str:
 
 
 def encoder_key(metric: str, encoder: str = "") -> str:
-    """A sample metric's name in an encoder's features: plain for the suite's first encoder (so earlier runs stay
-    comparable), `<metric>_<encoder>` for the others (fid_dinov2, precision_dinov2_vits14)."""
+    """A sample metric's name in an encoder's features: plain for the suite's first encoder (`fid`: the number a
+    table ranks by), `<metric>_<encoder>` for the others (fid_dinov2, precision_dinov2_vits14)."""
     return f"{metric}_{encoder_suffix(encoder)}" if encoder and metric in ENCODER_METRICS else metric
 
 
@@ -105,11 +183,34 @@ CHECKPOINTS = {  # which metrics a leaderboard reports
     "reported evaluation did not choose it; best/<metric> in MLflow, the rule in protocol.json)",
 }
 
+# during training (bench.run.train): each model's own losses, and the cheap periodic FID that selects the best step
+TRAIN_PREFIX = "train/"  # train/<loss>: the names a model's train_step returns
+PERIODIC_FID, PERIODIC_BEST_FID = "periodic/fid", "periodic/best_fid"
+PERIODIC_TRAIN_S = "periodic/train_s"  # training seconds at each periodic FID: curves over wall-clock
+BEST_PERIODIC_FID = "best/periodic_fid"  # the periodic FID at the best step
+SYSTEM_PREFIX = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
+
+# evaluation bookkeeping
+REFERENCE_CACHED = "eval/reference_cached"  # 1 when the reference features came from the cache
+ENCODER_ACCURACY = "encoder/test_accuracy"  # the domain encoder's test accuracy (NaN for pretrained encoders)
+
+# AIS (bench.eval.ais) beside its leaderboard metrics
+AIS_NLL_STDERR, AIS_ACCEPT = "ais/nll_stderr", "ais/accept"
+AIS_GRADIENT_EVALS = "ais/gradient_evals_per_chain"
+AIS_VALIDATION_NLL = "ais/validation_nll"  # the σ search's score at the chosen σ
+AIS_BDMC_LOWER, AIS_BDMC_UPPER = "ais/bdmc_lower", "ais/bdmc_upper"
+AIS_SELECT_S, AIS_S, AIS_BDMC_S = "time/ais_select_s", "time/ais_s", "time/ais_bdmc_s"
+
+# the suite's parent run
+CELLS_FINISHED, CELLS_SKIPPED, CELLS_FAILED = "cells/finished", "cells/skipped", "cells/failed"
+SUITE_WALL_S, SUITE_CELLS_RUN = "suite/wall_s", "suite/cells_run"
+SUITE_CELLS_PER_HOUR, SUITE_TRAIN_IMAGES_PER_S = "suite/cells_per_hour", "suite/train_images_per_s"
+
 # a cell's timings and throughput
 TRAIN_S, EVAL_S, EVAL_BEST_S = "time/train_s", "time/eval_s", "time/eval_best_s"
 EVAL_REFERENCE_S, TRACKING_S = "time/eval_reference_s", "time/tracking_s"
 TRAIN_IMAGES_PER_S = "throughput/train_images_per_s"
-# where an evaluation's time/eval_s goes (AIS logs its own: time/ais_select_s, time/ais_s)
+# where an evaluation's time/eval_s goes (AIS logs its own: AIS_SELECT_S, AIS_S, AIS_BDMC_S)
 EVAL_GENERATE_S, EVAL_FEATURES_S = "time/eval_generate_s", "time/eval_features_s"  # samples; every encoder's features
 EVAL_SAMPLE_METRICS_S = "time/eval_sample_metrics_s"  # FID, KID, IS, P/R, D/C, FID∞, C_T, nearest images
 EVAL_LIKELIHOOD_S = "time/eval_likelihood_s"  # the VAEs' ELBO/IWAE bound and reconstruction quality

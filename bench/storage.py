@@ -1,4 +1,5 @@
-"""Files that other processes may read or write at the same time, and the digests that name them (torch-free).
+"""Files that other processes may read or write at the same time, the digests that name them, and the commit of the
+source itself (torch-free).
 
 `atomic_save` / `atomic_write` write a file so that a reader never sees it half-written and two writers never
 clobber each other's temporary file: each writes its own uniquely named temporary file beside the target and
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -52,6 +55,23 @@ def atomic_save(obj, path: Path, shared: bool = False) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp), shared)
 
 
+def cached(path: Path, key: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
+    """The keyed cache every cache of genbench goes through (reference features, the copying test's cells, the domain
+    encoder): the value saved at `path` when the file holds `key` (True), else `compute()`, saved at `path` with its
+    key, atomically and under the file's lock (False). The key is stored in the file and compared on load, so a file
+    never serves another key: a stale or colliding one is recomputed and replaced."""
+    import torch
+
+    path = Path(path)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") == key:
+            return saved["value"], True
+    value = compute()
+    atomic_save({"key": key, "value": value}, path, shared=True)
+    return value, False
+
+
 def json_digest(obj, length: int = 16) -> str:
     """The first `length` hex digits of the sha256 of `obj` as canonical JSON (sorted keys): a key for a spec."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
@@ -64,3 +84,15 @@ def bytes_digest(chunks: Iterable[bytes | str]) -> str:
     for chunk in chunks:
         h.update(chunk.encode() if isinstance(chunk, str) else chunk)
     return h.hexdigest()
+
+
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of genbench's source tree when it runs from a checkout; None otherwise (an installed wheel)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

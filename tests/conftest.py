@@ -79,7 +79,7 @@ def quick_run(tmp_path_factory):
 
 
 def seed_cache(quick_run, results: Path) -> None:
-    """The tiny recipe's domain extractor, already trained by the session's quick run (saves ~10 s per store)."""
+    """The tiny recipe's domain encoder, already trained by the session's quick run (saves ~10 s per store)."""
     shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
 
 
@@ -117,6 +117,53 @@ def killed_and_resumed(quick_run, tmp_path_factory):
     again = bench_run(results, *RESUME)
     out, _ = again.communicate(timeout=300)
     return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}
+
+
+@pytest.fixture(scope="session")
+def dinov2_s_weights(tmp_path_factory) -> Path:
+    """A randomly initialised DINOv2 ViT-S/14 saved as Meta releases it: positional embeddings for 518×518 and the
+    mask token, in a .pth state dict. The real weights cannot be downloaded here."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)  # 518×518, as released
+    state = net.state_dict()
+    for key in state:  # LayerScale starts at 1e-5, which would make the random features ignore the image
+        if key.endswith(".gamma"):
+            state[key] = torch.ones_like(state[key])
+    state["mask_token"] = torch.zeros(1, net.num_features)
+    path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
+    torch.save(state, path)
+    return path
+
+
+class _Projection(torch.nn.Module):
+    """A fixed random projection of 28×28 pixels to 384 features: stands in for the ViT where only the cache key
+    matters."""
+
+    def __init__(self, dim: int = 384):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(28 * 28, dim, generator=torch.Generator().manual_seed(5)))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": (x.flatten(1).float() / 255.0) @ self.w}
+
+
+def seed_vit_features(results: Path) -> None:
+    """The digits splits in dinov2-vits14 features, in `results`' cache under their real key (weights from
+    $BENCH_DINOV2_WEIGHTS): a suite's preflight would spend minutes of a 2-core CPU computing them through the ViT;
+    its cells' samples still go through the real ViT."""
+    import dataclasses
+
+    from bench.data import load
+    from bench.eval.encoders import build_encoder
+    from bench.eval.real_features import split_features
+
+    digits = load("digits")
+    vit = build_encoder("dinov2-vits14", digits, None, results / "cache", torch.device("cpu"))
+    for split in ("train", "test"):
+        split_features(dataclasses.replace(vit, net=_Projection()), digits, split, results / "cache")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import tracking
-from bench.config import PublishedReference
+from bench.config import Published
 from bench.report import files as report_files
 from tests.conftest import REPO, wait_until
 from tests.test_ui import free_port, wait_healthy
@@ -56,11 +56,11 @@ def _body_text(driver) -> str:
 def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    published = PublishedReference(
-        dataset="digits", model="a paper's GAN", metric="fid", value=0.01, std=0.002, extractor="domain",
+    published = Published(
+        dataset="digits", model="a paper's GAN", metric="fid", value=0.01, std=0.002, encoder="domain",
         protocol="its own", citation="Someone et al. 2099",
     )  # fmt: skip
-    paths = report_files.write_report(quick_run["uri"], "quick", tmp_path / "report", references=(published,))
+    paths = report_files.write_report(quick_run["uri"], "quick", tmp_path / "report", published=(published,))
     page = paths["html"]
     browser.get(page.as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")

@@ -50,10 +50,10 @@ def test_inception_without_weights_offline_fails_before_training(tmp_path, monke
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.delenv("BENCH_INCEPTION_WEIGHTS", raising=False)
-    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "eval.extractor=inception"])
+    result = CliRunner().invoke(main, ["run", "--suite", "quick", "--set", "eval.encoder=inception"])
     assert result.exit_code == 2, result.output
-    assert "error: the inception extractor needs torch-fidelity's Inception-v3 weights" in result.output
-    assert "BENCH_INCEPTION_WEIGHTS=" in result.output and "--set eval.extractor=domain" in result.output
+    assert "error: the inception encoder needs torch-fidelity's Inception-v3 weights" in result.output
+    assert "BENCH_INCEPTION_WEIGHTS=" in result.output and "--set eval.encoder=domain" in result.output
     assert "training" not in result.output and not (tmp_path / "mlflow.db").exists()
 
 
@@ -61,10 +61,10 @@ def test_too_few_images_for_the_feature_dimension_fail_before_training(tmp_path,
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
     monkeypatch.setenv("BENCH_INCEPTION_WEIGHTS", str(inception_weights))
-    args = ["run", "--suite", "quick", "--set", "eval.extractor=inception"]
+    args = ["run", "--suite", "quick", "--set", "eval.encoder=inception"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
-    assert "eval.num_samples = 2000 is not more than the 2048 feature dimensions" in result.output
+    assert "FID needs more images than feature dimensions: 2000 generated" in result.output
     result = CliRunner().invoke(main, [*args, "--set", "eval.num_samples=3000"])
     assert result.exit_code == 2, result.output
     assert "the train split of digits has 1437 images, not more than the 2048" in result.output

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from bench import config, typed_toml
 from bench.cli import main
 from bench.config import ConfigError
+from bench.run.matrix import expand
 from tests.conftest import BENCH_TOML, REPO
 
 
@@ -29,7 +30,7 @@ seeds = [0]
 
 def test_repository_config_loads_and_expands():
     cfg = config.load(BENCH_TOML)
-    cells = config.expand(cfg, cfg.suite("quick"))
+    cells = expand(cfg, cfg.suite("quick"))
     assert [c.name for c in cells] == [
         "gan-mlp/digits/seed0",
         "gan-mlp/digits/seed1",
@@ -60,8 +61,8 @@ def test_defaults_live_on_the_fields(tmp_path):
         (MINIMAL + "[suites.s.train]\nsteps = 0\n", "[suites.s.train] steps must be > 0, got 0"),
         (MINIMAL + "[suites.s.train]\nbatch_size = true\n", "batch_size must be an integer, got True"),
         (
-            MINIMAL + "[suites.s.eval]\nextractor = 'vgg'\n",
-            "extractor must be one of domain, inception, dinov2, dinov2-vitb14, dinov2-vits14; got 'vgg'",
+            MINIMAL + "[suites.s.eval]\nencoder = 'vgg'\n",
+            "encoder must be one of domain, inception, dinov2, dinov2-vitb14, dinov2-vits14; got 'vgg'",
         ),
         (MINIMAL + "[models.gan-mlp]\nlr = '1e-4'\n", "[models.gan-mlp] lr must be a number"),
         (
@@ -98,11 +99,11 @@ def test_unknown_suite_lists_known_suites():
 def test_overrides_apply_to_the_suite_and_models():
     cfg = config.load(
         BENCH_TOML,
-        ["train.steps=7", "seeds=[3, 4]", "models.gan-mlp.lr=0.1", "eval.extractor=domain", "features.domain.steps=5"],
+        ["train.steps=7", "seeds=[3, 4]", "models.gan-mlp.lr=0.1", "eval.encoder=domain", "features.domain.steps=5"],
         "quick",
     )
     suite = cfg.suite("quick")
-    assert suite.train.steps == 7 and suite.seeds == (3, 4) and suite.eval.extractor == "domain"
+    assert suite.train.steps == 7 and suite.seeds == (3, 4) and suite.eval.encoder == "domain"
     assert cfg.models["gan-mlp"].lr == 0.1 and cfg.domain.steps == 5
     assert config.load(BENCH_TOML).suite("quick").train.steps != 7  # the file is untouched
 
@@ -127,38 +128,62 @@ def test_bad_overrides(override, expected):
 
 def test_cell_key_covers_config_and_seed_but_not_suite():
     cfg = config.load(BENCH_TOML)
-    a, b = config.expand(cfg, cfg.suite("quick"))[:2]  # gan-mlp seeds 0 and 1
+    a, b = expand(cfg, cfg.suite("quick"))[:2]  # gan-mlp seeds 0 and 1
     assert a.key("d") == a.key("d") and a.key("d") != b.key("d")
     assert a.key("d", with_seed=False) == b.key("d", with_seed=False)
     assert a.key("d") != a.key("other-digest")
-    changed = config.expand(config.load(BENCH_TOML, ["models.gan-mlp.lr=0.5"], "quick"), cfg.suite("quick"))[0]
+    changed = expand(config.load(BENCH_TOML, ["models.gan-mlp.lr=0.5"], "quick"), cfg.suite("quick"))[0]
     assert changed.key("d") != a.key("d")
     import dataclasses
 
     assert dataclasses.replace(a, suite="other").key("d") == a.key("d")
 
 
-def test_cell_key_covers_ais_only_when_it_runs():
-    """AIS off: its settings are not in the key, so cells finished before AIS existed are not re-run."""
+def test_cell_key_covers_every_setting_and_the_protocol_version(monkeypatch):
+    """Every eval setting is in the key (AIS's too, on or off), and so is the protocol version: cells of an earlier
+    version are re-run, never mixed with the current ones."""
     import dataclasses
 
     from bench.config import AISConfig
+    from bench.run import matrix
 
     off = config.load(BENCH_TOML, ["eval.ais.images=0"], "quick")
-    cell = config.expand(off, off.suite("quick"))[0]
-    assert dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, ais=AISConfig(chains=3))).key("d") == cell.key(
-        "d"
-    )
-    on = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, ais=AISConfig(images=5)))
-    assert on.key("d") != cell.key("d")
-    assert dataclasses.replace(on, eval=dataclasses.replace(on.eval, ais=AISConfig(images=5, chains=3))).key(
-        "d"
-    ) != on.key("d")
+    cell = expand(off, off.suite("quick"))[0]
+    other_ais = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, ais=AISConfig(chains=3)))
+    assert other_ais.key("d") != cell.key("d")
+    before = cell.key("d")
+    monkeypatch.setattr(matrix, "PROTOCOL_VERSION", matrix.PROTOCOL_VERSION + 1)
+    assert cell.key("d") != before
+
+
+def test_encoders_of_a_cell_are_decided_in_one_place():
+    """Cell.encoders: the scoring encoders (first one first), then the selection encoder when the periodic FID runs
+    and it is not among them; the suite's preflight gathers the same per dataset."""
+    from bench.run.matrix import encoders_by_dataset
+
+    cfg = config.load(BENCH_TOML, ['eval.extra_encoders=["dinov2-vits14"]'], "quick")
+    cells = expand(cfg, cfg.suite("quick"))
+    assert cells[0].encoders() == ("domain", "dinov2-vits14")
+    inception = config.load(BENCH_TOML, ["eval.encoder=inception", "train.eval_every=100"], "quick")
+    cell = expand(inception, inception.suite("quick"))[0]
+    assert cell.encoders() == ("inception", "domain")
+    no_selection = config.load(BENCH_TOML, ["eval.encoder=inception", "train.eval_every=0"], "quick")
+    assert expand(no_selection, no_selection.suite("quick"))[0].encoders() == ("inception",)
+    assert encoders_by_dataset(expand(inception, inception.suite("quick"))) == {"digits": ("inception", "domain")}
+
+
+def test_renamed_keys_are_a_clear_error():
+    for setting, new in (
+        ("eval.extractor=domain", "eval.encoder"),
+        ('eval.extra_extractors=["dinov2"]', "extra_encoders"),
+    ):
+        with pytest.raises(ConfigError, match=f"is now {new.split('.')[-1]}"):
+            config.load(BENCH_TOML, [setting], "quick")
 
 
 def test_to_toml_round_trips():
     cfg = config.load(BENCH_TOML)
-    cell = config.expand(cfg, cfg.suite("quick"))[0]
+    cell = expand(cfg, cfg.suite("quick"))[0]
     assert tomllib.loads(typed_toml.to_toml(cell.as_dict())) == _lists(cell.as_dict())
 
 
@@ -195,9 +220,9 @@ def test_repository_suites_cover_the_zoo():
     assert {"quick", "fashion", "mnist-cifar", "full"} <= set(cfg.suites)
     zoo = tuple(baselines.MODELS)
     assert cfg.suite("fashion").models == zoo and cfg.suite("fashion").datasets == ("fashion-mnist",)
-    assert cfg.suite("fashion").seeds == (0, 1, 2) and cfg.suite("fashion").eval.extractor == "domain"
+    assert cfg.suite("fashion").seeds == (0, 1, 2) and cfg.suite("fashion").eval.encoder == "domain"
     assert cfg.suite("mnist-cifar").datasets == ("mnist", "cifar10") and cfg.suite("mnist-cifar").models == zoo
-    assert cfg.suite("mnist-cifar").eval.extractor == "inception"
+    assert cfg.suite("mnist-cifar").eval.encoder == "inception"
     assert set(cfg.suite("full").datasets) == {"mnist", "fashion-mnist", "cifar10"}  # digits: too few for Inception
     # the papers' hyperparameters (issue 3)
     assert (cfg.models["wgan-gp"].gp_weight, cfg.models["wgan-gp"].n_critic, cfg.models["wgan-gp"].lr) == (10, 5, 1e-4)

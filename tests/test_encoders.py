@@ -16,11 +16,14 @@ from click.testing import CliRunner
 
 from bench.cli import main
 from bench.data import load
-from bench.eval import encoders as features
 from bench.eval import metrics
-from bench.eval.encoders import DINOV2_ENV, build_extractor, dinov2_weights
-from bench.eval.pipeline import evaluate_external
-from tests.conftest import child_runs, tiny_config
+from bench.eval.encoders import build_encoder, weights_path
+from bench.eval.pipeline import evaluate_samples
+from bench.eval.real_features import real_features
+from bench.schema import ENCODERS
+from tests.conftest import child_runs, seed_cache, seed_vit_features, tiny_config
+
+DINOV2_ENV = ENCODERS["dinov2"].weights.env
 
 
 def _features(n: int, d: int, seed: int, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
@@ -93,13 +96,13 @@ def test_the_copying_statistic_equals_scipys_kmeans_and_mann_whitney():
 
 
 def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):
-    """evaluate.copying_cells: computed once per (train and test feature digests, cells, seed), then loaded."""
+    """real_features.copying_cells: computed once per (train and test feature digests, cells, seed), then loaded."""
     from bench.config import EvalConfig
-    from bench.eval import pipeline as evaluate
-    from bench.eval.encoders import Reference
+    from bench.eval import real_features as evaluate
+    from bench.eval.real_features import SplitFeatures
 
     train, test = _features(2000, 6, seed=6), _features(400, 6, seed=7)
-    refs = [Reference({"features": f}, digest, False, 0.0, tmp_path) for f, digest in ((train, "tr"), (test, "te"))]
+    refs = [SplitFeatures({"features": f}, digest, False, 0.0, tmp_path) for f, digest in ((train, "tr"), (test, "te"))]
     cfg = EvalConfig(copying_cells=8)
     first = evaluate.copying_cells(*refs, cfg, tmp_path)
     assert len(list(tmp_path.glob("copying-*.pt"))) == 1
@@ -120,11 +123,12 @@ def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
     digits = load("digits")
     cfg = dataclasses.replace(tiny_config().suite("quick").eval, num_samples=300, kid_subset_size=100)
     cache = quick_run["results"] / "cache"
-    domain = build_extractor("domain", digits, tiny_config().domain, cache, torch.device("cpu"))
+    domain = build_encoder("domain", digits, tiny_config().domain, cache, torch.device("cpu"))
+    real = (real_features(domain, digits, cfg, cache),)
     g = torch.Generator().manual_seed(0)
 
     def c_t(images: torch.Tensor) -> float:
-        ev = evaluate_external(images[:300], digits, cfg, domain, cache, torch.device("cpu"))
+        ev = evaluate_samples(images[:300], digits, cfg, real, torch.device("cpu"))
         return ev.metrics["copying_ct"]
 
     copied = c_t(digits.train_images[torch.randperm(len(digits.train_images), generator=g)])
@@ -138,26 +142,8 @@ def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
 # ------------------------------------------------------------------------------------------------------ DINOv2
 
 
-@pytest.fixture(scope="module")
-def dinov2_s_weights(tmp_path_factory) -> Path:
-    """A randomly initialised DINOv2 ViT-S/14 saved as Meta releases it: positional embeddings for 518×518 and the
-    mask token, in a .pth state dict. The real weights cannot be downloaded here."""
-    import timm
-
-    torch.manual_seed(0)
-    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)  # 518×518, as released
-    state = net.state_dict()
-    for key in state:  # LayerScale starts at 1e-5, which would make the random features ignore the image
-        if key.endswith(".gamma"):
-            state[key] = torch.ones_like(state[key])
-    state["mask_token"] = torch.zeros(1, net.num_features)
-    path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
-    torch.save(state, path)
-    return path
-
-
 def test_dinov2_features_equal_the_librarys_on_the_same_weights(dinov2_s_weights, monkeypatch):
-    """genbench's extractor (weights found through BENCH_DINOV2_WEIGHTS, loaded by the real code) against timm's own
+    """genbench's encoder (weights found through BENCH_DINOV2_WEIGHTS, loaded by the real code) against timm's own
     model built from the same file, on images preprocessed independently with torchvision: the same CLS features."""
     import timm
     import torchvision.transforms.functional as TF
@@ -165,7 +151,7 @@ def test_dinov2_features_equal_the_librarys_on_the_same_weights(dinov2_s_weights
 
     monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
     digits = load("digits")
-    ex = build_extractor("dinov2-vits14", digits, None, Path("unused"), torch.device("cpu"))
+    ex = build_encoder("dinov2-vits14", digits, None, Path("unused"), torch.device("cpu"))
     assert ex.feature_dim == 384 and "bicubic" in ex.resize and len(ex.weights_digest) == 64
     images = digits.test_images[:6]
     ours = ex(images, batch_size=4)
@@ -191,11 +177,11 @@ def test_dinov2_without_weights_offline_is_a_one_line_error_in_seconds(tmp_path,
     monkeypatch.delenv(DINOV2_ENV, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
     with pytest.raises(Exception, match="BENCH_DINOV2_WEIGHTS") as info:
-        dinov2_weights("dinov2")
+        weights_path("dinov2")
     assert "dinov2_vitl14_pretrain.pth" in str(info.value) and "hub cache" in str(info.value)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
     start = time.perf_counter()
-    args = ["run", "--suite", "quick", "--set", 'eval.extra_extractors=["inception", "dinov2"]', "--no-progress"]
+    args = ["run", "--suite", "quick", "--set", 'eval.extra_encoders=["inception", "dinov2"]', "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and time.perf_counter() - start < 60
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -203,59 +189,46 @@ def test_dinov2_without_weights_offline_is_a_one_line_error_in_seconds(tmp_path,
     assert not (tmp_path / "results" / "checkpoints").exists()  # nothing trained
 
 
-def small_digits(name="digits", root=None):
-    """Digits cut to 400 training and 90 test images: ViT-S features are 384-d, so FID needs more than 384 images
-    on each side, and a ViT on the CPU scores this in about a minute."""
-    full = load(name)
-    return dataclasses.replace(
-        full,
-        train_images=full.train_images[:400],
-        train_labels=full.train_labels[:400],
-        test_images=full.test_images[:90],
-        test_labels=full.test_labels[:90],
-        digest="small-" + full.digest[:40],
-    )
-
-
-def test_a_suite_with_two_encoders_logs_both_under_distinct_names(dinov2_s_weights, tmp_path, monkeypatch):
+def test_a_suite_with_two_encoders_logs_both_under_distinct_names(quick_run, dinov2_s_weights, tmp_path, monkeypatch):
+    """An extra encoder under the default executor: the worker process builds every encoder the cell needs
+    (`Cell.encoders`) and scores the same samples in each. The real split features of the ViT are seeded into the
+    cache under their real key (the suite's preflight would compute them for minutes on a CPU); the samples go
+    through the real ViT in the worker. A worker that built only the first encoder fails the cell (KeyError)."""
     from bench.report import files as report_files
     from bench.run import suite as runner
 
-    monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
-    monkeypatch.setattr(runner, "load_dataset", small_digits)
-    # the plumbing under test does not depend on the ViT's input size: 98×98 (7×7 patches) instead of 224×224
-    # (16×16) makes the CPU's ViT ~6x cheaper; the features at 224 are checked against timm's above
-    monkeypatch.setattr(features, "DINOV2_SIZE", 98)
+    monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))  # the worker process inherits it, as a user's would
+    seed_cache(quick_run, tmp_path)
+    seed_vit_features(tmp_path)
     extra = (
         "models=['gan-mlp']",
         "seeds=[0]",
-        "eval.num_samples=400",
+        "eval.num_samples=400",  # more than the 384 ViT-S features
         "eval.kid_subset_size=100",
         "eval.ais.images=0",
         "train.eval_samples=100",
-        "eval.copying_cells=1",  # 90 test images: one cell holds them all
-        "features.domain.min_test_accuracy=0.5",  # a domain classifier trained on 400 images
-        'eval.extra_extractors=["dinov2-vits14"]',
+        'eval.extra_encoders=["dinov2-vits14"]',
     )
     lines: list[str] = []
     cfg = tiny_config(*extra)
-    runner.run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lines.append, executor="inline")
+    runner.run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lines.append)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = child_runs(uri).iloc[0]
     assert run["status"] == "FINISHED", (run.get("tags.bench.error"), lines[-6:])
+    assert int(run["tags.bench.pid"]) != __import__("os").getpid()  # a worker process scored it
     # (no fid_inf in 384-d features from 400 samples: its smallest subset must exceed 2 x 384)
-    for base in ("fid", "kid_mean", "precision", "recall", "density", "coverage", "copying_ct"):
+    for base in ("fid", "kid_mean", "precision", "recall", "density", "coverage"):
         assert np.isfinite(run[f"metrics.{base}"]) and np.isfinite(run[f"metrics.{base}_dinov2_vits14"]), base
-    for base in ("fid", "kid_mean"):  # (a 20-step GAN saturates precision at 0 and C_T at its maximum in both)
+    for base in ("fid", "kid_mean"):
         assert run[f"metrics.{base}"] != run[f"metrics.{base}_dinov2_vits14"], base
     assert "metrics.is_mean_dinov2_vits14" not in run  # DINOv2 has no classifier: no Inception Score
     client = mlflow.MlflowClient(uri)
     proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json")).read_text())
-    (part,) = proto["extra_extractors"]
-    assert part["extractor"] == "dinov2-vits14" and len(part["weights_digest"]) == 64 and part["features_digest"]
+    (part,) = proto["extra_encoders"]
+    assert part["encoder"] == "dinov2-vits14" and len(part["weights_digest"]) == 64 and part["features_digest"]
     # one encoder alone is another protocol: another leaderboard table
     single = tiny_config(*extra[:-1])
-    runner.run_suite(single, "quick", results=tmp_path, progress=False, echo=lines.append, executor="inline")
+    runner.run_suite(single, "quick", results=tmp_path, progress=False, echo=lines.append)
     assert len(set(child_runs(uri)["tags.bench.protocol"])) == 2
     md = report_files.write_report(uri, "quick", tmp_path / "r")["markdown"].read_text()
     assert "FD ↓ [dinov2-vits14]" in md and "coverage ↑ [dinov2-vits14]" in md

@@ -94,7 +94,7 @@ def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
 
 
 def test_the_cli_offers_exactly_the_registered_executors():
-    """bench.config.EXECUTORS (the CLI's choices, torch-free) names the registry in bench.executors."""
+    """bench.config.EXECUTORS (the CLI's choices, torch-free) names the registry in bench.run.executors."""
     from bench import config
     from bench.run import executors
 

@@ -1,4 +1,4 @@
-"""The inception extractor against torch-fidelity itself: the same weights file, the same images, both paths.
+"""The inception encoder against torch-fidelity itself: the same weights file, the same images, both paths.
 
 The real TF-FID weights cannot be downloaded here, so both sides load one randomly initialised state dict through
 the real loading code (conftest.inception_weights). The sample counts are far below the 2048 feature dimensions
@@ -17,6 +17,7 @@ from bench.config import DomainConfig, EvalConfig
 from bench.data import load
 from bench.eval import encoders as features
 from bench.eval import metrics
+from bench.schema import INCEPTION_WEIGHTS
 
 CPU = torch.device("cpu")
 N = 24
@@ -34,30 +35,30 @@ class _Images(torch.utils.data.Dataset):
 
 
 @pytest.fixture(scope="module")
-def extractor(inception_weights, tmp_path_factory):
+def encoder(inception_weights, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(features.WEIGHTS_ENV, str(inception_weights))
-        return features.build_extractor(
+        mp.setenv(INCEPTION_WEIGHTS.env, str(inception_weights))
+        return features.build_encoder(
             "inception", load("digits"), DomainConfig(), tmp_path_factory.mktemp("cache"), CPU
         )
 
 
-def test_extractor_records_weights_digest_and_resize(extractor, inception_weights):
-    assert extractor.weights_digest == features.file_digest(inception_weights)
-    assert "299x299" in extractor.resize and "inception-v3-compat" in extractor.preprocessing
-    with pytest.raises(features.ExtractorError, match="uint8"):
-        extractor(torch.zeros(2, 1, 28, 28))
+def test_encoder_records_weights_digest_and_resize(encoder, inception_weights):
+    assert encoder.weights_digest == features.file_digest(inception_weights)
+    assert "299x299" in encoder.resize and "inception-v3-compat" in encoder.preprocessing
+    with pytest.raises(features.EncoderError, match="uint8"):
+        encoder(torch.zeros(2, 1, 28, 28))
 
 
-def test_inception_metrics_equal_torch_fidelity(extractor, inception_weights):
+def test_inception_metrics_equal_torch_fidelity(encoder, inception_weights):
     digits = load("digits")
-    real = digits.test_images[:N]  # (N, 1, 28, 28) uint8: grayscale, expanded inside the extractor
+    real = digits.test_images[:N]  # (N, 1, 28, 28) uint8: grayscale, expanded inside the encoder
     g = torch.Generator().manual_seed(0)
     noise = 60 * torch.randn(N, 1, 28, 28, generator=g)
     noise[: N // 2] = 0  # half clean digits, half noisy ones: precision and recall strictly between 0 and 1
     generated = (digits.train_images[:N].float() + noise).clamp(0, 255).to(torch.uint8)
     cfg = EvalConfig(
-        extractor="inception",
+        encoder="inception",
         num_samples=N,
         batch_size=8,
         kid_subsets=20,
@@ -66,7 +67,7 @@ def test_inception_metrics_equal_torch_fidelity(extractor, inception_weights):
         prc_neighborhood=3,
         seed=7,
     )
-    ours = metrics.compute(extractor(generated, cfg.batch_size), extractor(real, cfg.batch_size), cfg)
+    ours = metrics.compute(encoder(generated, cfg.batch_size), encoder(real, cfg.batch_size), cfg)
 
     reference = torch_fidelity.calculate_metrics(
         input1=_Images(generated.expand(-1, 3, -1, -1).contiguous()),
@@ -106,7 +107,7 @@ def test_inception_metrics_equal_torch_fidelity(extractor, inception_weights):
         # digits). The float64 computation is checked exactly against torch-fidelity's own function below.
         tolerance = 1e-6 if ours_key in (metrics.KID_MEAN, metrics.KID_STD) else 1e-12
         assert ours[ours_key] == pytest.approx(reference[theirs_key], rel=1e-4, abs=tolerance), ours_key
-    fg, fr = extractor(generated, cfg.batch_size)["features"], extractor(real, cfg.batch_size)["features"]
+    fg, fr = encoder(generated, cfg.batch_size)["features"], encoder(real, cfg.batch_size)["features"]
     kid64 = kid_features_to_metric(
         fg, fr, kid_subsets=20, kid_subset_size=12, rng_seed=7, kid_kernel="poly", kid_kernel_poly_degree=3,
         kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, verbose=False,

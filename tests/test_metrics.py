@@ -112,15 +112,15 @@ def test_sample_metrics_names_and_too_few_samples():
     }
     assert all(math.isfinite(v) for v in out.values())
     few = {"features": features(8, 8, seed=11), "logits": torch.randn(8, 10, dtype=torch.float64)}
-    with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):
+    with pytest.raises(metrics.MetricError, match="FID needs more images than feature dimensions: 8 generated"):
         metrics.sample_metrics(few, real, cfg)
 
 
-def test_metrics_are_batch_size_independent_through_the_extractor():
-    from bench.eval.encoders import DomainNet, Extractor
+def test_metrics_are_batch_size_independent_through_the_encoder():
+    from bench.eval.encoders import DomainNet, Encoder
 
     torch.manual_seed(0)
-    ex = Extractor("domain", "x", "uint8/255", DomainNet((1, 28, 28), 10, 16), {})
+    ex = Encoder("domain", "x", "uint8/255", DomainNet((1, 28, 28), 10, 16), {})
     images = torch.randint(0, 256, (70, 1, 28, 28), dtype=torch.uint8)
     a, b = ex(images, batch_size=7), ex(images, batch_size=70)
     assert torch.allclose(a["features"], b["features"], atol=1e-5)
@@ -174,7 +174,7 @@ def test_sanity_gates_refuse_impossible_values():
     with pytest.raises(metrics.MetricError, match="impossibly small FID"):
         metrics.sample_metrics(real, real, cfg)  # the reference set handed in as samples
     few = {k: v[:8] for k, v in real.items()}
-    with pytest.raises(metrics.MetricError, match="FID needs more samples than feature dimensions: 8 generated"):
+    with pytest.raises(metrics.MetricError, match="FID needs more images than feature dimensions: 8 generated"):
         metrics.sample_metrics(few, real, cfg)
     nan = {"features": real["features"].clone(), "logits": real["logits"]}
     nan["features"][0, 0] = float("nan")

@@ -102,7 +102,7 @@ def test_nvidia_smi_output_and_table_with_gpu_column():
 
 def test_gpu_check_script_runs_its_phases_and_writes_the_summary(tmp_path):
     """scripts/gpu-check is the one prepared command for a lent GPU machine: tried here on the CPU with --tiny, two
-    cheap phases end to end (environment; extractor, Inception and AIS throughput)."""
+    cheap phases end to end (environment; encoder, Inception and AIS throughput)."""
     import json
     import subprocess
     import sys

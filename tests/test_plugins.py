@@ -155,7 +155,7 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--target", str(site), str(tmp_path / "my_models")], check=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results")}
-    seed_cache(quick_run, tmp_path / "results")  # the session's domain extractor: not what is under test
+    seed_cache(quick_run, tmp_path / "results")  # the session's domain encoder: not what is under test
 
     def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         cmd = [BENCH, *args]

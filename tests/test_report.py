@@ -1,4 +1,4 @@
-"""The leaderboard's table logic on a synthetic store (bench.report.build reads a DataFrame of runs)."""
+"""The leaderboard's table logic on a synthetic store (bench.report.tables.build reads a DataFrame of runs)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 
 from bench import tracking
 from bench.report import files as report_files
-from bench.report import stats
+from bench.report import render, stats
 from bench.report import tables as report
-from tests.conftest import REPO, child_runs
+from bench.schema import PROTOCOL_VERSION
+from tests.conftest import child_runs
 
 
 def _run(model, variant, seed, fid, **params):
@@ -25,7 +26,7 @@ def _run(model, variant, seed, fid, **params):
         "bench.seed": str(seed),
         "metrics.fid": fid,
         "params.cell.seed": str(seed),  # differs between runs, never between variants: not a label
-        "params.overrides": "[]",
+        "bench.protocol_version": str(PROTOCOL_VERSION),
     }
     row.update({f"params.{k}": v for k, v in params.items()})
     return row
@@ -49,7 +50,7 @@ def test_variants_of_one_model_are_labelled_by_the_params_that_differ():
         "cccccccc33": "vae-mlp",  # one variant: no label
     }
     assert any("labelled by the params in which their variants differ" in n for n in section.notes)
-    md = report.to_markdown("quick", [section])
+    md = render.to_markdown("quick", [section])
     # n = 1 on two of the rows: nothing can be tested, so all three share the rank; n = 2 gives a (wide) t interval
     assert "| 1= | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
 
@@ -65,7 +66,7 @@ def test_a_real_data_row_below_the_models_n_is_never_called_a_floor():
     real = {**_run("real-data", "r", 0, 0.9), "bench.family": "real", "bench.seed": "-", "metrics.precision": 0.8}
     real.update({"metrics.eval/generated_images": 360, "metrics.fid_matched": 0.9, "metrics.kid_mean": 0.001})
     (section,) = report.build(pd.DataFrame([*runs, real]))
-    md = report.to_markdown("quick", [section])
+    md = render.to_markdown("quick", [section])
     row = section.table[section.table["family"] == "real"].iloc[0]
     assert row["label"] == "real data (held-out split, N = 360)" and "floor" not in row["label"]
     assert pd.isna(row["fid_mean"]) and pd.isna(row["precision_mean"])  # N-dependent: not shown
@@ -129,16 +130,16 @@ def test_report_from_the_store(quick_run, tmp_path):
     assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
 
 
-def test_published_references_only_where_dataset_metric_and_extractor_match(quick_run):
-    from bench.config import PublishedReference
+def test_published_rows_only_where_dataset_metric_and_encoder_match(quick_run):
+    from bench.config import Published
 
     def ref(**kw):
         base = dict(dataset="digits", model="paper GAN", metric="fid", value=0.5, protocol="p", citation="c")
-        return PublishedReference(**{**base, **kw})
+        return Published(**{**base, **kw})
 
-    shown = [ref(extractor="domain", std=0.1), ref(model="paper VAE", metric="nll_iwae", value=1.0)]
-    hidden = [ref(extractor="inception"), ref(dataset="mnist")]
-    (section,) = report.build(tracking.load_runs(quick_run["uri"], "quick"), references=tuple(shown + hidden))
+    shown = [ref(encoder="domain", std=0.1), ref(model="paper VAE", metric="nll_iwae", value=1.0)]
+    hidden = [ref(encoder="inception"), ref(dataset="mnist")]
+    (section,) = report.build(tracking.load_runs(quick_run["uri"], "quick"), published=tuple(shown + hidden))
     table = section.table
     published = table[table["family"] == "published"]
     assert list(published["model"]) == ["paper GAN", "paper VAE"]
@@ -146,13 +147,13 @@ def test_published_references_only_where_dataset_metric_and_extractor_match(quic
     ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
     assert sorted(ranks) in (["1", "2"], ["1=", "1="])  # ours are ranked among themselves only
     # better than every model, yet never "best in column"
-    assert report.best_row(table, "fid") not in published.index
-    assert report.best_row(table, "nll_iwae") not in published.index
-    md = report.to_markdown("quick", [section])
+    assert render.best_row(table, "fid") not in published.index
+    assert render.best_row(table, "nll_iwae") not in published.index
+    md = render.to_markdown("quick", [section])
     assert "| — | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
 
 
-def test_references_config_errors(tmp_path):
+def test_published_config_errors(tmp_path):
     from tests.conftest import BENCH_TOML
 
     base = BENCH_TOML.read_text()
@@ -162,12 +163,12 @@ def test_references_config_errors(tmp_path):
         'value = "six"': "value must be a number",
     }
     good = (
-        '[[references]]\ndataset = "mnist"\nmodel = "m"\nmetric = "fid"\nvalue = 6.8\nprotocol = "p"\ncitation = "c"\n'
+        '[[published]]\ndataset = "mnist"\nmodel = "m"\nmetric = "fid"\nvalue = 6.8\nprotocol = "p"\ncitation = "c"\n'
     )
     from bench import config
 
     (tmp_path / "good.toml").write_text(base + good)
-    assert config.load(tmp_path / "good.toml").references[-1].value == 6.8
+    assert config.load(tmp_path / "good.toml").published[-1].value == 6.8
     for change, message in cases.items():
         key = change.split(" = ")[0]
         lines = [change if line.startswith(f"{key} =") else line for line in good.splitlines()]
@@ -175,13 +176,3 @@ def test_references_config_errors(tmp_path):
         path.write_text(base + "\n".join(lines) + "\n")
         with pytest.raises(config.ConfigError, match=message):
             config.load(path)
-
-
-def test_the_report_side_never_imports_torch():
-    """`bench report` reads the store only: its modules (and the schema and config it reads) load without torch."""
-    import subprocess
-    import sys
-
-    code = "import sys, bench.report.files, bench.report.stats, bench.schema, bench.config; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
-    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

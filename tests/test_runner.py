@@ -78,9 +78,10 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
 
     from bench import schema
     from bench.data import load
-    from bench.eval.encoders import build_extractor, reference_features
+    from bench.eval.encoders import build_encoder
     from bench.eval.metrics import fid
     from bench.eval.pipeline import evaluate, generate
+    from bench.eval.real_features import real_features, split_features
 
     runs = child_runs(quick_run["uri"])
     assert runs["metrics.best/step"].eq(20).all() and runs["metrics.time/eval_best_s"].eq(0).all()
@@ -95,14 +96,14 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     model = baselines.build("gan-mlp", cfg.models["gan-mlp"], (1, 28, 28))
     model.load_state_dict(best["model"])
     digits = load("digits")
-    domain = build_extractor("domain", digits, cfg.domain, cache, torch.device("cpu"))
-    again = evaluate(model, digits, suite.eval, domain, cache)
+    domain = build_encoder("domain", digits, cfg.domain, cache, torch.device("cpu"))
+    again = evaluate(model, digits, suite.eval, (real_features(domain, digits, suite.eval, cache),))
     for m in SAMPLE_METRICS:
         assert run[f"metrics.best/{m}"] == pytest.approx(again.metrics[m], rel=1e-9), m
 
     def periodic(seed: int, split: str) -> float:
         samples = generate(model, suite.train.eval_samples, suite.eval.batch_size, seed)
-        real = reference_features(domain, digits, split, cache).features["features"]
+        real = split_features(domain, digits, split, cache).features["features"]
         return fid(domain(samples, suite.eval.batch_size)["features"], real)
 
     honest = periodic(suite.eval.seed + schema.SELECTION_SEED_OFFSET, "test")
@@ -118,8 +119,9 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     must equal a full evaluation of the logged best.pt, and differ from the final ones."""
 
     from bench.eval import pipeline as evaluate_mod
-    from bench.eval.encoders import build_extractor
+    from bench.eval.encoders import build_encoder
     from bench.eval.pipeline import evaluate
+    from bench.eval.real_features import real_features
 
     values = iter([5.0, 2.0, 3.0, 4.0])
     monkeypatch.setattr(evaluate_mod, "fid", lambda generated, real: next(values))  # the periodic FID only
@@ -144,8 +146,8 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     from bench.data import load
 
     digits = load("digits")
-    extractor = build_extractor("domain", digits, cfg.domain, tmp_path / "cache", torch.device("cpu"))
-    again = evaluate(model, digits, suite.eval, extractor, tmp_path / "cache")
+    encoder = build_encoder("domain", digits, cfg.domain, tmp_path / "cache", torch.device("cpu"))
+    again = evaluate(model, digits, suite.eval, (real_features(encoder, digits, suite.eval, tmp_path / "cache"),))
     for m in SAMPLE_METRICS:
         assert run[f"metrics.best/{m}"] == pytest.approx(again.metrics[m], rel=1e-9), m
     assert run["metrics.best/fid"] != run["metrics.fid"]
@@ -174,7 +176,7 @@ def test_artifacts_inputs_and_step_metrics(quick_run):
         assert ("reconstructions.png" in names) == (row["tags.bench.family"] == "vae")
         local = Path(client.download_artifacts(run_id, "protocol.json"))
         protocol = json.loads(local.read_text())
-        assert protocol["extractor"] == "domain" and protocol["num_samples"] == 200
+        assert protocol["encoder"] == "domain" and protocol["num_samples"] == 200
         assert protocol["reference"]["split"] == "train" and len(protocol["reference"]["dataset_digest"]) == 64
         history = client.get_metric_history(run_id, "fid")
         assert len(history) == 1
@@ -280,7 +282,7 @@ def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path,
         "models=['dcgan', 'conv-vae']",
         "seeds=[0]",
         "train.steps=3",
-        "features.domain.min_test_accuracy=0.0",  # random labels: the extractor cannot be accurate here
+        "features.domain.min_test_accuracy=0.0",  # random labels: the encoder cannot be accurate here
         "eval.likelihood_images=20",
     )
     outcomes = run_suite(
@@ -323,3 +325,34 @@ def test_real_data_reference_row(quick_run):
     assert 0 < row["metrics.fid"] < 5 and row["metrics.is_mean"] > 3
     assert 0.5 < row["metrics.precision"] <= 1 and 0.5 < row["metrics.recall"] <= 1
     assert any(line.startswith("real data digits: FID floor") for line in quick_run["log"])
+
+
+def test_every_logged_name_is_declared_in_the_schema(quick_run):
+    """Every metric, tag and artifact the quick suite logged (its cells, the real-data row, the parent run) is a
+    name of bench.schema, or under one of its declared prefixes: no module writes an MLflow name of its own."""
+    from bench import schema
+
+    names = {v for v in vars(schema).values() if isinstance(v, str)} | set(schema.LEADERBOARD)
+
+    def metric_declared(key: str) -> bool:
+        if key.startswith((schema.TRAIN_PREFIX, schema.SYSTEM_PREFIX)):  # the model's losses; MLflow's monitor
+            return True
+        key = key.removeprefix(schema.BEST_PREFIX)
+        return key in names or schema.base_metric(key) in names
+
+    folders = (schema.CHECKPOINTS_DIR, schema.MODEL_FINAL, schema.MODEL_BEST, f"images/{schema.SAMPLES_BY_STEP}")
+    client = mlflow.MlflowClient(quick_run["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
+    assert len(runs) == 6  # four cells, the real-data row, the parent
+    undeclared = set()
+    for run in runs:
+        undeclared |= {f"metric {k}" for k in run.data.metrics if not metric_declared(k)}
+        undeclared |= {f"tag {k}" for k in run.data.tags if not (k in names or k.startswith("mlflow."))}
+        pending = [None]
+        while pending:
+            for artifact in client.list_artifacts(run.info.run_id, pending.pop()):
+                if artifact.is_dir and not artifact.path.startswith(folders):
+                    pending.append(artifact.path)
+                elif not artifact.is_dir and artifact.path not in names and not artifact.path.startswith(folders):
+                    undeclared.add(f"artifact {artifact.path}")
+    assert not undeclared, sorted(undeclared)

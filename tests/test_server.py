@@ -50,7 +50,7 @@ def server(tmp_path_factory):
 def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    seed_cache(quick_run, tmp_path)  # the domain extractor is not what is under test here
+    seed_cache(quick_run, tmp_path)  # the domain encoder is not what is under test here
     args = ["run", "--suite", "quick", "--tracking-uri", server, "--no-progress"]
     result = CliRunner().invoke(main, [*args, *(a for t in TINY for a in ("--set", t))])
     assert result.exit_code == 0, result.output

@@ -137,10 +137,10 @@ def test_a_step_hands_n_critic_real_batches_to_models_that_ask():
 @pytest.mark.parametrize("name", ["dcgan", "conv-vae"])  # batch norm (mode switching) and a VAE's sampling noise
 def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
     """The evaluator samples from the model between steps; the trained weights must be bit-identical without it."""
-    from bench.eval.encoders import Extractor
+    from bench.eval.encoders import Encoder
     from bench.eval.pipeline import PeriodicFID
 
-    class Flat(torch.nn.Module):  # a stand-in extractor: 16 fixed random projections of the pixels
+    class Flat(torch.nn.Module):  # a stand-in encoder: 16 fixed random projections of the pixels
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.randn(28 * 28, 16, generator=torch.Generator().manual_seed(1)))
@@ -149,13 +149,13 @@ def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
             f = (x.flatten(1).float() / 255.0) @ self.w
             return {"features": f, "logits": f[:, :4]}
 
-    extractor = Extractor("flat", "-", "-", Flat(), {}, feature_dim=16)
-    reference = extractor(IMAGES)
+    encoder = Encoder("flat", "-", "-", Flat(), {}, feature_dim=16)
+    reference = encoder(IMAGES)
     cfg = TrainConfig(steps=6, batch_size=8, log_every=2, sample_every=6, checkpoint_every=6, eval_every=2)
     plain, watched = fresh(name), fresh(name)
     train(plain, IMAGES, cfg, seed=1, logger=Recorder(), progress=False)
     rec = Recorder()
-    evaluator = PeriodicFID(extractor, reference, 40, 16, 0, tmp_path / "best.pt")
+    evaluator = PeriodicFID(encoder, reference, 40, 16, 0, tmp_path / "best.pt")
     train(watched, IMAGES, cfg, seed=1, logger=rec, progress=False, evaluator=evaluator)
     assert torch.equal(params(plain), params(watched)) and watched.training
     periodic = [(step, m) for step, m in rec.metrics if "periodic/fid" in m]
@@ -167,7 +167,7 @@ def test_periodic_evaluation_leaves_training_unchanged(tmp_path, name):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["fid"] == min(fids) and best["step"] == [2, 4, 6][fids.index(min(fids))]
     # a resumed run's evaluator starts from the saved best, so a worse later checkpoint never replaces it
-    assert PeriodicFID(extractor, reference, 40, 16, 0, tmp_path / "best.pt").best_fid == min(fids)
+    assert PeriodicFID(encoder, reference, 40, 16, 0, tmp_path / "best.pt").best_fid == min(fids)
 
 
 def _losses(name, **kw):

@@ -28,7 +28,21 @@ import torch
 
 from baselines.contract import GenerativeModel
 from bench.devices import strict_fp32
-from bench.schema import AIS_BDMC_GAP, AIS_SIGMA, BITS_PER_DIM_AIS, NLL_AIS
+from bench.schema import (
+    AIS_ACCEPT,
+    AIS_BDMC_GAP,
+    AIS_BDMC_LOWER,
+    AIS_BDMC_S,
+    AIS_BDMC_UPPER,
+    AIS_GRADIENT_EVALS,
+    AIS_NLL_STDERR,
+    AIS_S,
+    AIS_SELECT_S,
+    AIS_SIGMA,
+    AIS_VALIDATION_NLL,
+    BITS_PER_DIM_AIS,
+    NLL_AIS,
+)
 
 LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (z (N, L), x (N, ...)) → log p(x|z), (N,)
 
@@ -345,15 +359,15 @@ def decoder_likelihood(
         metrics = {
             NLL_AIS: nll,
             BITS_PER_DIM_AIS: bits_per_dim_255(nll, dims),
-            "ais/nll_stderr": log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
+            AIS_NLL_STDERR: log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
             AIS_SIGMA: sigma,
-            "ais/accept": accept,
-            "ais/gradient_evals_per_chain": float(gradient_evals(cfg.steps, cfg.leapfrog)),
-            "time/ais_select_s": select_s,
-            "time/ais_s": test_s,
+            AIS_ACCEPT: accept,
+            AIS_GRADIENT_EVALS: float(gradient_evals(cfg.steps, cfg.leapfrog)),
+            AIS_SELECT_S: select_s,
+            AIS_S: test_s,
         }
         if scores:
-            metrics["ais/validation_nll"] = -scores[sigma]
+            metrics[AIS_VALIDATION_NLL] = -scores[sigma]
         if cfg.bdmc_images:
             start = time.perf_counter()
             x, z_star = simulate(model, cfg.bdmc_images, sigma, seed + 1)
@@ -362,10 +376,10 @@ def decoder_likelihood(
             b = bdmc(log_lik, x, z_star, betas, generator=gen, **_hmc_settings(cfg))
             metrics.update(
                 {
-                    "ais/bdmc_lower": b.lower.mean().item(),
-                    "ais/bdmc_upper": b.upper.mean().item(),
+                    AIS_BDMC_LOWER: b.lower.mean().item(),
+                    AIS_BDMC_UPPER: b.upper.mean().item(),
                     AIS_BDMC_GAP: b.gap,
-                    "time/ais_bdmc_s": time.perf_counter() - start,
+                    AIS_BDMC_S: time.perf_counter() - start,
                 }
             )
     return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}, "warning": warning}

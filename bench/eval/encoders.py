@@ -1,6 +1,6 @@
-"""Feature extractors: images (uint8) → features for FID/KID/precision/recall and class logits for IS.
+"""Feature encoders: images (uint8) → features for FID/KID/precision/recall and class logits for IS.
 
-Each extractor has a name, a digest of its weights and a preprocessing spec: together they are part of the
+Each encoder has a name, a digest of its weights and a preprocessing spec: together they are part of the
 protocol fingerprint, and they key the on-disk cache of real-data features.
 
 - `inception`: torch-fidelity's `inception-v3-compat` (the TF-FID Inception-v3, with TF1's bilinear resize to
@@ -16,9 +16,7 @@ protocol fingerprint, and they key the on-disk cache of real-data features.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-import time
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,17 +29,18 @@ import torch.nn.functional as F
 from bench.config import DomainConfig
 from bench.data import Dataset
 from bench.devices import strict_fp32
-from bench.storage import atomic_save, bytes_digest, json_digest
+from bench.schema import ENCODERS
+from bench.storage import bytes_digest, cached, json_digest
 
 DOMAIN_VERSION = "domain-cnn-v1"  # bump when the architecture or training code changes
 
 
-class ExtractorError(RuntimeError):
-    """The extractor cannot be trusted or built; the message says why and what to do."""
+class EncoderError(RuntimeError):
+    """The encoder cannot be trusted or built; the message says why and what to do."""
 
 
 @dataclass
-class Extractor:
+class Encoder:
     name: str
     weights_digest: str
     preprocessing: str  # how uint8 images reach the network
@@ -56,7 +55,7 @@ class Extractor:
 
         Always in strict fp32: TF32 is switched off for the extraction (and restored), whatever training used."""
         if images.dtype != torch.uint8:
-            raise ExtractorError(f"feature extractors take uint8 images, got {images.dtype}")
+            raise EncoderError(f"feature encoders take uint8 images, got {images.dtype}")
         device = next(self.net.parameters()).device
         out: dict[str, list[torch.Tensor]] = {}
         self.net.eval()
@@ -100,34 +99,32 @@ def weights_digest(net: nn.Module) -> str:
     return bytes_digest(part for name, t in state for part in (name, t.detach().cpu().contiguous().numpy().tobytes()))
 
 
-def domain_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device: torch.device) -> Extractor:
+def domain_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Encoder:
     """The dataset's `domain` classifier: loaded from the cache or trained with the fixed recipe, then checked."""
     spec = {"version": DOMAIN_VERSION, "dataset_digest": dataset.digest, "recipe": dataclasses.asdict(recipe)}
     spec["recipe"].pop("min_test_accuracy")  # a gate, not part of what is trained
-    key = json_digest(spec)
-    path = Path(cache_dir) / f"domain-{dataset.name}-{key}.pt"
+    path = Path(cache_dir) / f"domain-{dataset.name}-{json_digest(spec)}.pt"
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(recipe.seed)
         net = DomainNet(dataset.image_shape, dataset.num_classes, recipe.feature_dim)
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("spec") != spec:
-            raise ExtractorError(f"cached extractor {path} does not match its key; delete it and run again")
-        net.load_state_dict(saved["state_dict"])
-        accuracy = saved["test_accuracy"]
-    else:
+
+    def trained() -> dict:
         accuracy = _train_domain(net, dataset, recipe, device)
-        atomic_save({"spec": spec, "state_dict": net.state_dict(), "test_accuracy": accuracy}, path, shared=True)
+        return {"state_dict": {k: v.cpu() for k, v in net.state_dict().items()}, "test_accuracy": accuracy}
+
+    saved, _ = cached(path, spec, trained)
+    net.load_state_dict(saved["state_dict"])
+    accuracy = saved["test_accuracy"]
     floor = recipe.floor(dataset.name)
     if accuracy < floor:
-        raise ExtractorError(
+        raise EncoderError(
             f"the domain classifier for {dataset.name} reaches {accuracy:.3f} test accuracy, below the floor "
             f"{floor} ([features.domain] min_test_accuracy); its features would not be trusted. "
             f"Raise [features.domain] steps or check the dataset"
         )
     net.to(device).eval()
-    return Extractor(
-        "domain",
+    return Encoder(
+        name,
         weights_digest(net),
         "uint8/255, native resolution",
         net,
@@ -159,43 +156,22 @@ def _train_domain(net: DomainNet, dataset: Dataset, recipe: DomainConfig, device
     return correct / len(dataset.test_images)
 
 
-# torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code).
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
-# torch-fidelity's URL_INCEPTION_V3 (not imported from it: importing torch-fidelity costs seconds; a test compares)
-INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-INCEPTION_HASH_PREFIX = "6726825d"  # torch.hub convention: the file's sha256 starts with it
-WEIGHTS_ENV = "BENCH_INCEPTION_WEIGHTS"
-
-
-def hub_inception_path() -> Path:
-    """Where torch's hub cache keeps the weights: where torch-fidelity's own download puts them."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-
-
-def inception_weights() -> Path:
-    """The Inception weights file: $BENCH_INCEPTION_WEIGHTS, else torch's hub cache, else torch-fidelity's
-    download into the hub cache (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
-    return weights_file(
-        WEIGHTS_ENV,
-        INCEPTION_FILE,
-        INCEPTION_URL,
-        f"the inception extractor needs torch-fidelity's Inception-v3 weights ({INCEPTION_FILE})",
-        "use the domain extractor: --set eval.extractor=domain",
-        hash_prefix=INCEPTION_HASH_PREFIX,
-    )
-
-
-def weights_file(env_var: str, file: str, url: str, need: str, otherwise: str, hash_prefix: str | None = None) -> Path:
-    """A pretrained encoder's weights: the file named by $env_var, else `file` in torch's hub cache, else a download
-    of `url` into that cache (not when BENCH_OFFLINE=1). ExtractorError naming every way to provide them: `need`
-    says what is missing, `otherwise` the way around it."""
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / file
-    env = os.environ.get(env_var)
+def weights_path(name: str) -> Path | None:
+    """The weights file encoder `name` loads (schema.ENCODERS: None for `domain`, which the suite trains): the file
+    named by its environment variable, else the file in torch's hub cache (where torch-fidelity's and torch.hub's own
+    downloads put it), else a download into that cache (not when BENCH_OFFLINE=1). Cheap: no network is built.
+    EncoderError naming every way to provide the weights when there are none."""
+    info = ENCODERS[name]
+    w = info.weights
+    if w is None:
+        return None
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / w.file
+    env = os.environ.get(w.env)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise ExtractorError(
-                f"{env_var}={env} is not a file; point it at {file}, or unset it to use torch's hub cache ({hub})"
+            raise EncoderError(
+                f"{w.env}={env} is not a file; point it at {w.file}, or unset it to use torch's hub cache ({hub})"
             )
         return path
     if hub.is_file():
@@ -205,14 +181,20 @@ def weights_file(env_var: str, file: str, url: str, need: str, otherwise: str, h
     else:
         try:
             hub.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(hub), hash_prefix=hash_prefix, progress=True)
+            torch.hub.download_url_to_file(w.url, str(hub), hash_prefix=w.hash_prefix, progress=True)
             return hub
         except (OSError, urllib.error.URLError, RuntimeError) as e:  # no network, HTTP error, hash mismatch
             hub.unlink(missing_ok=True)
-            why = f"the download from {url} failed ({type(e).__name__}: {e})"
-    raise ExtractorError(
-        f"{need} and found none: {env_var} is not set, they are not in torch's hub cache ({hub}), and {why}. "
-        f"Set {env_var}=/path/to/{file}, copy the file into {hub.parent}, run once with network access, or {otherwise}"
+            why = f"the download from {w.url} failed ({type(e).__name__}: {e})"
+    otherwise = (
+        "use the domain encoder: --set eval.encoder=domain"
+        if info.kind == "inception"
+        else f"drop {name!r} from eval.extra_encoders"
+    )
+    raise EncoderError(
+        f"the {name} encoder needs its weights ({w.file}) and found none: {w.env} is not set, they are not in torch's "
+        f"hub cache ({hub}), and {why}. Set {w.env}=/path/to/{w.file}, copy the file into {hub.parent}, run once "
+        f"with network access, or {otherwise}"
     )
 
 
@@ -240,17 +222,17 @@ class InceptionNet(nn.Module):
         return {"features": features, "logits": logits}
 
 
-def inception_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device: torch.device) -> Extractor:
-    """The standard extractor; the same network for every dataset (the arguments keep one registry signature)."""
-    weights = inception_weights()
+def inception_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Encoder:
+    """The standard encoder; the same network for every dataset (the arguments keep one builder signature)."""
+    weights = weights_path(name)
     try:
         net = InceptionNet(weights)
     except Exception as e:  # a truncated or foreign file: torch.load / load_state_dict errors
-        raise ExtractorError(
+        raise EncoderError(
             f"cannot load Inception weights from {weights} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            f"it must be torch-fidelity's {INCEPTION_FILE}"
+            f"it must be torch-fidelity's {ENCODERS[name].weights.file}"
         ) from e
-    return Extractor(
+    return Encoder(
         "inception",
         file_digest(weights),
         "uint8; grayscale repeated to 3 channels; (x-128)/128 in fp32 (torch-fidelity inception-v3-compat)",
@@ -263,35 +245,8 @@ def inception_extractor(dataset: Dataset, recipe: DomainConfig, cache_dir: Path,
 
 # DINOv2 (Oquab et al. 2023) as Stein et al. 2023 use it for FD_DINOv2 (dgm-eval's default encoder: ViT-L/14),
 # built by timm; the weights are Meta's released checkpoints (or timm's conversion of them).
-DINOV2 = {  # extractor name → (timm architecture, Meta's checkpoint file, its URL)
-    name: (
-        arch,
-        f"dinov2_{short}_pretrain.pth",
-        f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/dinov2_{short}_pretrain.pth",
-    )
-    for name, arch, short in (
-        ("dinov2", "vit_large_patch14_dinov2", "vitl14"),
-        ("dinov2-vitb14", "vit_base_patch14_dinov2", "vitb14"),
-        ("dinov2-vits14", "vit_small_patch14_dinov2", "vits14"),
-    )
-}
-DINOV2_ENV = "BENCH_DINOV2_WEIGHTS"
 DINOV2_SIZE = 224
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def dinov2_weights(name: str) -> Path:
-    """The DINOv2 weights file of extractor `name`: $BENCH_DINOV2_WEIGHTS, else torch's hub cache (where
-    torch.hub.load("facebookresearch/dinov2", ...) keeps Meta's checkpoint, as dgm-eval and torch-fidelity use it),
-    else a download from Meta (not when BENCH_OFFLINE=1). Raises ExtractorError naming every option."""
-    _, file, url = DINOV2[name]
-    return weights_file(
-        DINOV2_ENV,
-        file,
-        url,
-        f"the {name} extractor needs DINOv2 weights ({file}, or timm's conversion of it)",
-        f"drop {name!r} from eval.extra_extractors",
-    )
 
 
 class DinoV2Net(nn.Module):
@@ -303,7 +258,7 @@ class DinoV2Net(nn.Module):
         import timm
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        self.vit = timm.create_model(DINOV2[name][0], pretrained=False, num_classes=0, img_size=DINOV2_SIZE)
+        self.vit = timm.create_model(ENCODERS[name].arch, pretrained=False, num_classes=0, img_size=DINOV2_SIZE)
         if weights.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -324,22 +279,22 @@ class DinoV2Net(nn.Module):
         return {"features": self.vit((x - self.mean) / self.std)}
 
 
-def dinov2_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:
-    weights = dinov2_weights(name)
+def dinov2_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Encoder:
+    weights = weights_path(name)
     try:
         net = DinoV2Net(name, weights)
     except Exception as e:  # a truncated file, or another architecture's weights
-        raise ExtractorError(
+        raise EncoderError(
             f"cannot load {name} weights from {weights} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it "
-            f"must be Meta's {DINOV2[name][1]} (or timm's conversion of it)"
+            f"must be Meta's {ENCODERS[name].weights.file} (or timm's conversion of it)"
         ) from e
     from importlib.metadata import version
 
-    return Extractor(
+    return Encoder(
         name,
         file_digest(weights),
         f"uint8/255; grayscale repeated to 3 channels; ImageNet mean/std; fp32; CLS token after the final norm "
-        f"(timm {version('timm')} {DINOV2[name][0]})",
+        f"(timm {version('timm')} {ENCODERS[name].arch})",
         net.to(device).eval(),
         {"weights": str(weights)},
         resize=f"bicubic (torch, a = -0.75, no antialias) to {DINOV2_SIZE}x{DINOV2_SIZE}",
@@ -347,80 +302,14 @@ def dinov2_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_di
     )
 
 
-EXTRACTORS: dict[str, Callable[..., Extractor]] = {
-    "domain": domain_extractor,
-    "inception": inception_extractor,
-    **{name: functools.partial(dinov2_extractor, name) for name in DINOV2},
+BUILDERS: dict[str, Callable[..., Encoder]] = {  # schema.ENCODERS[name].kind → the function that builds it
+    "domain": domain_encoder,
+    "inception": inception_encoder,
+    "dinov2": dinov2_encoder,
 }
 
 
-def find_weights(name: str) -> Path | None:
-    """The weights file extractor `name` will load (None for `domain`, which trains its own): ExtractorError naming
-    every way to provide them when there are none. Cheap: no network is built."""
-    if name == "inception":
-        return inception_weights()
-    if name in DINOV2:
-        return dinov2_weights(name)
-    return None
-
-
-def build_extractor(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Extractor:
-    if name not in EXTRACTORS:
-        raise ExtractorError(f"unknown feature extractor {name!r}; known extractors: {', '.join(EXTRACTORS)}")
-    return EXTRACTORS[name](dataset, recipe, cache_dir, device)
-
-
-@dataclass
-class Reference:
-    """Features of a real split and where they came from."""
-
-    features: dict[str, torch.Tensor]  # {"features": float64 (N, d), "logits": float64 (N, K)}
-    digest: str  # sha256 of the features: the protocol's reference statistics digest
-    cached: bool  # loaded from the cache (True) or computed now (False)
-    seconds: float  # time to load or compute them
-    path: Path
-
-
-def reference_key(extractor: Extractor, dataset: Dataset, split: str) -> dict:
-    """Everything the reference features depend on; stored inside the cache file and hashed into its name."""
-    return {
-        "dataset": dataset.name,
-        "dataset_digest": dataset.digest,
-        "split": split,
-        "extractor": extractor.name,
-        "weights_digest": extractor.weights_digest,
-        "preprocessing": extractor.preprocessing,
-        "resize": extractor.resize,
-    }
-
-
-def reference_features(
-    extractor: Extractor, dataset: Dataset, split: str, cache_dir: Path, batch_size: int = 500
-) -> Reference:
-    """Features of a real split, computed once per (dataset digest, split, extractor, weights, preprocessing,
-    resize) and kept under `cache_dir` as ref-<dataset>-<split>-<extractor>-<key hash>.pt.
-
-    The full key is stored in the file and compared on load, so a file can never serve another key (a stale or
-    colliding file is recomputed and replaced). Features are stored as float32 when that is lossless (both
-    extractors compute in fp32), which halves the file; they are returned as float64.
-    """
-    start = time.perf_counter()
-    key = reference_key(extractor, dataset, split)
-    key_hash = json_digest(key)
-    path = Path(cache_dir) / f"ref-{dataset.name}-{split}-{extractor.name}-{key_hash}.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("key") == key:
-            feats = {name: value.double() for name, value in saved["features"].items()}
-            return Reference(feats, saved["digest"], True, time.perf_counter() - start, path)
-    images, _ = dataset.split(split)
-    feats = extractor(images, batch_size)
-    digest = bytes_digest(feats[name].numpy().tobytes() for name in sorted(feats))
-    stored = {name: _compact(value) for name, value in feats.items()}
-    atomic_save({"key": key, "features": stored, "digest": digest}, path, shared=True)
-    return Reference(feats, digest, False, time.perf_counter() - start, path)
-
-
-def _compact(values: torch.Tensor) -> torch.Tensor:
-    single = values.float()
-    return single if torch.equal(single.double(), values) else values
+def build_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Encoder:
+    if name not in ENCODERS:
+        raise EncoderError(f"unknown feature encoder {name!r}; known encoders: {', '.join(ENCODERS)}")
+    return BUILDERS[ENCODERS[name].kind](name, dataset, recipe, cache_dir, device)

@@ -1,6 +1,6 @@
-"""Sample-quality metrics on extractor features, computed with torch-fidelity's metric functions.
+"""Sample-quality metrics on encoder features, computed with torch-fidelity's metric functions.
 
-Layered as in torch-fidelity: features → statistics → metric. Inputs are the dicts an Extractor returns:
+Layered as in torch-fidelity: features → statistics → metric. Inputs are the dicts an Encoder returns:
 {"features": (N, d) float64, "logits": (N, K)}; "generated" first, "real" second, as torch-fidelity expects.
 """
 
@@ -205,22 +205,28 @@ def data_copying(
     return total / weight
 
 
+def check_counts(generated: int, real: int, dim: int, encoder: str = "") -> None:
+    """FID fits a d-dimensional Gaussian to each side: with no more images than feature dimensions it is undefined.
+    The one place this rule lives: the suite checks it before training, the evaluation again on the features."""
+    if min(generated, real) <= dim:
+        where = f" of the {encoder} encoder" if encoder else ""
+        raise MetricError(
+            f"FID needs more images than feature dimensions: {generated} generated and {real} real images for the "
+            f"{dim}-d features{where}; raise eval.num_samples above {dim}, use a larger reference split, or another "
+            "encoder"
+        )
+
+
 def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
     """All sample-quality metrics of one evaluation, by their MLflow names, behind the sanity gates: too few
     samples for the feature dimension, non-finite features or metrics, a negative or numerically zero FID each
     raise MetricError (the cell is recorded FAILED) instead of producing a number."""
-    n_gen, n_real = len(generated["features"]), len(real["features"])
-    dim = generated["features"].shape[1]
-    if min(n_gen, n_real) <= dim:
-        raise MetricError(
-            f"FID needs more samples than feature dimensions: {n_gen} generated and {n_real} real "
-            f"images for {dim}-d features; raise eval.num_samples or use a larger reference split"
-        )
+    check_counts(len(generated["features"]), len(real["features"]), generated["features"].shape[1])
     for side, feats in (("generated", generated), ("reference", real)):
         for key, value in feats.items():
             if not torch.isfinite(value).all():
                 raise MetricError(
-                    f"the {side} {key} contain NaN or infinite values: the images or the extractor "
+                    f"the {side} {key} contain NaN or infinite values: the images or the encoder "
                     "are degenerate; not reported"
                 )
     out = compute(generated, real, cfg)

@@ -16,7 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-GRID_PADDING = 2  # bench.cell.grid: make_grid(padding=2), 8 images per row
+from bench.schema import AIS_BDMC_GAP, AIS_SIGMA, PERIODIC_FID, PERIODIC_TRAIN_S  # noqa: E402
+
+GRID_PADDING = 2  # bench.run.record.grid: make_grid(padding=2), 8 images per row
 GRID_COLUMNS = 8
 DPI = 110
 
@@ -25,7 +27,7 @@ def fid_curves(histories: pd.DataFrame, models: dict[str, str], title: str, path
     """Periodic FID against training step (left) and training wall-clock (right): a line per model (mean over
     seeds) and a band from the lowest to the highest seed. `histories` has run_id, key, step, value for the keys
     periodic/fid and periodic/train_s; `models` maps run_id → model label. None when nothing was logged."""
-    if histories.empty or not (histories["key"] == "periodic/fid").any():
+    if histories.empty or not (histories["key"] == PERIODIC_FID).any():
         return None
     wide = histories.pivot_table(index=["run_id", "step"], columns="key", values="value").reset_index()
     wide["model"] = wide["run_id"].map(models)
@@ -33,12 +35,12 @@ def fid_curves(histories: pd.DataFrame, models: dict[str, str], title: str, path
     for i, (model, group) in enumerate(sorted(wide.groupby("model"), key=lambda kv: kv[0])):
         colour = f"C{i % 10}"
         by_seed = group.groupby("step")
-        stats = by_seed["periodic/fid"].agg(["mean", "min", "max"])
+        stats = by_seed[PERIODIC_FID].agg(["mean", "min", "max"])
         label = f"{model} (n={group['run_id'].nunique()})"
         by_step.plot(stats.index, stats["mean"], color=colour, marker="o", markersize=3, label=label)
         by_step.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
-        if "periodic/train_s" in group:
-            minutes = by_seed["periodic/train_s"].mean() / 60.0
+        if PERIODIC_TRAIN_S in group:
+            minutes = by_seed[PERIODIC_TRAIN_S].mean() / 60.0
             by_time.plot(minutes, stats["mean"], color=colour, marker="o", markersize=3, label=label)
             by_time.fill_between(minutes, stats["min"], stats["max"], color=colour, alpha=0.2, linewidth=0)
     by_step.set_yscale("log")
@@ -134,7 +136,7 @@ def ais_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
         return None
     rows = rows.sort_values("nll_ais_mean")
     y = np.arange(len(rows))
-    nll, gap = rows["nll_ais_mean"].to_numpy(), rows["ais/bdmc_gap_mean"].fillna(0).to_numpy()
+    nll, gap = rows["nll_ais_mean"].to_numpy(), rows[f"{AIS_BDMC_GAP}_mean"].fillna(0).to_numpy()
     colours = ["C3" if f == "gan" else "C0" for f in rows["family"]]
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.5 * len(rows)))
     ax.barh(y, gap, left=nll - gap, color=colours, alpha=0.25, label="BDMC gap (simulated data)")
@@ -143,7 +145,7 @@ def ais_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
         pick = (rows["family"] == family).to_numpy()
         if pick.any():
             ax.plot(nll[pick], y[pick], "D", color=colour, label=f"NLL (AIS), {family.upper()}s")
-    sigmas = rows["ais/sigma_mean"].to_numpy()
+    sigmas = rows[f"{AIS_SIGMA}_mean"].to_numpy()
     ax.set_yticks(y, [f"{label} (σ={s:g})" for label, s in zip(rows["label"], sigmas, strict=True)])
     ax.invert_yaxis()
     ax.set_xlabel("nats per image of a Gaussian density on [0, 1] pixels (lower is better)")

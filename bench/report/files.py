@@ -1,10 +1,8 @@
 """The leaderboard's files: `leaderboard.md`, a self-contained `leaderboard.html`, `leaderboard.csv` and the
-figures of each section, from the sections bench.report builds (MLflow through bench.tracking only; no torch)."""
+figures of each section, from the sections bench.report.tables builds (MLflow through bench.tracking only; no torch)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import tempfile
 from pathlib import Path
 
@@ -13,16 +11,18 @@ import pandas as pd
 
 from bench import schema, tracking
 from bench.report import stats
-from bench.report.tables import CHECKPOINTS, METRICS, Section, best_row, build, to_csv_frame, to_markdown, value_text
+from bench.report.render import to_csv_frame, to_html, to_markdown
+from bench.report.tables import Section, build, earlier_protocol
 
 
 def write_report(
-    uri: str, suite: str, out: Path, checkpoint: str = "final", references: tuple = (), figures: bool = True
+    uri: str, suite: str, out: Path, checkpoint: str = "final", published: tuple = (), figures: bool = True
 ) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.html, leaderboard.csv and figures/ for the suite's experiment; returns
     {"markdown", "html", "csv"} and one entry per figure ("figure:<name>")."""
     runs = tracking.load_runs(uri, suite)
-    sections = build(runs, checkpoint, references)
+    sections = build(runs, checkpoint, published)
+    earlier = earlier_protocol(runs)
     failed = 0
     if not runs.empty:  # cells whose runs all failed (a failure later re-run successfully is not counted)
         failed = len(
@@ -36,8 +36,8 @@ def write_report(
         for section in sections:
             section.figures = _figures(uri, section, out / "figures")
             paths.update({f"figure:{f.name}": f for _, f in section.figures})
-    paths["markdown"].write_text(to_markdown(suite, sections, failed, checkpoint))
-    paths["html"].write_text(to_html(suite, sections, failed, checkpoint))
+    paths["markdown"].write_text(to_markdown(suite, sections, failed, checkpoint, earlier))
+    paths["html"].write_text(to_html(suite, sections, failed, checkpoint, earlier))
     to_csv_frame(sections).to_csv(paths["csv"], index=False)
     return paths
 
@@ -54,7 +54,7 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
         r["run_id"]: labels.get(f"{r[schema.MODEL]}|{r[schema.VARIANT]}", r[schema.MODEL]) for _, r in runs.iterrows()
     }
     out = []
-    histories = tracking.metric_histories(uri, list(models["run_id"]), ("periodic/fid", "periodic/train_s"))
+    histories = tracking.metric_histories(uri, list(models["run_id"]), (schema.PERIODIC_FID, schema.PERIODIC_TRAIN_S))
     path = figures.fid_curves(histories, run_label, section.dataset, folder / f"{stem}-fid.png")
     if path:
         out.append(("FID during training, over steps and wall-clock", path))
@@ -63,7 +63,7 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
         for _, row in section.table[section.table["family"] != "published"].iterrows():
             cell_runs = runs[(runs[schema.MODEL] == row["model"]) & (runs[schema.VARIANT] == row["variant"])]
             first = cell_runs.sort_values(schema.SEED).iloc[0]
-            grid = tracking.download_artifact(uri, first["run_id"], "samples/final.png", Path(tmp) / first["run_id"])
+            grid = tracking.download_artifact(uri, first["run_id"], schema.SAMPLES_FINAL, Path(tmp) / first["run_id"])
             label = row["label"] if row["family"] == "real" else f"{row['label']} (seed {first[schema.SEED]})"
             grids.append((label, grid))
         path = figures.sample_panel(grids, section.dataset, folder / f"{stem}-samples.png")
@@ -106,110 +106,3 @@ def _improvement_figure(section: Section, figures, path: Path) -> Path | None:
             if i != j:
                 matrix[i, j] = stats.probability_of_improvement(samples[i], samples[j])
     return figures.improvement_matrix(list(contestants["label"]), matrix, section.dataset, path)
-
-
-_HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; padding: 0 1em; }
-div.scroll { overflow-x: auto; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
-th, td { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: right; white-space: nowrap; }
-th { cursor: pointer; background: #f4f4f4; user-select: none; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; }
-th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.label, th.label { text-align: left; }
-tr.real td { background: #eef6ee; }
-tr.published td { background: #fbf6e9; font-style: italic; }
-td.best { font-weight: bold; }
-p.note { font-size: 13px; color: #555; max-width: 1100px; }
-figure { margin: 1em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-code { background: #f4f4f4; padding: 0 3px; }
-"""
-
-# Click a column header to sort by it (again to reverse). The real-data row stays first and published rows last:
-# they are references, not contestants. Empty cells sort last in both directions.
-_HTML_SCRIPT = """
-document.querySelectorAll("table.leaderboard").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.addEventListener("click", function () {
-      var ascending = th.getAttribute("aria-sort") !== "ascending";
-      table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
-      var body = table.tBodies[0];
-      var rows = Array.prototype.slice.call(body.rows);
-      var top = rows.filter(function (r) { return r.classList.contains("real"); });
-      var bottom = rows.filter(function (r) { return r.classList.contains("published"); });
-      var rest = rows.filter(function (r) { return top.indexOf(r) < 0 && bottom.indexOf(r) < 0; });
-      var numeric = th.dataset.type === "num";
-      rest.sort(function (a, b) {
-        var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
-        if (x === "" && y === "") return 0;
-        if (x === "") return 1;
-        if (y === "") return -1;
-        var d = numeric ? parseFloat(x) - parseFloat(y) : x.localeCompare(y);
-        return ascending ? d : -d;
-      });
-      top.concat(rest, bottom).forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
-
-
-def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: str = "final") -> str:
-    """One self-contained page: inline style and script, figures embedded as data URIs, no network access."""
-    e = html.escape
-    parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Leaderboard — suite {e(suite)}</title><style>{_HTML_STYLE}</style></head><body>",
-        f"<h1>Leaderboard — suite <code>{e(suite)}</code></h1>",
-        f"<p>Metrics of {e(CHECKPOINTS[checkpoint])}. Mean ± sample standard deviation [95% confidence interval] "
-        "over seeds (n = number of seeds); <b>bold</b> = best mean in column; ranked by FID, with ties where seeds "
-        "cannot separate models (notes under each table). Click a column header to sort. Numbers are comparable "
-        "only within one table (same dataset and protocol).</p>",
-    ]
-    if not sections:
-        parts.append(f"<p>No finished runs in experiment <code>{e(suite)}</code> yet.</p>")
-    for s in sections:
-        metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
-        steps = checkpoint == "best"
-        parts.append(
-            f'<h2 id="{e(s.dataset)}-{e(s.protocol)}">{e(s.dataset)} — protocol <code>{e(s.protocol)}</code></h2>'
-        )
-        parts.append(f"<p>{e(s.description).replace('`', '')}</p>")
-        head = ['<th data-type="num">rank</th>', '<th class="label" data-type="text">model</th>']
-        head.append('<th data-type="num">n</th>')
-        if steps:
-            head.append('<th data-type="text">best step (selected on periodic FID)</th>')
-        head += [f'<th data-type="num" data-metric="{m}">{e(s.label(m))}</th>' for m in metrics]
-        parts.append(f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead><tbody>')
-        best = {m: best_row(s.table, m) for m in metrics}
-        for i, row in s.table.iterrows():
-            kind = {"real": "real", "published": "published"}.get(row["family"], "model")
-            rank = str(row["rank"]).rstrip("=") if str(row["rank"]).rstrip("=").isdigit() else ""
-            cells = [
-                f'<td data-value="{e(rank)}">{e(str(row["rank"]))}</td>',
-                f'<td class="label" data-value="{e(row["label"])}">{e(row["label"])}</td>',
-                f'<td data-value="{e(str(row["n"]))}">{e(str(row["n"]))}</td>',
-            ]
-            if steps:
-                cells.append(f'<td data-value="{e(row["best_steps"])}">{e(row["best_steps"])}</td>')
-            for m in metrics:
-                mean = row[f"{m}_mean"]
-                value = "" if pd.isna(mean) else repr(float(mean))
-                cls = ' class="best"' if best[m] == i and len(s.table) > 1 and value else ""
-                cells.append(f'<td{cls} data-value="{value}">{e(value_text(row, m))}</td>')
-            parts.append(f'<tr class="{kind}">{"".join(cells)}</tr>')
-        parts.append("</tbody></table></div>")
-        parts += [f'<p class="note">{e(n).replace("*", "")}</p>' for n in s.notes]
-        for caption, figure in s.figures:
-            data = base64.b64encode(Path(figure).read_bytes()).decode()
-            parts.append(
-                f'<figure><img alt="{e(caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{e(caption)}</figcaption></figure>"
-            )
-    if failed:
-        parts.append(f"<p>{failed} cell run(s) FAILED and are not in these tables; see their bench.error tag.</p>")
-    parts.append(f"<script>{_HTML_SCRIPT}</script></body></html>")
-    return "\n".join(parts) + "\n"

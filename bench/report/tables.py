@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench import schema
 from bench.report import stats
-from bench.schema import REAL_MODEL
+from bench.schema import PROTOCOL_VERSION, REAL_MODEL
 
 METRICS = schema.LEADERBOARD  # metric key → its column label, direction and decimals
 
@@ -28,7 +28,7 @@ class Section:
     table: pd.DataFrame  # one row per (model, variant): model, family, variant, n, seeds, <m>_mean, <m>_std
     notes: list[str]
     runs: pd.DataFrame  # the finished runs behind the table (for figures)
-    extractor: str = ""
+    encoder: str = ""
     fid_seeds: list[list[float]] = field(default_factory=list)  # per-seed FIDs of the ranked rows, in table order
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
     labels: dict[str, str] = field(default_factory=dict)  # column headers of this section that differ from METRICS
@@ -38,118 +38,142 @@ class Section:
 
 
 def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """FINISHED cell runs, the most recent per bench.cell hash (a re-run after deleting a run replaces it)."""
+    """FINISHED cell runs of the current protocol version, the most recent per bench.cell hash (a re-run after
+    deleting a run replaces it)."""
     if runs.empty:
         return runs
-    done = runs[runs["status"] == "FINISHED"].sort_values("start_time")
+    done = runs[(runs["status"] == "FINISHED") & _current(runs)].sort_values("start_time")
     return done.drop_duplicates(schema.CELL, keep="last")
+
+
+def earlier_protocol(runs: pd.DataFrame) -> int:
+    """How many finished runs were evaluated under an earlier protocol version: never shown beside the current
+    ones (`bench run` re-runs their cells, whose keys hold the version)."""
+    if runs.empty:
+        return 0
+    return int(((runs["status"] == "FINISHED") & ~_current(runs)).sum())
+
+
+def _current(runs: pd.DataFrame) -> pd.Series:
+    version = runs.get(schema.PROTOCOL_VERSION_TAG, pd.Series("", index=runs.index))
+    return version.astype(str) == str(PROTOCOL_VERSION)
 
 
 CHECKPOINTS = schema.CHECKPOINTS
 
 
-def build(runs: pd.DataFrame, checkpoint: str = "final", references: tuple = ()) -> list[Section]:
-    """Sections of the leaderboard; `checkpoint` picks the final metrics or those of the best checkpoint.
-    `references` (bench.config.PublishedReference) add published rows where dataset, metric and extractor match."""
+def build(runs: pd.DataFrame, checkpoint: str = "final", published: tuple = ()) -> list[Section]:
+    """Sections of the leaderboard, one per (dataset, protocol fingerprint); `checkpoint` picks the final metrics or
+    those of the best checkpoint. `published` (bench.config.Published) add published rows where dataset, metric and
+    encoder match."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     runs = latest_finished(runs)
-    sections = []
     if runs.empty:
-        return sections
-    for (dataset, protocol), group in runs.groupby([schema.DATASET, schema.PROTOCOL], sort=True):
-        rows, notes, fid_seeds = [], [], {}
-        for (model, variant), cell_runs in group.groupby([schema.MODEL, schema.VARIANT], sort=True):
-            row = {
-                "model": model,
-                "best_steps": _steps(cell_runs) if checkpoint == "best" else "",
-                "family": cell_runs[schema.FAMILY].iloc[0],
-                "variant": variant,
-                "n": len(cell_runs),
-                "seeds": ",".join(sorted(cell_runs[schema.SEED].astype(str))),
-            }
-            # the real-data row has no checkpoints: the same numbers under either choice
-            prefix = schema.BEST_PREFIX if checkpoint == "best" and model != REAL_MODEL else ""
-            for m in METRICS:
-                column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
-                values = pd.to_numeric(column, errors="coerce").dropna()
-                row[f"{m}_mean"] = values.mean() if len(values) else math.nan
-                row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-                row[f"{m}_ci_low"], row[f"{m}_ci_high"] = stats.t_interval(list(values)) or (math.nan, math.nan)
-                if m == schema.FID:
-                    fid_seeds[(model, variant)] = list(values)
-            rows.append(row)
-        table = pd.DataFrame(rows)
-        multi = table["model"].duplicated(keep=False)
-        if multi.any():
-            notes.append(
-                "Models with several configurations in this table are listed once per variant (bench.variant tag), "
-                "labelled by the params in which their variants differ; compare all params in the MLflow UI."
-            )
-        table["label"] = [
-            f"{m} ({variant_label(group, m, v)})" if dup else m
-            for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
-        ]
-        external = table["family"] == "external"
-        table.loc[external, "label"] = table.loc[external, "label"] + " (external samples)"
-        if external.any():
-            notes.append(
-                "Rows marked *external samples* are samples made outside genbench, scored by `bench eval` under this "
-                "protocol (same features, reference, N and seed): comparable as samples; nothing is known of their "
-                "training, and they have no likelihood."
-            )
-        # the real-data reference row first and unranked; models ranked by FID
-        table["_real"] = table["family"] == "real"
-        table = table.sort_values(["_real", "fid_mean"], ascending=[False, True], na_position="last")
-        table = table.drop(columns="_real").reset_index(drop=True)
-        real = table["family"] == "real"
-        table.insert(0, "rank", ["—" if r else "" for r in real])
-        contestants = table[~real]
-        samples = [fid_seeds[(m, v)] for m, v in zip(contestants["model"], contestants["variant"], strict=True)]
-        table.loc[~real, "rank"] = stats.tied_ranks(samples)
-        if len(contestants):
-            notes.append(_uncertainty_note(contestants["n"]))
-        notes += _metric_notes(group)
-        counts = _counts(group)
-        if real.any():
-            notes.append(_real_row(table, real, counts))
-        labels = _labels(group, counts)
-        if group.get("metrics.nll_ais", pd.Series(dtype=float)).notna().any():
-            notes.append(
-                "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a "
-                "Gaussian density N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; "
-                "bits/dim (AIS) is the same density on the 0–255 pixel scale. AIS bounds log p(x) from below "
-                "(stochastically), so NLL (AIS) is an upper bound; the BDMC gap (upper − lower bound on data simulated "
-                "from the model) says how loose it can be. Not comparable with NLL (IWAE), a Bernoulli likelihood of "
-                "binarised pixels."
-            )
-        extractor = str(group.iloc[-1].get("params.eval.extractor", ""))
-        published = [
-            r
-            for r in references
-            if r.dataset == dataset and (not r.extractor or r.extractor == extractor) and r.metric in METRICS
-        ]
-        if published:
-            table = pd.concat([table, _published_rows(published)], ignore_index=True)
-            notes.append(
-                "Rows marked *published* are numbers from papers, measured under their own protocols (below); "
-                "they are never ranked with genbench's rows:"
-            )
-            notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(published, 1)]
-        description = _describe(group.iloc[-1], counts)
-        section = Section(dataset, protocol, description, table, notes, group, extractor, samples, labels=labels)
-        sections.append(section)
-    return sections
+        return []
+    return [
+        _section(dataset, protocol, group, checkpoint, published)
+        for (dataset, protocol), group in runs.groupby([schema.DATASET, schema.PROTOCOL], sort=True)
+    ]
 
 
-# params that are the same for every variant of a cell by construction, or not config at all
-_NOT_VARIANT = ("params.cell.", "params.overrides", "params.executor", "params.cells", "params.suite")
+def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, published: tuple) -> Section:
+    """One table: a row per (model, variant) over its seeds, the real-data row first and unranked, models ranked by
+    FID with ties, published rows last; the notes that say what the numbers mean."""
+    table, fid_seeds = _rows(group, checkpoint)
+    notes = []
+    multi = table["model"].duplicated(keep=False)
+    if multi.any():
+        notes.append(
+            "Models with several configurations in this table are listed once per variant (bench.variant tag), "
+            "labelled by the params in which their variants differ; compare all params in the MLflow UI."
+        )
+    table["label"] = [
+        f"{m} ({variant_label(group, m, v)})" if dup else m
+        for m, v, dup in zip(table["model"], table["variant"], multi, strict=True)
+    ]
+    external = table["family"] == "external"
+    table.loc[external, "label"] = table.loc[external, "label"] + " (external samples)"
+    if external.any():
+        notes.append(
+            "Rows marked *external samples* are samples made outside genbench, scored by `bench eval` under this "
+            "protocol (same features, reference, N and seed): comparable as samples; nothing is known of their "
+            "training, and they have no likelihood."
+        )
+    table["_real"] = table["family"] == "real"
+    table = table.sort_values(["_real", "fid_mean"], ascending=[False, True], na_position="last")
+    table = table.drop(columns="_real").reset_index(drop=True)
+    real = table["family"] == "real"
+    table.insert(0, "rank", ["—" if r else "" for r in real])
+    contestants = table[~real]
+    samples = [fid_seeds[(m, v)] for m, v in zip(contestants["model"], contestants["variant"], strict=True)]
+    table.loc[~real, "rank"] = stats.tied_ranks(samples)
+    if len(contestants):
+        notes.append(_uncertainty_note(contestants["n"]))
+    notes += _metric_notes(group)
+    counts = _counts(group)
+    if real.any():
+        notes.append(_real_row(table, real, counts))
+    if group.get(f"metrics.{schema.NLL_AIS}", pd.Series(dtype=float)).notna().any():
+        notes.append(AIS_NOTE)
+    encoder = str(group.iloc[-1].get("params.eval.encoder", ""))
+    shown = [r for r in published if r.dataset == dataset and r.encoder in ("", encoder) and r.metric in METRICS]
+    if shown:
+        table = pd.concat([table, _published_rows(shown)], ignore_index=True)
+        notes.append(
+            "Rows marked *published* are numbers from papers, measured under their own protocols (below); "
+            "they are never ranked with genbench's rows:"
+        )
+        notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(shown, 1)]
+    description = _describe(group.iloc[-1], counts)
+    labels = _labels(group, counts)
+    return Section(dataset, protocol, description, table, notes, group, encoder, samples, labels=labels)
+
+
+def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
+    """A row per (model, variant): every metric's mean, std and 95% t interval over its seeds; and the per-seed FIDs
+    of each (the tied ranks and the probability of improvement)."""
+    rows, fid_seeds = [], {}
+    for (model, variant), cell_runs in group.groupby([schema.MODEL, schema.VARIANT], sort=True):
+        row = {
+            "model": model,
+            "best_steps": _steps(cell_runs) if checkpoint == "best" else "",
+            "family": cell_runs[schema.FAMILY].iloc[0],
+            "variant": variant,
+            "n": len(cell_runs),
+            "seeds": ",".join(sorted(cell_runs[schema.SEED].astype(str))),
+        }
+        # the real-data row has no checkpoints: the same numbers under either choice
+        prefix = schema.BEST_PREFIX if checkpoint == "best" and model != REAL_MODEL else ""
+        for m in METRICS:
+            column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
+            values = pd.to_numeric(column, errors="coerce").dropna()
+            row[f"{m}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = stats.t_interval(list(values)) or (math.nan, math.nan)
+            if m == schema.FID:
+                fid_seeds[(model, variant)] = list(values)
+        rows.append(row)
+    return pd.DataFrame(rows), fid_seeds
+
+
+AIS_NOTE = (
+    "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a Gaussian density "
+    "N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; bits/dim (AIS) is the same "
+    "density on the 0–255 pixel scale. AIS bounds log p(x) from below (stochastically), so NLL (AIS) is an upper "
+    "bound; the BDMC gap (upper − lower bound on data simulated from the model) says how loose it can be. Not "
+    "comparable with NLL (IWAE), a Bernoulli likelihood of binarised pixels."
+)
+
+
+# params that differ between the seeds of one variant, or are not config at all (cell.model, cell.seed, ...)
+_NOT_VARIANT = ("params.cell.",)
 
 
 def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) -> str:
     """What sets this variant apart from the model's other variants in `group`: the params whose values differ
     among them, as `key=value` (at most `most`, then "+N more"); the variant hash's first 8 characters when no
-    param differs (e.g. a store written before a param existed)."""
+    param differs."""
     runs = group[group[schema.MODEL] == model]
     first = runs.drop_duplicates(schema.VARIANT).set_index(schema.VARIANT)
     keys = [c for c in first.columns if c.startswith("params.") and not c.startswith(_NOT_VARIANT)]
@@ -161,29 +185,17 @@ def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) 
     return ", ".join(parts[:most]) + (f", +{len(parts) - most} more" if len(parts) > most else "")
 
 
-ENCODER_NOTES = {
-    "domain": "`domain`: a small CNN trained on this dataset's labels (bench.toml [features.domain]); fast and "
-    "sensitive to this dataset's classes, comparable with no published number",
-    "inception": "`inception`: the TF-FID Inception-v3 (torch-fidelity inception-v3-compat, 2048-d pool features, "
-    "299×299 TF1 bilinear resize): the protocol of Heusel et al. 2017 and of most published FIDs",
-    "dinov2": "`dinov2`: DINOv2 ViT-L/14's CLS embedding at 224×224 (timm): FD_DINOv2 of Stein et al. 2023 "
-    "(dgm-eval's default encoder), which tracks human judgement better than Inception",
-    "dinov2-vitb14": "`dinov2-vitb14`: DINOv2 ViT-B/14, a cheaper variant of FD_DINOv2 (not the published one)",
-    "dinov2-vits14": "`dinov2-vits14`: DINOv2 ViT-S/14, the cheapest variant (not the published FD_DINOv2)",
-}
-
-
 def _metric_notes(group: pd.DataFrame) -> list[str]:
     """One sentence per encoder and per newer metric shown in this table."""
     present = {c.removeprefix("metrics.") for c in group.columns if c.startswith("metrics.") and group[c].notna().any()}
     notes = []
-    first = str(group.iloc[-1].get("params.eval.extractor", ""))
+    first = str(group.iloc[-1].get("params.eval.encoder", ""))
     extras = [e for e in schema.ENCODERS if e != first and schema.encoder_key(schema.FID, e) in present]
     if extras:
         notes.append(
             f"Encoders: every sample metric is computed in each encoder's features from the same samples; the "
             f"first encoder (`{first}`) has the plain columns, the others are marked [name]. "
-            + "; ".join(ENCODER_NOTES[e] for e in (first, *extras) if e in ENCODER_NOTES)
+            + "; ".join(schema.ENCODERS[e].note for e in (first, *extras) if e in schema.ENCODERS)
             + ". Fréchet distances (FD) in different encoders are different quantities: compare within a column."
         )
     if schema.DENSITY in present:
@@ -204,7 +216,8 @@ def _metric_notes(group: pd.DataFrame) -> list[str]:
 
 
 def _counts(group: pd.DataFrame) -> dict[str, int | None]:
-    """The sample counts behind a section's sample metrics (logged by every evaluation; None for older runs)."""
+    """The sample counts behind a section's sample metrics (logged by every evaluation); None where a section has
+    no such row (no real-data row, say)."""
 
     def one(key: str, family_is_real: bool) -> int | None:
         rows = group[(group[schema.FAMILY] == "real") == family_is_real]
@@ -291,10 +304,10 @@ def _describe(run: pd.Series, counts: dict) -> str:
     if generated and reference:
         n = f"N = {generated:,} generated images vs the {reference:,} images of the `{split}` split"
         n += f"; precision/recall on {min(generated, reference):,} of each"
-    else:  # runs from before the counts were logged
+    else:  # a table of real-data and external rows only
         n = f"{p('eval.num_samples')} generated images vs the `{split}` split"
     return (
-        f"extractor `{p('eval.extractor')}`; sample metrics of {n}; "
+        f"encoder `{p('eval.encoder')}`; sample metrics of {n}; "
         f"IWAE k = {p('eval.iwae_k')} on the test split; eval seed {p('eval.seed')}"
         + (
             f"; AIS on {p('eval.ais.images')} test images, {p('eval.ais.chains')} chains, {p('eval.ais.steps')} "
@@ -321,58 +334,3 @@ def _cell(mean: float, std: float, decimals: int, low: float = math.nan, high: f
         return ""
     text = f"{mean:.{decimals}f}" if math.isnan(std) else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
     return text if math.isnan(low) else f"{text} [{low:.{decimals}f}, {high:.{decimals}f}]"
-
-
-def best_row(table: pd.DataFrame, metric: str) -> int | None:
-    values = table[f"{metric}_mean"]
-    values = values[~table["family"].isin(["real", "published"])]  # reference rows never take "best"
-    if METRICS[metric].higher_is_better is None or values.isna().all():  # descriptive (rate, distortion): no best
-        return None
-    return int(values.idxmax() if METRICS[metric].higher_is_better else values.idxmin())
-
-
-def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint: str = "final") -> str:
-    lines = [f"# Leaderboard — suite `{suite}`", "", f"Metrics of {CHECKPOINTS[checkpoint]}.", ""]
-    if not sections:
-        lines.append(f"No finished runs in experiment `{suite}` yet: run `bench run --suite {suite}` first.")
-    lines += [
-        "Mean ± sample standard deviation [95% confidence interval] over seeds (n = number of seeds); **bold** = "
-        "best mean in column. Ranked by FID, with ties where seeds cannot separate models (notes under each table). "
-        "Numbers are comparable only within one table (same dataset and protocol).",
-        "",
-    ]
-    for s in sections:
-        metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
-        lines += [f"## {s.dataset} — protocol `{s.protocol}`", "", s.description, ""]
-        steps = checkpoint == "best"
-        header = ["rank", "model", "n"] + (["best step (selected on periodic FID)"] if steps else [])
-        header += [s.label(m) for m in metrics]
-        lines += [
-            "| " + " | ".join(header) + " |",
-            "|" + "|".join(["---:", ":---", "---:"] + ["---:"] * (len(metrics) + steps)) + "|",
-        ]
-        best = {m: best_row(s.table, m) for m in metrics}
-        for i, row in s.table.iterrows():
-            published = row["family"] == "published"
-            label = f"*{row['label']}*" if published else row["label"]
-            cells = [str(row["rank"]), label, str(row["n"])] + ([row["best_steps"]] if steps else [])
-            for m in metrics:
-                text = value_text(row, m)
-                cells.append(f"**{text}**" if best[m] == i and text and len(s.table) > 1 else text)
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += [""] + [f"_{n}_" for n in s.notes] + ([""] if s.notes else [])
-        for caption, figure in s.figures:
-            lines += [f"![{caption}](figures/{figure.name})", ""]
-    if failed:
-        lines.append(f"{failed} cell run(s) FAILED and are not in these tables; see their `bench.error` tag in MLflow.")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def to_csv_frame(sections: list[Section]) -> pd.DataFrame:
-    frames = []
-    for s in sections:
-        t = s.table.drop(columns=["label"]).copy()
-        t.insert(0, "protocol", s.protocol)
-        t.insert(0, "dataset", s.dataset)
-        frames.append(t)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

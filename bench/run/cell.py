@@ -1,6 +1,6 @@
-"""One cell's pipeline: open (or reopen) its MLflow run, train, evaluate the final checkpoint and the best one,
-log everything into the run. How the pipeline is run (in this process, a worker process, a Ray task) is the
-executors' business (bench/executors.py); which cells run is the runner's (bench/runner.py)."""
+"""One cell's pipeline: open (or reopen) its MLflow run, train, evaluate the final checkpoint and the best one, log
+everything into the run. How the pipeline is run (in this process, a worker process, a Ray task) is the executors'
+business (bench/run/executors.py); which cells run is the suite's (bench/run/suite.py)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 import baselines
 from bench import schema, tracking
-from bench.config import Cell
+from bench.config import DomainConfig, EvalConfig
 from bench.data import Dataset
 from bench.devices import environment
-from bench.eval.encoders import Extractor, reference_features
-from bench.eval.pipeline import (
-    SELECTION_KEY,
-    PeriodicFID,
-    evaluate,
-    held_out_split,
-    nearest_grid,
-    selection_protocol,
-)
-from bench.run.train import train
+from bench.eval.encoders import build_encoder
+from bench.eval.pipeline import Evaluation, PeriodicFID, evaluate
+from bench.eval.protocol import SELECTION_KEY, selection_protocol
+from bench.eval.real_features import RealFeatures, real_features
+from bench.run.matrix import Cell
+from bench.run.record import flatten, grid, open_run, record
+from bench.run.train import TrainResult, train
 from bench.typed_toml import to_toml
 
 
@@ -45,25 +40,36 @@ class Outcome:
 
 
 @dataclass
-class SuiteContext:
-    """What every cell of one `bench run` shares."""
+class CellContext:
+    """What a cell needs wherever it runs (the suite's process, a worker process, a Ray task): the datasets, the
+    real features of each (dataset, encoder) (`Cell.encoders`), where results go and how to report."""
 
-    tracker: tracking.Tracker | None  # None in a worker process or Ray task (the driver opened the cell's run)
-    parent: tracking.Run | None
     datasets: dict[str, Dataset]
-    extractors: dict[tuple[str, str], Extractor]
-    finished: dict[str, str]
+    real: dict[tuple[str, str], RealFeatures]
     results: Path
     device: torch.device
-    progress: bool
-    echo: Callable[[str], None]
-    uri: str = ""
+    uri: str
+    progress: bool = True
+    echo: Callable[[str], None] = print
     cells_at_once: int = 1  # cells sharing the device (--cells-per-gpu): threads and progress bars are split
+
+    def scoring(self, dataset: str, cfg: EvalConfig) -> tuple[RealFeatures, ...]:
+        """The bundles of the encoders that score samples of `dataset` under `cfg`, the first one first."""
+        return tuple(self.real[(dataset, name)] for name in cfg.encoders)
+
+
+@dataclass
+class SuiteRun:
+    """The suite's own state, in the suite's process only: the experiment, its parent run, the finished cells."""
+
+    tracker: tracking.Tracker
+    parent: tracking.Run
+    finished: dict[str, str]  # bench.cell key → run id
 
 
 @dataclass
 class CellJob:
-    """A cell ready to run: its key and the MLflow run it logs into (opened by the driver)."""
+    """A cell ready to run: its key and the MLflow run it logs into (opened by the suite's process)."""
 
     cell: Cell
     key: str
@@ -71,33 +77,70 @@ class CellJob:
     label: str = ""  # "[3/8]": where it stands in the suite
 
 
-def open_cell(cell: Cell, ctx: SuiteContext, label: str = "") -> Outcome | CellJob:
+def prepare_real(
+    dataset: Dataset,
+    names: tuple[str, ...],
+    cfg: EvalConfig,
+    domain: DomainConfig,
+    results: Path,
+    device: torch.device,
+    *,
+    scoring: tuple[str, ...],
+    echo: Callable[[str], None] | None = None,
+    loaded: dict | None = None,
+) -> dict[tuple[str, str], RealFeatures]:
+    """The real features of `dataset` in each encoder of `names` (built, or taken from `loaded`, a worker's memory
+    of earlier cells); the copying test's cells only for the encoders in `scoring`. With `echo`, says what each
+    took (the suite's preflight)."""
+    loaded = {} if loaded is None else loaded
+    out = {}
+    for name in names:
+        key = ("real", dataset.name, dataset.digest, name, repr(cfg), repr(domain), str(results), str(device))
+        if key not in loaded:
+            if echo:
+                echo(f"encoder {name} for {dataset.name} ...")
+            encoder = build_encoder(name, dataset, domain, results / "cache", device)
+            if echo and "test_accuracy" in encoder.info:
+                echo(f"  test accuracy {encoder.info['test_accuracy']:.4f}")
+            loaded[key] = real_features(encoder, dataset, cfg, results / "cache", copying=name in scoring)
+            if echo:
+                r = loaded[key]
+                how = "loaded from the cache" if r.reference.cached else "computed"
+                echo(
+                    f"  reference features of {dataset.name}/{cfg.reference_split}: {how} in {r.reference.seconds:.1f}s"
+                    f" ({r.reference.path.name})"
+                )
+                if r.copying is not None:
+                    echo(f"copying-test cells of {dataset.name} in {name} features: ready in {r.copying_seconds:.1f}s")
+        out[(dataset.name, name)] = loaded[key]
+    return out
+
+
+def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") -> Outcome | CellJob:
     """SKIPPED when a FINISHED run of the same key exists; otherwise the cell's run (its interrupted attempt's run,
     reopened, or a new one under the suite's parent run), ready for an executor."""
     dataset = ctx.datasets[cell.dataset]
     key = cell.key(dataset.digest)
-    if key in ctx.finished:
-        ctx.echo(f"{label} {cell.name}: already FINISHED (run {ctx.finished[key]}), skipped")
-        return Outcome(cell, "SKIPPED", ctx.finished[key])
+    if key in suite.finished:
+        ctx.echo(f"{label} {cell.name}: already FINISHED (run {suite.finished[key]}), skipped")
+        return Outcome(cell, "SKIPPED", suite.finished[key])
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     previous = (interrupted_attempt(ctx.results, key) or {}).get("run_id")
-    run = ctx.tracker.reopen_run(previous, key) if previous else None
+    run = suite.tracker.reopen_run(previous, key) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
     else:
-        run = ctx.tracker.start_run(
+        run = open_run(
+            suite.tracker,
             cell.name,
-            {
-                schema.SUITE: cell.suite,
-                schema.MODEL: cell.model,
-                schema.FAMILY: baselines.get(cell.model, cell.model_source).family,
-                schema.DATASET: cell.dataset,
-                schema.OBSERVATION: dataset.observation,
-                schema.SEED: cell.seed,
-                schema.CELL: key,
-                schema.VARIANT: cell.key(dataset.digest, with_seed=False),
-            },
-            parent=ctx.parent,
+            suite=cell.suite,
+            model=cell.model,
+            family=baselines.get(cell.model, cell.model_source).family,
+            dataset=dataset,
+            seed=cell.seed,
+            key=key,
+            variant=cell.key(dataset.digest, with_seed=False),
+            parent=suite.parent,
         )
     return CellJob(cell, key, run, label)
 
@@ -119,7 +162,7 @@ def interrupted_attempt(results: Path, key: str) -> dict | None:
     return {"step": state["step"], "run_id": state.get("run_id")}
 
 
-def execute(job: CellJob, ctx: SuiteContext) -> Outcome:
+def execute(job: CellJob, ctx: CellContext) -> Outcome:
     """Train and evaluate one cell into its run, with MLflow's system metrics sampled meanwhile; an exception marks
     the run FAILED (KILLED on an interrupt)."""
     cell, key, run, label = job.cell, job.key, job.run, job.label
@@ -146,7 +189,7 @@ def execute(job: CellJob, ctx: SuiteContext) -> Outcome:
     return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
 
 
-def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
+def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
     """Train the cell from scratch or from its checkpoint, evaluate the final and the best checkpoint, log the
     metrics, samples and checkpoints into its run; returns the final metrics."""
     cell, key, run = job.cell, job.key, job.run
@@ -161,71 +204,35 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
     model = baselines.build(
         cell.model, cell.model_config, dataset.image_shape, dataset.observation, cell.model_source
     ).to(ctx.device)
-    images = dataset.train_images.to(ctx.device)  # the whole split stays on the device; batches are index draws
     checkpoint = checkpoint_path(ctx.results, key)
     best_path = checkpoint.with_name("best.pt")
     if not checkpoint.is_file():
         best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
-    evaluator = None
-    if cell.train.eval_every:
-        domain = ctx.extractors[(cell.dataset, "domain")]  # selection (schema.SELECTION_RULE): the held-out split
-        ref = reference_features(domain, dataset, held_out_split(cell.eval), ctx.results / "cache")
-        seed = cell.eval.seed + schema.SELECTION_SEED_OFFSET
-        evaluator = PeriodicFID(domain, ref.features, cell.train.eval_samples, cell.eval.batch_size, seed, best_path)
-    logger = CellLogger(run)
-    result = train(
-        model,
-        images,
-        cell.train,
-        seed=cell.seed,
-        logger=logger,
-        checkpoint=checkpoint,
-        config=cell_dict,
-        progress=ctx.progress,
-        evaluator=evaluator,
-        run_id=run.run_id,
-    )
-    if result.resumed_from:
-        run.set_tags({schema.RESUMED_FROM: result.resumed_from})
-        ctx.echo(f"    resumed from its checkpoint at step {result.resumed_from} (an interrupted earlier attempt)")
+    result = _train(job, ctx, model, checkpoint, best_path, cell_dict)
 
     ctx.echo("    evaluating the final checkpoint ...")
-    extractor = ctx.extractors[(cell.dataset, cell.eval.extractor)]
-    extras = tuple(ctx.extractors[(cell.dataset, name)] for name in cell.eval.extra_extractors)
-    ev = evaluate(model, dataset, cell.eval, extractor, ctx.results / "cache", ctx.echo, extras)
-    metrics = dict(ev.metrics)
-    metrics.update(
-        {
-            schema.TRAIN_S: result.seconds,
-            schema.EVAL_S: ev.seconds,
-            schema.EVAL_REFERENCE_S: ev.reference.seconds,
-            "eval/reference_cached": float(ev.reference.cached),
-            schema.TRAIN_IMAGES_PER_S: result.images_per_s,
-            "extractor/test_accuracy": extractor.info.get("test_accuracy", float("nan")),
-        }
-    )
-    run.set_tags({schema.PROTOCOL: ev.fingerprint})
-    proto = ev.protocol
-    if evaluator is not None:
-        proto = {**proto, SELECTION_KEY: selection_protocol(cell.train, cell.eval)}
-    run.log_dict(proto, schema.PROTOCOL_ARTIFACT)
-    if "ais" in ev.details:
-        run.log_dict(ev.details["ais"], schema.AIS_ARTIFACT)
-    run.log_metrics(metrics, step=result.steps)
-    run.log_image(grid(ev.samples[:64]), schema.SAMPLES_FINAL)
-    run.log_image(grid(nearest_grid(*ev.details["nearest"]), per_row=4), schema.NEAREST_TRAIN)
+    real = ctx.scoring(cell.dataset, cell.eval)
+    ev = evaluate(model, dataset, cell.eval, real, ctx.echo)
+    metrics = {
+        **ev.metrics,
+        schema.TRAIN_S: result.seconds,
+        schema.EVAL_S: ev.seconds,
+        schema.EVAL_REFERENCE_S: real[0].reference.seconds,
+        schema.REFERENCE_CACHED: float(real[0].reference.cached),
+        schema.TRAIN_IMAGES_PER_S: result.images_per_s,
+        schema.ENCODER_ACCURACY: real[0].encoder.info.get("test_accuracy", float("nan")),
+    }
+    proto = {**ev.protocol, SELECTION_KEY: selection_protocol(cell.train, cell.eval)} if cell.train.eval_every else None
+    record(run, ev, metrics=metrics, step=result.steps, protocol=proto)
     if model.family == "vae":
         x = dataset.test_images[:32].to(ctx.device).float() / 255.0
         recon = model.reconstruct(x).cpu()
         pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
         run.log_image(grid(pairs), schema.RECONSTRUCTIONS)
-    with tempfile.TemporaryDirectory() as tmp:
-        final = Path(tmp) / "final.pt"
-        torch.save({"model": model.state_dict(), "config": cell_dict, "step": result.steps}, final)
-        run.log_file(final, schema.CHECKPOINTS_DIR)
+    _log_checkpoint(run, {"model": model.state_dict(), "config": cell_dict, "step": result.steps}, "final.pt")
     run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps))
     if best_path.is_file():
-        metrics.update(evaluate_best(model, best_path, result.steps, ev, dataset, cell, (extractor, *extras), ctx, run))
+        metrics.update(evaluate_best(model, best_path, final=ev, final_step=result.steps, cell=cell, ctx=ctx, run=run))
         best_path.unlink()
     checkpoint.unlink(missing_ok=True)  # the finished run holds the final and best checkpoints
     if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
@@ -235,7 +242,44 @@ def train_and_evaluate(job: CellJob, ctx: SuiteContext) -> dict:
     return metrics
 
 
-def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell, extractors, ctx, run) -> dict:
+def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: Path, cell_dict: dict) -> TrainResult:
+    """The training loop for the cell, with the periodic FID that selects its best checkpoint
+    (schema.SELECTION_RULE: the selection encoder's held-out features, latents of its own seed)."""
+    cell, run = job.cell, job.run
+    selector = None
+    if cell.train.eval_every:
+        selection = ctx.real[(cell.dataset, schema.SELECTION_ENCODER)]
+        seed = cell.eval.seed + schema.SELECTION_SEED_OFFSET
+        selector = PeriodicFID(
+            selection.encoder,
+            selection.held_out.features,
+            cell.train.eval_samples,
+            cell.eval.batch_size,
+            seed,
+            best_path,
+        )
+    images = ctx.datasets[cell.dataset].train_images.to(ctx.device)  # whole split on the device; batches: index draws
+    result = train(
+        model,
+        images,
+        cell.train,
+        seed=cell.seed,
+        logger=CellLogger(run),
+        checkpoint=checkpoint,
+        config=cell_dict,
+        progress=ctx.progress,
+        evaluator=selector,
+        run_id=run.run_id,
+    )
+    if result.resumed_from:
+        run.set_tags({schema.RESUMED_FROM: result.resumed_from})
+        ctx.echo(f"    resumed from its checkpoint at step {result.resumed_from} (an interrupted earlier attempt)")
+    return result
+
+
+def evaluate_best(
+    model, best_path: Path, *, final: Evaluation, final_step: int, cell: Cell, ctx: CellContext, run: tracking.Run
+) -> dict:
     """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
     the best is the final step, the final evaluation is reused rather than repeated."""
     state = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -246,15 +290,12 @@ def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell,
         ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(state["model"])
-        cache = ctx.results / "cache"
-        ev = evaluate(best_model, dataset, cell.eval, extractors[0], cache, ctx.echo, tuple(extractors[1:]))
-        if ev.fingerprint != final.fingerprint:  # same cfg and extractor: cannot differ unless the cache changed
-            raise RuntimeError("the best checkpoint was evaluated under another protocol than the final one")
+        ev = evaluate(best_model, ctx.datasets[cell.dataset], cell.eval, ctx.scoring(cell.dataset, cell.eval), ctx.echo)
     metrics = {f"{schema.BEST_PREFIX}{k}": v for k, v in ev.metrics.items()}
     metrics.update(
         {
             schema.BEST_STEP: state["step"],
-            "best/periodic_fid": state["fid"],
+            schema.BEST_PERIODIC_FID: state["fid"],
             schema.EVAL_BEST_S: 0.0 if ev is final else ev.seconds,
         }
     )
@@ -265,20 +306,21 @@ def evaluate_best(model, best_path: Path, final_step: int, final, dataset, cell,
     return metrics
 
 
+def _log_checkpoint(run: tracking.Run, state: dict, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        torch.save(state, path)
+        run.log_file(path, schema.CHECKPOINTS_DIR)
+
+
 def _model_metadata(cell: Cell, step: int) -> dict[str, str]:
     return {
-        "bench.model": cell.model,
-        "bench.dataset": cell.dataset,
-        "bench.seed": str(cell.seed),
+        schema.MODEL: cell.model,
+        schema.DATASET: cell.dataset,
+        schema.SEED: str(cell.seed),
         "step": str(step),
         "source": cell.model_source or "genbench baselines",
     }
-
-
-def grid(images: torch.Tensor, per_row: int = 8) -> np.ndarray:
-    """uint8 (N, C, H, W) → one (H', W', C) uint8 grid image, `per_row` images per row."""
-    tiled = make_grid(images, nrow=per_row, padding=2, pad_value=128)  # (C, H', W') uint8
-    return tiled.permute(1, 2, 0).numpy()
 
 
 @dataclass
@@ -292,14 +334,3 @@ class CellLogger:
 
     def log_samples(self, images: torch.Tensor, step: int) -> None:
         self.run.log_image_step(grid(images), schema.SAMPLES_BY_STEP, step)  # MLflow's image view: a step slider
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{key}."))
-        else:
-            out[key] = list(v) if isinstance(v, tuple) else v
-    return out

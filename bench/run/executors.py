@@ -1,5 +1,5 @@
 """Executors run the cells of a suite, each behind one interface: `executor.run(job, ctx) -> Outcome` runs one
-opened cell (a bench.cell.CellJob), and `executor.map(fn, items)` runs a suite's worth of them, as many at once as
+opened cell (a bench.run.cell.CellJob), and `executor.map(fn, items)` runs a suite's worth of them, as many at once as
 the executor allows. The cell's own run records its outcome, so one cell's failure never stops the others.
 
 - `local` (default): cells on this machine, each in its own spawned process: an exception, a NaN, an out-of-memory
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from bench import schema, tracking
-from bench.config import Cell, ConfigError
+from bench.config import ConfigError
 from bench.data import load as load_dataset
-from bench.eval.encoders import build_extractor
-from bench.run.cell import CellJob, Outcome, SuiteContext, execute
+from bench.run.cell import CellContext, CellJob, Outcome, execute, prepare_real
 from bench.run.interrupts import interrupt_on
+from bench.run.matrix import Cell
 
 
 class LocalExecutor:
@@ -38,7 +38,7 @@ class LocalExecutor:
     or a segfault there cannot take the suite down: the run is recorded FAILED with how the process ended. In order,
     or `cells_per_gpu` at once (each waited on by a thread of this process).
 
-    A worker lives on from cell to cell: it keeps the datasets and extractors it loaded, its imports and its CUDA
+    A worker lives on from cell to cell: it keeps the datasets and encoders it loaded, its imports and its CUDA
     context, which a fresh process per cell paid again every time (seconds per cell, more than training takes for
     a small model on a GPU). A worker whose cell FAILED is replaced before the next cell, so nothing a failure left
     behind (a broken CUDA context, say) reaches another cell.
@@ -106,7 +106,7 @@ class LocalExecutor:
         self._mine.worker = None
         worker.close()
 
-    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+    def run(self, job: CellJob, ctx: CellContext) -> Outcome:
         cell, run = job.cell, job.run
         spec = detached_spec(job, ctx, self.cells_per_gpu)
         start = time.perf_counter()
@@ -192,15 +192,17 @@ class _Worker:
         self.conn.close()
 
 
-class InlineExecutor(LocalExecutor):
-    """Cells in order inside this process."""
+class InlineExecutor:
+    """Cells in order inside this process (debugging with pdb; tests that patch the code under test)."""
 
     def __init__(self, cells_per_gpu: int = 1):
         if cells_per_gpu != 1:
             raise ConfigError("--cells-per-gpu needs the local or ray executor (inline runs one cell at a time)")
-        super().__init__(1)
 
-    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+    def run(self, job: CellJob, ctx: CellContext) -> Outcome:
         job.run.set_tags(tracking.owner_tags(os.getpid()))
         return execute(job, ctx)
 
@@ -246,7 +248,7 @@ class RayExecutor:
         with ThreadPoolExecutor(max_workers=self.slots) as pool:  # each thread waits on one task at a time
             return list(pool.map(fn, items))
 
-    def run(self, job: CellJob, ctx: SuiteContext) -> Outcome:
+    def run(self, job: CellJob, ctx: CellContext) -> Outcome:
         cell, run = job.cell, job.run
         device = "cuda" if self.gpus and cell.train.device != "cpu" else "cpu"
         spec = detached_spec(job, ctx, self.cells_per_gpu) | {"device": device, "threads": 1}
@@ -287,7 +289,7 @@ def build_executor(name: str, cells_per_gpu: int, ray_address: str | None, track
 # ----------------------------------------------------------------------------- a cell away from the driver
 
 
-def detached_spec(job: CellJob, ctx: SuiteContext, cells_at_once: int) -> dict:
+def detached_spec(job: CellJob, ctx: CellContext, cells_at_once: int) -> dict:
     """What a worker process or Ray task needs to run the cell into the run the driver opened (picklable)."""
     return {
         "cell": job.cell,
@@ -304,7 +306,7 @@ def detached_spec(job: CellJob, ctx: SuiteContext, cells_at_once: int) -> dict:
 
 def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     """A cell away from the driver (a worker process, or a Ray task): rebuild what it needs (dataset, cached
-    extractors; kept in `loaded` for the worker's next cells), run it into the run the driver created, return the
+    encoders; kept in `loaded` for the worker's next cells), run it into the run the driver created, return the
     outcome as a plain dict."""
     torch.set_num_threads(spec["threads"])
     cell: Cell = spec["cell"]
@@ -313,17 +315,12 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     if ("dataset", cell.dataset) not in loaded:
         loaded[("dataset", cell.dataset)] = load_dataset(cell.dataset)
     dataset = loaded[("dataset", cell.dataset)]
-    extractors = {}
-    for name in {cell.eval.extractor, "domain"} if cell.train.eval_every else {cell.eval.extractor}:
-        key = ("extractor", cell.dataset, name, str(results), str(device), repr(cell.domain))
-        if key not in loaded:
-            loaded[key] = build_extractor(name, dataset, cell.domain, results / "cache", device)
-        extractors[(cell.dataset, name)] = loaded[key]
+    real = prepare_real(
+        dataset, cell.encoders(), cell.eval, cell.domain, results, device, scoring=cell.eval.encoders, loaded=loaded
+    )
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
-    ctx = SuiteContext(
-        None, None, {cell.dataset: dataset}, extractors, {}, results, device, spec["progress"], echo, uri=spec["uri"]
-    )
+    ctx = CellContext({cell.dataset: dataset}, real, results, device, spec["uri"], spec["progress"], echo)
     try:
         outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)
     except KeyboardInterrupt:
@@ -343,7 +340,7 @@ def outcome_from_report(cell: Cell, run: tracking.Run, out: dict) -> Outcome:
 
 def _worker_loop(conn) -> None:
     """Entry point of a worker process: run the cells that arrive on `conn` (None: stop), report each as a dict,
-    with the datasets and extractors loaded for one cell kept for the next. SIGINT and SIGTERM interrupt the cell
+    with the datasets and encoders loaded for one cell kept for the next. SIGINT and SIGTERM interrupt the cell
     (it checkpoints and reports KILLED, and the worker ends); a SIGTERM after the first signal is the same request
     (the suite's process forwards one after a Ctrl-C that reached both)."""
     loaded: dict = {}

@@ -17,6 +17,7 @@ from baselines.contract import GenerativeModel
 from bench.config import TrainConfig
 from bench.devices import training_precision
 from bench.run.interrupts import StopRequest
+from bench.schema import PERIODIC_TRAIN_S, TRAIN_PREFIX
 from bench.storage import atomic_save
 
 GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)
@@ -96,6 +97,23 @@ def save_checkpoint(
     atomic_save(state, path)
 
 
+def load_checkpoint(path: Path, model, optimizers: dict, batch_rng: torch.Generator, device: torch.device):
+    """Resume from a `save_checkpoint` file: weights, optimiser state and every RNG as they were at its step.
+    Returns (step, training seconds before it)."""
+    # on the CPU: the RNG states must stay CPU ByteTensors (map_location=cuda would move them and break
+    # set_rng_state); load_state_dict copies the weights and optimiser moments onto the model's device
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][name])
+    torch.set_rng_state(state["rng"]["torch"])
+    batch_rng.set_state(state["rng"]["batches"])
+    cuda_rng = state["rng"].get("cuda")
+    if device.type == "cuda" and torch.is_tensor(cuda_rng):  # none from a CPU run: keep the fresh seed's
+        torch.cuda.set_rng_state(cuda_rng, device)
+    return state["step"], state.get("train_seconds", 0.0)
+
+
 def train(
     model: GenerativeModel,
     images: torch.Tensor,
@@ -122,28 +140,12 @@ def train(
     forward, backward, optimiser updates) is captured once as a CUDA graph and replayed (`GraphStep`).
     """
     device = images.device
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        for module in model.children():  # the networks (generator, discriminator, encoder, decoder)
-            module.compile()
-    optimizers = model.optimizers()
+    optimizers = _prepare(model, cfg)
     batch_rng = torch.Generator().manual_seed(seed)  # batch indices are drawn on the CPU: same batches on any device
     torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
     step, before = 0, 0.0  # before: training seconds of earlier processes (resumes)
     if checkpoint is not None and checkpoint.is_file():
-        # on the CPU: the RNG states must stay CPU ByteTensors (map_location=cuda would move them and break
-        # set_rng_state); load_state_dict copies the weights and optimiser moments onto the model's device
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        step, before = state["step"], state.get("train_seconds", 0.0)
-        torch.set_rng_state(state["rng"]["torch"])
-        batch_rng.set_state(state["rng"]["batches"])
-        cuda_rng = state["rng"].get("cuda")
-        if device.type == "cuda" and torch.is_tensor(cuda_rng):  # none from a CPU run: keep the fresh seed's
-            torch.cuda.set_rng_state(cuda_rng, device)
+        step, before = load_checkpoint(checkpoint, model, optimizers, batch_rng, device)
     resumed_from = step
 
     model.train()
@@ -158,14 +160,8 @@ def train(
     last: dict[str, float] = {}
     steady: tuple[int, float] | None = None  # (step, training seconds) once a CUDA graph replays
     clock = TrainingClock()
-    bar = tqdm(
-        total=cfg.steps,
-        initial=step,
-        disable=None if progress else True,  # None: off when not a TTY
-        unit="step",
-        dynamic_ncols=True,
-        leave=False,
-    )
+    off = None if progress else True  # None: off when not a TTY
+    bar = tqdm(total=cfg.steps, initial=step, disable=off, unit="step", dynamic_ncols=True, leave=False)
     with StopRequest() as stop:
         while step < cfg.steps:
             idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng)
@@ -184,7 +180,7 @@ def train(
             final = step == cfg.steps
             if step % cfg.log_every == 0 or final:
                 last = losses.flush()
-                logger.log_metrics({f"train/{k}": v for k, v in last.items()}, step)
+                logger.log_metrics({f"{TRAIN_PREFIX}{k}": v for k, v in last.items()}, step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()}, refresh=False)
             if step % cfg.sample_every == 0 or final:
                 losses.check()
@@ -194,7 +190,7 @@ def train(
                 trained = clock.trained()
                 with clock.paused():
                     logs = evaluator(model, step)
-                logger.log_metrics({**logs, "periodic/train_s": before + trained}, step)
+                logger.log_metrics({**logs, PERIODIC_TRAIN_S: before + trained}, step)
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
                 losses.check()  # never checkpoint a diverged model
                 trained = before + clock.trained()
@@ -210,12 +206,21 @@ def train(
     synchronize(device)  # the clock covers the device's work, not only its queueing
     bar.close()
     seconds = clock.trained()
-    done = step - resumed_from
-    images_per_s = done * reals_per_step / seconds if seconds > 0 else 0.0
+    images_per_s = (step - resumed_from) * reals_per_step / seconds if seconds > 0 else 0.0
     steady_ips = None
     if steady is not None and step > steady[0]:
         steady_ips = (step - steady[0]) * reals_per_step / (seconds - steady[1])
     return TrainResult(step, seconds, images_per_s, last, resumed_from, steady_ips)
+
+
+def _prepare(model, cfg: TrainConfig) -> dict:
+    """The model in the memory format and compiled form the config asks for; its optimisers."""
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in model.children():  # the networks (generator, discriminator, encoder, decoder)
+            module.compile()
+    return model.optimizers()
 
 
 def batch(images: torch.Tensor, idx: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -12,8 +12,9 @@ import torch
 from bench import schema, tracking
 from bench.config import BenchConfig
 from bench.data import Dataset
-from bench.eval.pipeline import evaluate_external, nearest_grid
-from bench.run.cell import flatten, grid
+from bench.eval.pipeline import evaluate_samples
+from bench.run.cell import prepare_real
+from bench.run.record import flatten, grid, open_run, record
 from bench.storage import bytes_digest
 
 IMAGE_SUFFIXES = (".png",)
@@ -109,8 +110,6 @@ def score_and_log(
     """Score the samples at `samples_path` under the suite's protocol for `dataset` and log them as an `external`
     run named `name`; returns (run id, metrics). A FINISHED run of the same samples under the same protocol is
     reused, not repeated."""
-    from bench.eval.encoders import build_extractor
-
     suite = config.suite(suite_name)
     cfg = suite.eval
     samples = as_images(read_samples(samples_path), dataset.image_shape, str(samples_path))
@@ -123,11 +122,12 @@ def score_and_log(
     if len(samples) > cfg.num_samples:
         echo(f"using the first {cfg.num_samples} of {len(samples)} samples (the suite's eval.num_samples)")
     tracking.check_reachable(uri)
-    extractor = build_extractor(cfg.extractor, dataset, config.domain, results / "cache", device)
-    extras = tuple(build_extractor(n, dataset, config.domain, results / "cache", device) for n in cfg.extra_extractors)
-    names = ", ".join(ex.name for ex in (extractor, *extras))
-    echo(f"scoring {len(used)} samples of {dataset.name} with the {names} extractor(s) ...")
-    ev = evaluate_external(used, dataset, cfg, extractor, results / "cache", device, extras)
+    real = prepare_real(
+        dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders, echo=None, loaded=None
+    )
+    bundles = tuple(real[(dataset.name, name)] for name in cfg.encoders)
+    echo(f"scoring {len(used)} samples of {dataset.name} with the {', '.join(cfg.encoders)} encoder(s) ...")
+    ev = evaluate_samples(used, dataset, cfg, bundles, device)
     digest = bytes_digest([used.numpy().tobytes()])
     key = bytes_digest([f"external|{name}|{digest}|{ev.fingerprint}"])[:16]
     tracker = tracking.Tracker(uri, suite.name, results / "artifacts")
@@ -135,20 +135,10 @@ def score_and_log(
     if key in finished:
         echo(f"{name}: these samples are already scored under this protocol (run {finished[key]})")
         return finished[key], ev.metrics
-    run = tracker.start_run(
-        f"{name}/{dataset.name}",
-        {
-            schema.SUITE: suite.name,
-            schema.MODEL: name,
-            schema.FAMILY: "external",
-            schema.DATASET: dataset.name,
-            schema.OBSERVATION: dataset.observation,
-            schema.SEED: "-",
-            schema.CELL: key,
-            schema.VARIANT: key,
-            schema.PROTOCOL: ev.fingerprint,
-        },
-    )
+    run = open_run(
+        tracker, f"{name}/{dataset.name}", suite=suite.name, model=name, family="external", dataset=dataset, seed="-",
+        key=key, variant=key,
+    )  # fmt: skip
     run.log_params(
         {
             **flatten({"eval": dataclasses.asdict(cfg)}),
@@ -157,10 +147,8 @@ def score_and_log(
             "samples.count": str(len(samples)),
         }
     )
-    run.log_dict(ev.protocol, schema.PROTOCOL_ARTIFACT)
-    run.log_metrics({**ev.metrics, schema.EVAL_S: ev.seconds, schema.EVAL_REFERENCE_S: ev.reference.seconds})
-    run.log_image(grid(used[:64]), schema.SAMPLES_FINAL)
-    run.log_image(grid(nearest_grid(*ev.details["nearest"]), per_row=4), schema.NEAREST_TRAIN)
+    reference = bundles[0].reference
+    record(run, ev, metrics={schema.EVAL_S: ev.seconds, schema.EVAL_REFERENCE_S: reference.seconds})
     run.end("FINISHED")
     return run.run_id, ev.metrics
 

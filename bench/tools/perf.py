@@ -8,7 +8,7 @@ side by side in this process, after a warm-up; the ratio is genbench's images/s 
 loop can be given the speed path (`speed`: precision, channels_last, compile, tf32, as in [suites.NAME.train]); the
 reference always runs plain fp32 eager, as a user's own loop would. On CUDA the GPU's utilisation (NVML's: the share
 of time a kernel was running, what nvidia-smi shows) is sampled during both timed loops. Evaluation throughput is
-images/s through the feature extractor; tracking overhead is the share of a training loop's wall time spent inside
+images/s through the feature encoder; tracking overhead is the share of a training loop's wall time spent inside
 MLflow calls. Everything is logged to the MLflow experiment `perf`.
 """
 
@@ -39,7 +39,17 @@ from bench.run.train import GraphStep, train
 SHAPES = {"28": (1, 28, 28), "32": (3, 32, 32)}
 WARMUP = 3
 SPEED_KEYS = ("precision", "channels_last", "compile", "tf32", "cuda_graph")  # the TrainConfig fields of the speed path
-DEFAULT_SPEED = {"precision": "fp32", "channels_last": False, "compile": False, "tf32": False, "cuda_graph": False}
+DEFAULT_SPEED = {key: getattr(TrainConfig(), key) for key in SPEED_KEYS}
+
+
+def check_speed(speed: dict, what: str) -> dict:
+    """The speed fields as TrainConfig validates them (its rules, e.g. compile with cuda_graph, in one place);
+    ValueError naming `what`."""
+    try:
+        TrainConfig(**speed)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    return speed
 
 
 def parse_variant(spec: str) -> dict:
@@ -54,9 +64,7 @@ def parse_variant(spec: str) -> dict:
         else:
             raise ValueError(f"unknown word {word!r} in variant {spec!r}; use fp32 or bf16 and any of "
                              f"{', '.join(SPEED_KEYS[1:])}, joined by '+'")  # fmt: skip
-    if speed["compile"] and speed["cuda_graph"]:
-        raise ValueError(f"variant {spec!r}: compile and cuda_graph cannot be combined")
-    return speed
+    return check_speed(speed, f"variant {spec!r}")
 
 
 class ReferenceImages(VisionDataset):
@@ -226,16 +234,16 @@ def time_reference_loop(
 
 
 def eval_throughput(shape, device, n: int = 2000, batch_size: int = 500) -> float:
-    """Images/s through the domain extractor's network (untrained: the cost does not depend on the weights)."""
-    from bench.eval.encoders import Extractor
+    """Images/s through the domain encoder's network (untrained: the cost does not depend on the weights)."""
+    from bench.eval.encoders import Encoder
 
     net = DomainNet(shape, 10, 64).to(device).eval()
-    extractor = Extractor("domain", "-", "-", net, {}, feature_dim=64)
+    encoder = Encoder("domain", "-", "-", net, {}, feature_dim=64)
     images = _data(shape, n, seed=1)
-    extractor(images[:batch_size], batch_size)
+    encoder(images[:batch_size], batch_size)
     _sync(device)
     start = time.perf_counter()
-    extractor(images, batch_size)
+    encoder(images, batch_size)
     _sync(device)
     return n / (time.perf_counter() - start)
 
@@ -321,7 +329,7 @@ def table(rows: list[Row], overhead: tuple[float, float], device, speed: dict | 
         "",
         "| model | shape |"
         + (" genbench loop |" if several else "")
-        + " genbench train img/s | reference train img/s | ratio | eval img/s (domain extractor) |"
+        + " genbench train img/s | reference train img/s | ratio | eval img/s (domain encoder) |"
         + (" GPU util genbench / reference |" if gpu else ""),
         "|---|---|" + ("---|" if several else "") + "---:|---:|---:|---:|" + ("---:|" if gpu else ""),
     ]

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench import schema
+from bench.storage import source_commit
 from bench.tracking.store import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -137,14 +137,9 @@ def provenance_tags() -> dict[str, str]:
         "mlflow.source.name": sys.argv[0] or "bench",
         "mlflow.source.type": "LOCAL",
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode == 0 and commit.stdout.strip():
-            tags["mlflow.source.git.commit"] = commit.stdout.strip()
-    except (OSError, subprocess.SubprocessError):  # no git: no commit tag
-        pass
+    commit = source_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
     return tags
 
 

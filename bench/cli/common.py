@@ -1,0 +1,44 @@
+"""What every `bench` command shares: the results folder, one-line errors, loading bench.toml, common options."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from bench import config
+from bench.config import DEFAULT_CONFIG, ConfigError
+
+EXIT_USAGE = 2  # bad input: nothing was started
+EXIT_FAILED_CELLS = 1  # the suite ran, some cells FAILED (the summary says which)
+
+
+def results() -> Path:
+    return Path(os.environ.get("BENCH_RESULTS", "results"))
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def load_config(config_path: str, overrides: tuple[str, ...] = (), suite: str | None = None):
+    try:
+        cfg = config.load(config_path, overrides, suite)
+        if suite is not None:
+            cfg.suite(suite)
+        return cfg
+    except ConfigError as e:
+        fail(str(e))
+
+
+config_option = click.option(
+    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="The suite configuration file."
+)
+uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db).",
+)

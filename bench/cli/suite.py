@@ -1,0 +1,223 @@
+"""The suite commands: `bench run`, `bench list`, `bench report`, `bench ui`."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import click
+
+from bench import config, schema
+from bench.cli.common import EXIT_FAILED_CELLS, config_option, fail, load_config, results, uri_option
+from bench.config import ConfigError
+
+
+@click.command()
+@click.option("--suite", required=True, help="Suite name from bench.toml (see `bench list`).")
+@uri_option
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set train.steps=500 --set seeds=[0] --set models.gan-mlp.lr=1e-4.",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(config.EXECUTORS),
+    default="local",
+    show_default=True,
+    help="local: each cell in its own process (a crash stays in its cell); inline: cells in this process "
+    "(debugging); ray: each cell a Ray task (pip install 'genbench[ray]').",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="Ray cluster to join (e.g. ray://head:10001); default: a local Ray instance. A remote cluster needs "
+    "--tracking-uri http://...",
+)
+@click.option(
+    "--cells-per-gpu",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Cells run at once on the device: local: that many worker processes sharing it; ray: 1/N of a GPU per "
+    "cell. Small models leave most of a GPU idle; the summary reports the aggregate throughput.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+@click.option("--dry-run", is_flag=True, help="Print each cell, its bench.cell hash and what would happen to it.")
+@config_option
+def run(
+    suite: str,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    executor: str,
+    ray_address: str | None,
+    cells_per_gpu: int,
+    no_progress: bool,
+    dry_run: bool,
+    config_path: str,
+) -> None:
+    """Train and evaluate every cell of a suite; log everything to MLflow."""
+    cfg = load_config(config_path, overrides, suite)
+    from bench.data import DataError
+    from bench.eval.encoders import EncoderError
+    from bench.run.suite import plan_suite, run_suite
+    from bench.tracking import TrackingError
+
+    if dry_run:
+        try:
+            plan = plan_suite(cfg, suite, tracking_uri=tracking_uri, results=results())
+        except (ConfigError, DataError, TrackingError) as e:
+            fail(str(e))
+        click.echo(f"suite {suite}: {len(plan)} cells (dry run: nothing is trained or logged)")
+        for i, (cell, key, action) in enumerate(plan, 1):
+            click.echo(f"  [{i}/{len(plan)}] {cell.name:<32} {key}  {action}")
+        return
+
+    try:
+        outcomes = run_suite(
+            cfg,
+            suite,
+            tracking_uri=tracking_uri,
+            results=results(),
+            overrides=overrides,
+            executor=executor,
+            ray_address=ray_address,
+            progress=not no_progress,
+            echo=click.echo,
+            cells_per_gpu=cells_per_gpu,
+        )
+    except (ConfigError, DataError, EncoderError, TrackingError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        click.echo("interrupted: the running cell is marked KILLED; run the same command again to resume", err=True)
+        sys.exit(130)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("FINISHED", "SKIPPED", "FAILED")}
+    click.echo(
+        f"done: {counts['FINISHED']} finished, {counts['SKIPPED']} skipped (already finished), "
+        f"{counts['FAILED']} failed"
+    )
+    for o in outcomes:
+        if o.status == "FAILED":
+            click.echo(f"  FAILED {o.cell.name} (run {o.run_id}): {o.error}", err=True)
+    click.echo(f"report: bench report --suite {suite}")
+    if counts["FAILED"]:
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+@click.command(name="list")
+@config_option
+def list_(config_path: str) -> None:
+    """Show the suites, models and datasets."""
+    cfg = load_config(config_path)
+    import baselines
+    from bench.data import DATASETS
+
+    click.echo("suites:")
+    for name, s in cfg.suites.items():
+        n = len(s.datasets) * len(s.models) * len(s.seeds)
+        click.echo(
+            f"  {name:<12} {n:>3} cells  datasets={','.join(s.datasets)}  models={','.join(s.models)}  "
+            f"seeds={','.join(map(str, s.seeds))}  steps={s.train.steps}  encoder={s.eval.encoder}"
+        )
+        if s.description:
+            click.echo(f"  {'':<12} {s.description}")
+    click.echo("models:")
+    for name, cls in baselines.models().items():
+        doc = ((sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").strip().splitlines() or [""])[0]
+        click.echo(f"  {name:<12} {cls.family}  {doc}")
+        if name not in baselines.MODELS:
+            click.echo(f"  {'':<12}      plugin: {baselines.source(name)}")
+    click.echo("datasets:")
+    for name, loader in DATASETS.items():
+        click.echo(f"  {name:<14} {(loader.__doc__ or '').strip().splitlines()[0] if loader.__doc__ else ''}")
+
+
+@click.command()
+@click.option("--suite", required=True, help="Suite (= MLflow experiment) to report on.")
+@uri_option
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
+@click.option(
+    "--checkpoint",
+    type=click.Choice(list(schema.CHECKPOINTS)),
+    default="final",
+    show_default=True,
+    help="Report the final checkpoint's metrics, or the best checkpoint's (lowest periodic FID in training).",
+)
+@config_option
+def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: str, config_path: str) -> None:
+    """Write the suite's leaderboard (markdown, HTML, CSV and figures) from the tracking store."""
+    cfg = load_config(config_path, suite=suite)
+    from bench import tracking
+    from bench.report.files import write_report
+
+    uri = tracking.resolve_uri(tracking_uri, results())
+    out_dir = Path(out) if out else results() / "reports" / suite
+    try:
+        paths = write_report(uri, suite, out_dir, checkpoint, cfg.published)
+        parent = tracking.attach_report(uri, suite, list(paths.values()), root=out_dir)
+    except tracking.TrackingError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot write the report to {out_dir} ({e.strerror or type(e).__name__}); choose another --out")
+    click.echo(paths["markdown"].read_text())
+    for name, path in paths.items():
+        if not name.startswith("figure:"):
+            click.echo(f"wrote {path}")
+    figures = [p for name, p in paths.items() if name.startswith("figure:")]
+    if figures:
+        click.echo(f"wrote {len(figures)} figures to {figures[0].parent}")
+    if parent:
+        click.echo(f"attached to parent run {parent}")
+
+
+@click.command()
+@uri_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--suite", default=None, help="Print the link to this suite's training-runs table.")
+def ui(tracking_uri: str | None, host: str, port: int, suite: str | None) -> None:
+    """Serve the MLflow UI on the suite's tracking store (or, for a tracking server, print its address)."""
+    import signal
+
+    from bench import tracking
+
+    uri = tracking.resolve_uri(tracking_uri, results())
+    try:
+        tracking.check_reachable(uri)
+    except tracking.TrackingError as e:
+        fail(str(e))
+    if uri.startswith(("http://", "https://")):  # a server already serves its own UI: nothing to start
+        click.echo(f"the tracking store is an MLflow server; its UI: {_runs_url(uri.rstrip('/'), uri, suite)}")
+        return
+    if not tracking.store_exists(uri):
+        fail(f"no tracking store at {uri}; run `bench run --suite quick` first or pass --tracking-uri")
+    with socket.socket() as s:
+        if s.connect_ex((host, port)) == 0:
+            fail(f"port {port} on {host} is in use; choose another with --port")
+    proc = tracking.serve_ui(uri, host, port)
+    click.echo(f"MLflow UI for {uri} at {_runs_url(f'http://{host}:{port}', uri, suite)}  (Ctrl-C to stop)")
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # a `kill` of bench ui stops the server it started, as Ctrl-C does
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        tracking.stop_ui(proc)
+
+
+def _runs_url(base: str, uri: str, suite: str | None) -> str:
+    """The suite's training-runs table (MLflow 3 opens an experiment on its GenAI overview otherwise)."""
+    from bench import tracking
+
+    if suite is None:
+        return base
+    experiment_id = tracking.experiment_id(uri, suite)
+    if experiment_id is None:
+        fail(f"no experiment {suite!r} in {uri}; run `bench run --suite {suite}` first")
+    return f"{base}/#/experiments/{experiment_id}/runs"
