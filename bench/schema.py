@@ -73,6 +73,7 @@ ENCODER_METRICS = (
 class Weights:
     """Where a pretrained encoder's weights come from: $env, else `file` in torch's hub cache, else `url`."""
 
+    what: str  # what the weights are, in words
     file: str
     env: str
     url: str
@@ -93,6 +94,7 @@ class EncoderInfo:
 # torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code); its URL is
 # torch-fidelity's URL_INCEPTION_V3 (a test compares: importing torch-fidelity here would cost seconds)
 INCEPTION_WEIGHTS = Weights(
+    "torch-fidelity's Inception-v3 weights",
     "weights-inception-2015-12-05-6726825d.pth",
     "BENCH_INCEPTION_WEIGHTS",
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
@@ -103,7 +105,8 @@ INCEPTION_WEIGHTS = Weights(
 def _dinov2(short: str) -> Weights:
     """Meta's released DINOv2 checkpoint (timm's conversion of it loads too)."""
     file = f"dinov2_{short}_pretrain.pth"
-    return Weights(file, "BENCH_DINOV2_WEIGHTS", f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/{file}")
+    url = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/{file}"
+    return Weights("DINOv2 weights (Meta's checkpoint, or timm's conversion of it)", file, "BENCH_DINOV2_WEIGHTS", url)
 
 
 # The feature encoders, by the name a suite gives (eval.encoder, eval.extra_encoders): config validation, the

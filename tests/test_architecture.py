@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "typed_toml": set(),
     "config": {"schema", "typed_toml", "data"},
     "data": {"storage"},
-    "devices": {"config"},
+    "devices": {"config", "storage"},
     "tracking": {"schema", "storage"},
     "eval": {"eval", *TOP},
     "report": {"report", "tracking", "schema", "config"},

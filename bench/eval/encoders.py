@@ -192,9 +192,9 @@ def weights_path(name: str) -> Path | None:
         else f"drop {name!r} from eval.extra_encoders"
     )
     raise EncoderError(
-        f"the {name} encoder needs its weights ({w.file}) and found none: {w.env} is not set, they are not in torch's "
-        f"hub cache ({hub}), and {why}. Set {w.env}=/path/to/{w.file}, copy the file into {hub.parent}, run once "
-        f"with network access, or {otherwise}"
+        f"the {name} encoder needs {w.what} ({w.file}) and found none: {w.env} is not set, they are not in "
+        f"torch's hub cache ({hub}), and {why}. Set {w.env}=/path/to/{w.file}, copy the file into {hub.parent}, "
+        f"run once with network access, or {otherwise}"
     )
 
 

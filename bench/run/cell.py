@@ -19,7 +19,7 @@ from bench import schema, tracking
 from bench.config import DomainConfig, EvalConfig
 from bench.data import Dataset
 from bench.devices import environment
-from bench.eval.encoders import build_encoder
+from bench.eval.encoders import Encoder, build_encoder
 from bench.eval.pipeline import Evaluation, PeriodicFID, evaluate
 from bench.eval.protocol import SELECTION_KEY, selection_protocol
 from bench.eval.real_features import RealFeatures, real_features
@@ -88,10 +88,12 @@ def prepare_real(
     scoring: tuple[str, ...],
     echo: Callable[[str], None] | None = None,
     loaded: dict | None = None,
+    check: Callable[[Encoder], None] | None = None,
 ) -> dict[tuple[str, str], RealFeatures]:
     """The real features of `dataset` in each encoder of `names` (built, or taken from `loaded`, a worker's memory
-    of earlier cells); the copying test's cells only for the encoders in `scoring`. With `echo`, says what each
-    took (the suite's preflight)."""
+    of earlier cells); the copying test's cells only for the encoders in `scoring`. `check` sees each encoder once
+    it is built, before its features are computed (the suite's preflight: seconds, not minutes, to an error). With
+    `echo`, says what each took."""
     loaded = {} if loaded is None else loaded
     out = {}
     for name in names:
@@ -102,6 +104,8 @@ def prepare_real(
             encoder = build_encoder(name, dataset, domain, results / "cache", device)
             if echo and "test_accuracy" in encoder.info:
                 echo(f"  test accuracy {encoder.info['test_accuracy']:.4f}")
+            if check:
+                check(encoder)
             loaded[key] = real_features(encoder, dataset, cfg, results / "cache", copying=name in scoring)
             if echo:
                 r = loaded[key]

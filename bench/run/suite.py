@@ -99,13 +99,26 @@ def _preflight(
         datasets[name] = load_dataset(name)
         _check_ais(suite.eval, datasets[name])
     real = {}
+    scoring = suite.eval.encoders
     for name, dataset in datasets.items():
-        scoring = suite.eval.encoders
+
+        def check(encoder, dataset=dataset) -> None:
+            if encoder.name in scoring:
+                _check_sample_counts(suite.eval, dataset, encoder)
+
         real.update(
-            prepare_real(dataset, needed[name], suite.eval, config.domain, results, device, scoring=scoring, echo=echo)
+            prepare_real(
+                dataset,
+                needed[name],
+                suite.eval,
+                config.domain,
+                results,
+                device,
+                scoring=scoring,
+                echo=echo,
+                check=check,
+            )  # fmt: skip
         )
-        for encoder in scoring:
-            _check_sample_counts(suite.eval, dataset, real[(name, encoder)].encoder)
         if suite.eval.encoder == "inception" and device.type == "cpu":
             echo(
                 f"  note: Inception runs at ~8 images/s on a 2-core CPU (the 299x299 resize): "

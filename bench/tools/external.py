@@ -122,9 +122,7 @@ def score_and_log(
     if len(samples) > cfg.num_samples:
         echo(f"using the first {cfg.num_samples} of {len(samples)} samples (the suite's eval.num_samples)")
     tracking.check_reachable(uri)
-    real = prepare_real(
-        dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders, echo=None, loaded=None
-    )
+    real = prepare_real(dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders)
     bundles = tuple(real[(dataset.name, name)] for name in cfg.encoders)
     echo(f"scoring {len(used)} samples of {dataset.name} with the {', '.join(cfg.encoders)} encoder(s) ...")
     ev = evaluate_samples(used, dataset, cfg, bundles, device)
