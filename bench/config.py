@@ -30,6 +30,7 @@ from bench.typed_toml import ConfigError, build, check_keys, subtable
 DEFAULT_CONFIG = "bench.toml"
 ENCODERS = tuple(schema.ENCODERS)  # the feature encoders a suite may name
 REFERENCE_SPLITS = ("train", "test")
+BEST_METRICS = ("sample", "all")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "inline", "ray")  # bench.run.executors.EXECUTORS has one class per name
@@ -116,6 +117,9 @@ class EvalConfig:
     copying_cells: int = 20  # k-means cells of the data-copying test C_T (Meehan et al. 2020)
     isc_splits: int = 10
     seed: int = 0  # evaluation seed: samples, binarisation of the test split, KID subsets
+    # what the best checkpoint (selected on periodic FID) is scored on: "sample" = the sample metrics; "all" = also
+    # the likelihoods (IWAE, AIS), a second run of the most expensive part of an evaluation
+    best_metrics: str = "sample"
     ais: AISConfig = field(default_factory=AISConfig)  # [suites.NAME.eval.ais]
 
     def __post_init__(self) -> None:
@@ -143,6 +147,7 @@ class EvalConfig:
             raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
         _one_of(self, "encoder", ENCODERS)
         _one_of(self, "reference_split", REFERENCE_SPLITS)
+        _one_of(self, "best_metrics", BEST_METRICS)
         if self.kid_subset_size > self.num_samples:
             raise ValueError(
                 f"kid_subset_size ({self.kid_subset_size}) must not exceed num_samples ({self.num_samples})"

@@ -278,6 +278,32 @@ LEADERBOARD.update(  # the same metrics in each extra encoder's features: labell
     }
 )
 
+# what only the likelihood part of an evaluation logs (the VAEs' bound, AIS): the best checkpoint has none of them
+# unless eval.best_metrics = "all"
+LIKELIHOOD_METRICS = (
+    ELBO,
+    RATE,
+    DISTORTION,
+    NLL_IWAE,
+    BITS_PER_DIM,
+    RECON_PSNR,
+    RECON_SSIM,
+    NLL_AIS,
+    BITS_PER_DIM_AIS,
+    AIS_SIGMA,
+    AIS_BDMC_GAP,
+    AIS_NLL_STDERR,
+    AIS_ACCEPT,
+    AIS_GRADIENT_EVALS,
+    AIS_VALIDATION_NLL,
+    AIS_BDMC_LOWER,
+    AIS_BDMC_UPPER,
+    AIS_SELECT_S,
+    AIS_S,
+    AIS_BDMC_S,
+    EVAL_LIKELIHOOD_S,
+)
+
 # the metrics a cell prints when it finishes
 SHOWN = (FID, IS_MEAN, ELBO, NLL_IWAE, NLL_AIS, AIS_BDMC_GAP)
 
@@ -294,4 +320,5 @@ NEAREST_TRAIN = "samples/nearest_train.png"  # 8 samples, each beside its 3 near
 SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... with a slider over the steps
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt
+REPORT_DIR = "report"  # the leaderboard's files, attached to the suite's latest parent run by `bench report`
 MODEL_FINAL, MODEL_BEST = "model/final", "model/best"  # MLflow PyTorch models: runs:/<run id>/model/final

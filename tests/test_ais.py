@@ -281,3 +281,48 @@ def test_bits_per_dim_255_is_the_change_of_variables_to_the_0_255_scale():
     bits_y = -norm.logpdf(255 * x, 255 * mu, 255 * sigma).sum() / np.log(2) / 784
     assert bits_per_dim_255(nll_x, 784) == pytest.approx(bits_y, rel=1e-12)
     assert abs(bits_per_dim_255(nll_x, 784) - (nll_x / (784 * np.log(2)) + 8)) > 0.005  # the +8 it replaces
+
+
+def test_one_sigma_per_image_is_each_images_gaussian_density():
+    """The σ search scores every candidate σ in one batch: row k·B + i (chain k of image i) gets image i's σ. Each
+    row's log-likelihood equals scipy's Gaussian log-density at that σ."""
+    from scipy.stats import norm
+
+    model = LinearGaussian(6, 2, seed=3)
+    sigmas = torch.tensor([0.05, 0.1, 0.4])
+    x, z = torch.rand(3, 6), torch.randn(2 * 3, 2)  # 3 images, 2 chains each
+    got = A.gaussian_log_lik(model.decoder_mean, sigmas)(z, x.repeat(2, 1))
+    mean = model.decoder_mean(z).detach().numpy()
+    for row in range(6):
+        s = sigmas[row % 3].item()
+        expected = norm.logpdf(x.repeat(2, 1)[row].numpy(), mean[row], s).sum()
+        assert got[row].item() == pytest.approx(expected, rel=1e-5)
+        assert got[row].item() == pytest.approx(
+            A.gaussian_log_lik(model.decoder_mean, s)(z[row : row + 1], x[[row % 3]]).item(), rel=1e-6
+        )
+
+
+def test_the_sigma_search_and_bdmc_cost_one_sequence_of_transitions_each(monkeypatch):
+    """Every candidate σ in one AIS pass (not one per σ), and BDMC's forward chains inside the scored images' pass:
+    for a test set that fits one batch, AIS runs pilot-then-score twice (σ search, scoring) and one reverse run."""
+    model = LinearGaussian(64, 3, seed=8, scale=0.1, offset=0.5)
+    model.config = SimpleNamespace(latent_dim=3)
+    x, _ = model.simulate(30, 0.1, seed=9)
+    test = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (30, 64): this decoder's images are flat
+    calls = {"pilot_then_score": 0, "ais": 0}
+    for name in calls:
+        original = getattr(A, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(A, name, counted)
+    cfg = AISConfig(images=10, chains=2, steps=10, leapfrog=2, sigmas=(0.03, 0.1, 0.3), validation_images=10,
+                    validation_steps=5, bdmc_images=4)  # fmt: skip
+    out = A.decoder_likelihood(model, test, cfg, seed=0, echo=lambda line: None)
+    assert calls["pilot_then_score"] == 2  # the σ search, then the scored and the simulated images together
+    assert calls["ais"] == 2 * 2 + 1  # each pilot_then_score runs ais twice (pilot, scored); BDMC's reverse run
+    m = out["metrics"]
+    assert m["ais/sigma"] == 0.1 and m["ais/bdmc_upper"] >= m["ais/bdmc_lower"] - 1.0
+    assert set(out["validation"]) == {"0.03", "0.1", "0.3"}

@@ -108,6 +108,18 @@ def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkey
     assert done.exit_code == 0 and done.output.count("skip: FINISHED as run") == 4, done.output
     keys = set(child_runs(quick_run["uri"])["tags.bench.cell"])
     assert all(k in done.output for k in keys)
+    # a third seed: its cells are estimated from the finished cells of their variant (seeds 0 and 1)
+    more = CliRunner().invoke(main, [*args, "--set", "seeds=[0, 1, 2]"])
+    assert more.exit_code == 0 and more.output.count("skip: FINISHED as run") == 4, more.output
+    runs = child_runs(quick_run["uri"])
+    for model in ("gan-mlp", "vae-mlp"):
+        cells = runs[runs["tags.bench.model"] == model]
+        spent = (
+            cells["metrics.time/train_s"] + cells["metrics.time/eval_s"] + cells["metrics.time/eval_best_s"]
+        ).mean()
+        line = next(line for line in more.output.splitlines() if f"{model}/digits/seed2" in line)
+        assert f"(~{spent:.0f} s, from 2 finished cell(s) of its variant)" in line, line
+    assert "estimated time: ~" in more.output and "for 2 of the 2 cells to run" in more.output
 
 
 def test_version():

@@ -70,8 +70,19 @@ AIS_CHANGES = {
 
 def test_every_eval_setting_is_covered():
     # eval.encoder and extra_encoders only select Encoders; the protocol records those used (name, weights,
-    # preprocessing, reference digest: test_extra_encoders_are_part_of_the_protocol)
-    assert set(CHANGES) | {"encoder", "extra_encoders"} == {f.name for f in dataclasses.fields(EvalConfig)}
+    # preprocessing, reference digest: test_extra_encoders_are_part_of_the_protocol). eval.best_metrics changes no
+    # final number: it is recorded with the best-checkpoint selection (below), outside the fingerprint
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    assert set(CHANGES) | {"encoder", "extra_encoders", "best_metrics"} == fields
+
+
+def test_what_the_best_checkpoint_is_scored_on_is_recorded_with_its_selection():
+    from bench.config import TrainConfig
+    from bench.eval.protocol import selection_protocol
+
+    sample, both = EvalConfig(), EvalConfig(best_metrics="all")
+    assert selection_protocol(TrainConfig(), sample)["metrics"] == "sample metrics only"
+    assert selection_protocol(TrainConfig(), both)["metrics"] == "sample and likelihood metrics"
 
 
 @pytest.mark.parametrize("field", list(CHANGES))

@@ -55,6 +55,19 @@ def test_variants_of_one_model_are_labelled_by_the_params_that_differ():
     assert "| 1= | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
 
 
+def test_runs_of_an_earlier_protocol_version_are_counted_not_shown():
+    """A table holds the current protocol version only: older runs are left out, and the report says how many."""
+    current = _run("gan-mlp", "aaaaaaaa11", 0, 3.0)
+    older = {**_run("dcgan", "dddddddd44", 0, 9.0), "bench.protocol_version": str(PROTOCOL_VERSION - 1)}
+    unversioned = {k: v for k, v in _run("sngan", "eeeeeeee55", 0, 8.0).items() if k != "bench.protocol_version"}
+    runs = pd.DataFrame([current, older, unversioned])
+    (section,) = report.build(runs)
+    assert list(section.table["model"]) == ["gan-mlp"]
+    assert report.earlier_protocol(runs) == 2
+    md = render.to_markdown("quick", [section], earlier=2)
+    assert "2 run(s) of an earlier protocol version are not shown; `bench run --suite quick` re-runs" in md
+
+
 def test_a_real_data_row_below_the_models_n_is_never_called_a_floor():
     """Issue 16 item 1: a held-out split smaller than the models' N (digits: 360 test images, 2,000 samples). The
     row keeps only the columns that do not depend on N, and the models' FID at the row's N sits beside it."""

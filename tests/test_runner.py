@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -151,6 +152,9 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     for m in SAMPLE_METRICS:
         assert run[f"metrics.best/{m}"] == pytest.approx(again.metrics[m], rel=1e-9), m
     assert run["metrics.best/fid"] != run["metrics.fid"]
+    # eval.best_metrics = "sample" (the default): the best checkpoint's likelihood (AIS here) is not run again
+    assert pd.notna(run["metrics.nll_ais"]) and pd.isna(run.get("metrics.best/nll_ais"))
+    assert not any(k.startswith("metrics.best/ais") or k == "metrics.best/time/ais_s" for k in run.dropna().index)
     md = report_files.write_report(tracking.default_uri(tmp_path), "quick", tmp_path / "r", checkpoint="best")[
         "markdown"
     ]
@@ -192,8 +196,9 @@ def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
     client = mlflow.MlflowClient(quick_run["uri"])
     runs = child_runs(quick_run["uri"])
     assert set(runs["tags.bench.family"]) == {"gan", "vae"}
-    for m in ("nll_ais", "bits_per_dim_ais", "ais/sigma", "ais/accept", "ais/bdmc_gap", "time/ais_s", "best/nll_ais"):
+    for m in ("nll_ais", "bits_per_dim_ais", "ais/sigma", "ais/accept", "ais/bdmc_gap", "time/ais_s"):
         assert runs[f"metrics.{m}"].notna().all(), m
+    assert "metrics.best/nll_ais" not in runs  # eval.best_metrics = "sample": the best checkpoint has no likelihood
     bpd = runs["metrics.nll_ais"] / (28 * 28 * math.log(2)) + math.log2(255)
     assert (bpd - runs["metrics.bits_per_dim_ais"]).abs().max() < 1e-9
     assert runs["metrics.ais/sigma"].isin([0.025, 0.05, 0.1, 0.2]).all()  # the quick suite's grid
@@ -343,6 +348,7 @@ def test_every_logged_name_is_declared_in_the_schema(quick_run):
         return key in names or schema.base_metric(key) in names
 
     folders = (schema.CHECKPOINTS_DIR, schema.MODEL_FINAL, schema.MODEL_BEST, f"images/{schema.SAMPLES_BY_STEP}")
+    folders += (schema.REPORT_DIR,)  # `bench report` attaches its files to the parent run
     client = mlflow.MlflowClient(quick_run["uri"])
     runs = client.search_runs([client.get_experiment_by_name("quick").experiment_id])
     kinds = {run.data.tags.get("bench.family", "parent") for run in runs}

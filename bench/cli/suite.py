@@ -73,8 +73,18 @@ def run(
         except (ConfigError, DataError, TrackingError) as e:
             fail(str(e))
         click.echo(f"suite {suite}: {len(plan)} cells (dry run: nothing is trained or logged)")
-        for i, (cell, key, action) in enumerate(plan, 1):
-            click.echo(f"  [{i}/{len(plan)}] {cell.name:<32} {key}  {action}")
+        for i, p in enumerate(plan, 1):
+            estimate = f"  (~{p.seconds:.0f} s, from {p.basis} finished cell(s) of its variant)" if p.seconds else ""
+            click.echo(f"  [{i}/{len(plan)}] {p.cell.name:<32} {p.key}  {p.action}{estimate}")
+        to_run = [p for p in plan if not p.action.startswith("skip")]
+        known = [p.seconds for p in to_run if p.seconds is not None]
+        if known:
+            unknown = len(to_run) - len(known)
+            click.echo(
+                f"estimated time: ~{sum(known) / 60:.1f} min for {len(known)} of the {len(to_run)} cells to run, one "
+                "at a time, from finished cells of their variants"
+                + (f"; {unknown} have no finished cell of their variant to estimate from" if unknown else "")
+            )
         return
 
     try:

@@ -68,15 +68,25 @@ def schedule(steps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Ten
     raise ValueError(f"unknown AIS schedule {kind!r}; known: sigmoid, linear")
 
 
-def gaussian_log_lik(mean: Callable[[torch.Tensor], torch.Tensor], sigma: float) -> LogLik:
-    """log N(x; mean(z), σ² I) summed over pixels: the observation model of Wu et al. for x in [0, 1]."""
-    log_norm = math.log(sigma) + 0.5 * math.log(2 * math.pi)
+def gaussian_log_lik(mean: Callable[[torch.Tensor], torch.Tensor], sigma: float | torch.Tensor) -> LogLik:
+    """log N(x; mean(z), σ² I) summed over pixels: the observation model of Wu et al. for x in [0, 1]. `sigma`: one
+    σ, or one per image (B,) of the batch AIS runs, whose rows are chain k of image i at k·B + i (every candidate σ
+    of the σ search in one pass)."""
+    if not torch.is_tensor(sigma):
+        log_norm = math.log(sigma) + 0.5 * math.log(2 * math.pi)
 
-    def log_lik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        def log_lik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            d = x.flatten(1) - mean(z).flatten(1)
+            return -0.5 * (d * d).sum(1) / sigma**2 - d.shape[1] * log_norm
+
+        return log_lik
+
+    def log_lik_per_image(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         d = x.flatten(1) - mean(z).flatten(1)
-        return -0.5 * (d * d).sum(1) / sigma**2 - d.shape[1] * log_norm
+        s = sigma.to(d.device, d.dtype).repeat(len(d) // len(sigma))  # (K·B,): image i's σ on each of its chains
+        return -0.5 * (d * d).sum(1) / s**2 - d.shape[1] * (s.log() + 0.5 * math.log(2 * math.pi))
 
-    return log_lik
+    return log_lik_per_image
 
 
 @dataclass
@@ -84,8 +94,13 @@ class Chains:
     """The outcome of one AIS run over B images with K chains each."""
 
     log_w: torch.Tensor  # (K, B) float64: each chain's log-weight
-    accept: float  # mean HMC acceptance probability over transitions, chains and images
+    accept_per_image: torch.Tensor  # (B,) mean HMC acceptance probability over transitions and chains
     step_sizes: torch.Tensor  # (T − 1, B): the step size of each transition (replayed by the reverse chain)
+
+    @property
+    def accept(self) -> float:
+        """The mean HMC acceptance probability over transitions, chains and images."""
+        return self.accept_per_image.mean().item()
 
     @property
     def log_mean_w(self) -> torch.Tensor:
@@ -174,7 +189,7 @@ def ais(
     log_w = torch.zeros(chains * b, dtype=torch.float64, device=device)
     eps = torch.full((b,), step_size, device=device)
     used = torch.empty(max(steps - 1, 0), b, device=device)
-    accept_sum = torch.zeros((), device=device)  # summed on the device: no host sync per transition
+    accept_sum = torch.zeros(b, device=device)  # per image, summed on the device: no host sync per transition
     betas = betas.tolist()
     for i in range(1, steps + 1):
         if reverse:  # t = T, …, 1: weight at z_t, then the transition of π_{t−1} (none after the prior's)
@@ -194,11 +209,11 @@ def ais(
         used[t - 1 if not reverse else t - 2] = eps
         z, ll, grad, acc = _hmc(log_lik, xs, z, ll, grad, beta, eps.repeat(chains)[:, None], leapfrog, generator)
         acc = acc.view(chains, b).mean(0)  # per image
-        accept_sum += acc.mean()
+        accept_sum += acc
         if not replay:
             eps = (eps * torch.where(acc > target_accept, 1 + adapt, 1 - adapt)).clamp(*STEP_SIZE_RANGE)
     transitions = max(steps - 1, 1)
-    return Chains(log_w.view(chains, b), accept_sum.item() / transitions, used.cpu())
+    return Chains(log_w.view(chains, b), accept_sum / transitions, used.cpu())
 
 
 def pilot_then_score(
@@ -292,30 +307,55 @@ def check_test_split(cfg, test_images: int, dataset: str = "") -> None:
 
 
 def _images(x: torch.Tensor, device) -> torch.Tensor:
-    return x.to(device).float() / 255.0  # uint8 → [0, 1], the decoders' mean scale
+    """uint8 → [0, 1], the decoders' mean scale; images already in [0, 1] (simulated ones) as they are."""
+    return x.to(device).float() / 255.0 if x.dtype == torch.uint8 else x.to(device).float()
 
 
-def estimate(model, images: torch.Tensor, sigma: float, cfg, steps: int, seed: int) -> tuple[torch.Tensor, float]:
-    """log p(x) of uint8 images (N, C, H, W) under the model's decoder with Gaussian noise σ, per image (N,) on the
-    CPU, in batches of cfg.batch_images; also the mean HMC acceptance probability over the batches."""
+@dataclass
+class Estimate:
+    log_px: torch.Tensor  # (N,) AIS estimates of log p(x), on the CPU
+    accept: torch.Tensor  # (N,) mean HMC acceptance probability of each image's chains
+    step_sizes: torch.Tensor  # (T − 1, N) the pilot's step sizes (what a reverse BDMC run replays)
+
+
+def estimate(
+    model, images: torch.Tensor, sigma: float | torch.Tensor, cfg, steps: int, seed: int, batch: int | None = None
+) -> Estimate:
+    """log p(x) of images (N, C, H, W; uint8, or floats in [0, 1]) under the model's decoder with Gaussian noise σ
+    (one σ, or one per image (N,)), per image, in batches of `batch` images (cfg.batch_images): a pilot fixes each
+    image's step sizes, fresh chains replay them (`pilot_then_score`)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     betas = schedule(steps, cfg.schedule)
-    log_lik = gaussian_log_lik(model.decoder_mean, sigma)
-    out, accept = [], []
-    for chunk in images.split(cfg.batch_images):
+    batch = batch or cfg.batch_images
+    per_image = torch.is_tensor(sigma)
+    parts = []
+    for i in range(0, len(images), batch):
+        s = sigma[i : i + batch] if per_image else sigma
         chains = pilot_then_score(
-            log_lik, _images(chunk, device), model.config.latent_dim, betas, generator=gen, **_hmc_settings(cfg)
+            gaussian_log_lik(model.decoder_mean, s),
+            _images(images[i : i + batch], device),
+            model.config.latent_dim,
+            betas,
+            generator=gen,
+            **_hmc_settings(cfg),
         )
-        out.append(chains.log_mean_w.cpu())
-        accept.append(chains.accept)
-    return torch.cat(out), sum(accept) / len(accept)
+        parts.append((chains.log_mean_w.cpu(), chains.accept_per_image.cpu(), chains.step_sizes))
+    log_px, accept, step_sizes = zip(*parts, strict=True)
+    return Estimate(torch.cat(log_px), torch.cat(accept), torch.cat(step_sizes, dim=1))
 
 
 def choose_sigma(model, validation: torch.Tensor, cfg, seed: int) -> tuple[float, dict[float, float]]:
     """The observation σ of the grid cfg.sigmas with the highest mean AIS log-likelihood of the validation images
-    (cfg.validation_steps intermediate distributions): Wu et al.'s choice of the variance on a validation set."""
-    scores = {s: estimate(model, validation, s, cfg, cfg.validation_steps, seed)[0].mean().item() for s in cfg.sigmas}
+    (cfg.validation_steps intermediate distributions): Wu et al.'s choice of the variance on a validation set. Every
+    candidate σ runs in the same pass (each validation image once per σ, its own pilot and chains): one sequence of
+    HMC transitions for the whole grid instead of one per σ."""
+    sigmas = torch.tensor(cfg.sigmas, dtype=torch.float32)
+    copies = validation.repeat_interleave(len(sigmas), dim=0)  # image-major: every batch holds every σ
+    per_copy = sigmas.repeat(len(validation))
+    est = estimate(model, copies, per_copy, cfg, cfg.validation_steps, seed, batch=cfg.batch_images * len(sigmas))
+    means = est.log_px.view(len(validation), len(sigmas)).mean(0)
+    scores = {s: means[j].item() for j, s in enumerate(cfg.sigmas)}
     return max(scores, key=lambda s: scores[s]), scores
 
 
@@ -353,7 +393,14 @@ def decoder_likelihood(
             )
             echo(f"      warning: {warning}")
         start = time.perf_counter()
-        log_px, accept = estimate(model, scored, sigma, cfg, cfg.steps, seed)
+        # BDMC's data, simulated from the model, run forward in the scored images' pass (one sequence of
+        # transitions for both); their reverse run follows with the step sizes their pilot fixed
+        device = next(model.parameters()).device
+        x_sim, z_star = torch.empty(0, *scored.shape[1:], device=device), None
+        if cfg.bdmc_images:
+            x_sim, z_star = simulate(model, cfg.bdmc_images, sigma, seed + 1)
+        est = estimate(model, torch.cat([_images(scored, device), x_sim]), sigma, cfg, cfg.steps, seed)
+        log_px, n = est.log_px[: len(scored)], len(scored)
         test_s = time.perf_counter() - start
         nll = -log_px.mean().item()
         metrics = {
@@ -361,7 +408,7 @@ def decoder_likelihood(
             BITS_PER_DIM_AIS: bits_per_dim_255(nll, dims),
             AIS_NLL_STDERR: log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
             AIS_SIGMA: sigma,
-            AIS_ACCEPT: accept,
+            AIS_ACCEPT: est.accept[:n].mean().item(),
             AIS_GRADIENT_EVALS: float(gradient_evals(cfg.steps, cfg.leapfrog)),
             AIS_SELECT_S: select_s,
             AIS_S: test_s,
@@ -370,16 +417,18 @@ def decoder_likelihood(
             metrics[AIS_VALIDATION_NLL] = -scores[sigma]
         if cfg.bdmc_images:
             start = time.perf_counter()
-            x, z_star = simulate(model, cfg.bdmc_images, sigma, seed + 1)
-            gen = torch.Generator(device=x.device).manual_seed(seed + 2)
+            gen = torch.Generator(device=x_sim.device).manual_seed(seed + 2)
             log_lik, betas = gaussian_log_lik(model.decoder_mean, sigma), schedule(cfg.steps, cfg.schedule)
-            b = bdmc(log_lik, x, z_star, betas, generator=gen, **_hmc_settings(cfg))
+            settings = {k: v for k, v in _hmc_settings(cfg).items() if k != "pilot_chains"}
+            reverse = ais(log_lik, x_sim, z_star.shape[1], betas, generator=gen, start=z_star,
+                          step_sizes=est.step_sizes[:, n:], **settings)  # fmt: skip
+            b = BDMC(est.log_px[n:], -reverse.log_mean_w.cpu())
             metrics.update(
                 {
                     AIS_BDMC_LOWER: b.lower.mean().item(),
                     AIS_BDMC_UPPER: b.upper.mean().item(),
                     AIS_BDMC_GAP: b.gap,
-                    AIS_BDMC_S: time.perf_counter() - start,
+                    AIS_BDMC_S: time.perf_counter() - start,  # the reverse run; the forward one is in AIS_S
                 }
             )
     return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}, "warning": warning}

@@ -138,9 +138,15 @@ def nearest_grid(samples: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(
-    model: GenerativeModel, dataset: Dataset, cfg: EvalConfig, real: Sequence[RealFeatures], echo=print
+    model: GenerativeModel,
+    dataset: Dataset,
+    cfg: EvalConfig,
+    real: Sequence[RealFeatures],
+    echo=print,
+    likelihood: bool = True,
 ) -> Evaluation:
-    """A trained model's samples scored in every encoder of `real`; VAEs' likelihoods; AIS when cfg.ais asks."""
+    """A trained model's samples scored in every encoder of `real`; with `likelihood`, the VAEs' likelihoods and AIS
+    (when cfg.ais asks for it)."""
     start = time.perf_counter()
     device = next(model.parameters()).device
     t = time.perf_counter()
@@ -149,14 +155,16 @@ def evaluate(
     metrics, details = score_samples(samples, dataset, cfg, real)
     metrics.update({EVAL_GENERATE_S: generate_s, **details.pop("seconds")})  # where the evaluation's time goes
     observed = None
-    if model.family == "vae":
+    if model.family == "vae" and likelihood:
         t = time.perf_counter()
         test = dataset.test_images[: cfg.likelihood_images or None]
         observed = observe_test(test, dataset.observation, cfg.seed)
         metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
         metrics[EVAL_LIKELIHOOD_S] = time.perf_counter() - t
-    if cfg.ais.images:  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
+    if (
+        cfg.ais.images and likelihood
+    ):  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])
         details["ais"] = ais

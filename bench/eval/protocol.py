@@ -115,6 +115,10 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
             "observation": "gaussian N(f(z), sigma^2 I) on pixels in [0, 1]; sigma chosen on validation images",
             "validation": f"the last {cfg.ais.validation_images} test images",
             "step_sizes": "fixed per image by an adaptive pilot (pilot_chains chains), replayed by fresh scored chains",
+            "sigma_search": "every candidate sigma in one batched pass: each validation image once per sigma, with its "
+            "own pilot and chains",
+            "bdmc": "the simulated images' forward chains run in the scored images' pass; the reverse run replays "
+            "their pilot's step sizes",
             **dataclasses.asdict(cfg.ais),
         }
     if len(real) > 1:  # each extra encoder: what its numbers (<metric>_<encoder>) depend on
@@ -142,6 +146,7 @@ def selection_protocol(train: TrainConfig, cfg: EvalConfig) -> dict:
         "samples": train.eval_samples,
         "latent_seed": cfg.seed + SELECTION_SEED_OFFSET,
         "real_split": cfg.held_out_split,
+        "metrics": "sample metrics only" if cfg.best_metrics == "sample" else "sample and likelihood metrics",
     }
 
 

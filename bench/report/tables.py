@@ -116,6 +116,15 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
         notes.append(_real_row(table, real, counts))
     if group.get(f"metrics.{schema.NLL_AIS}", pd.Series(dtype=float)).notna().any():
         notes.append(AIS_NOTE)
+    if checkpoint == "best" and (group.get("params.eval.best_metrics", pd.Series(dtype=str)) == "sample").any():
+        notes.append(
+            'The best checkpoint is scored on its sample metrics only (eval.best_metrics = "sample"): its likelihood '
+            'columns stay empty. eval.best_metrics = "all" scores its likelihoods too, at the cost of IWAE and AIS '
+            "again."
+        )
+    cost = _cost_note(group, table)
+    if cost:
+        notes.append(cost)
     encoder = str(group.iloc[-1].get("params.eval.encoder", ""))
     shown = [r for r in published if r.dataset == dataset and r.encoder in ("", encoder) and r.metric in METRICS]
     if shown:
@@ -155,6 +164,30 @@ def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
                 fid_seeds[(model, variant)] = list(values)
         rows.append(row)
     return pd.DataFrame(rows), fid_seeds
+
+
+def _cost_note(group: pd.DataFrame, table: pd.DataFrame) -> str:
+    """What a cell of each model costs, mean over its seeds: training, and evaluation (the final checkpoint's, the
+    best one's, and AIS within them): what a bigger suite of the same models will cost."""
+    parts = []
+    for _, row in table[table["family"].isin(["gan", "vae"])].iterrows():
+        runs = group[(group[schema.MODEL] == row["model"]) & (group[schema.VARIANT] == row["variant"])]
+
+        train, evaluation = _mean_of_sum(runs, schema.TRAIN_S), _mean_of_sum(runs, schema.EVAL_S, schema.EVAL_BEST_S)
+        ais = _mean_of_sum(runs, schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S)
+        parts.append(
+            f"{row['label']}: training {train:.0f} s, evaluation {evaluation:.0f} s (of which AIS {ais:.0f} s)"
+        )
+    if not parts:
+        return ""
+    return "Time per cell, mean over seeds (final and best evaluation together): " + "; ".join(parts) + "."
+
+
+def _mean_of_sum(runs: pd.DataFrame, *keys: str) -> float:
+    """The mean over runs of the sum of metrics `keys` (a metric a run lacks counts 0)."""
+    zero = pd.Series(0.0, index=runs.index)
+    total = sum(pd.to_numeric(runs.get(f"metrics.{k}", zero), errors="coerce").fillna(0.0) for k in keys)
+    return float(total.mean())
 
 
 AIS_NOTE = (

@@ -284,9 +284,11 @@ def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: P
 def evaluate_best(
     model, best_path: Path, *, final: Evaluation, final_step: int, cell: Cell, ctx: CellContext, run: tracking.Run
 ) -> dict:
-    """Full evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step. When
-    the best is the final step, the final evaluation is reused rather than repeated."""
+    """Evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step: its sample
+    metrics, and its likelihoods only when eval.best_metrics = "all" (IWAE and AIS again cost more than the rest of
+    an evaluation). When the best is the final step, the final evaluation is reused rather than repeated."""
     state = torch.load(best_path, map_location="cpu", weights_only=True)
+    likelihood = cell.eval.best_metrics == "all"
     best_model = model
     if state["step"] == final_step:
         ev = final
@@ -294,8 +296,10 @@ def evaluate_best(
         ctx.echo(f"    evaluating the best checkpoint (step {state['step']}, periodic FID {state['fid']:.4g}) ...")
         best_model = copy.deepcopy(model)
         best_model.load_state_dict(state["model"])
-        ev = evaluate(best_model, ctx.datasets[cell.dataset], cell.eval, ctx.scoring(cell.dataset, cell.eval), ctx.echo)
-    metrics = {f"{schema.BEST_PREFIX}{k}": v for k, v in ev.metrics.items()}
+        real = ctx.scoring(cell.dataset, cell.eval)
+        ev = evaluate(best_model, ctx.datasets[cell.dataset], cell.eval, real, ctx.echo, likelihood=likelihood)
+    kept = {k: v for k, v in ev.metrics.items() if likelihood or k not in schema.LIKELIHOOD_METRICS}
+    metrics = {f"{schema.BEST_PREFIX}{k}": v for k, v in kept.items()}
     metrics.update(
         {
             schema.BEST_STEP: state["step"],

@@ -5,12 +5,14 @@ through the chosen executor. A failing cell is recorded FAILED with its error an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import schema, tracking
@@ -178,6 +180,8 @@ def _close_suite(
             **throughput,
         }
     )
+    for line in time_per_model(outcomes):
+        echo(line)
     if throughput.get(schema.SUITE_CELLS_PER_HOUR):
         echo(
             f"{int(throughput[schema.SUITE_CELLS_RUN])} cells in {wall:.0f} s with {cells_per_gpu} at a time: "
@@ -192,6 +196,29 @@ def _description(suite, overrides: tuple[str, ...]) -> str:
     lines = [f"**{suite.name}**: {suite.description or '-'}", "", f"command: `{command}`"]
     lines.append(f"overrides: {' '.join(f'`--set {o}`' for o in overrides) if overrides else 'none'}")
     return "\n".join(lines)
+
+
+def time_per_model(outcomes: list[Outcome]) -> list[str]:
+    """What the cells that finished now cost, per model: training against evaluation (final and best, AIS within),
+    the mean over the model's cells; what a bigger suite of the same models will cost."""
+    by_model: dict[str, list[dict]] = {}
+    for o in outcomes:
+        if o.status == "FINISHED":
+            by_model.setdefault(o.cell.model, []).append(o.metrics)
+    if not by_model:
+        return []
+    lines = ["time per cell (mean over the cells that ran now):"]
+    for model, cells in by_model.items():
+
+        def mean(*keys: str, cells=cells) -> float:
+            return sum(sum(m.get(k, 0.0) for k in keys) for m in cells) / len(cells)
+
+        lines.append(
+            f"  {model:<12} {len(cells)} cell(s): training {mean(schema.TRAIN_S):.0f} s, evaluation "
+            f"{mean(schema.EVAL_S, schema.EVAL_BEST_S):.0f} s (of which AIS "
+            f"{mean(schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S):.0f} s)"
+        )
+    return lines
 
 
 def aggregate_throughput(outcomes: list[Outcome], wall: float) -> dict[str, float]:
@@ -213,34 +240,57 @@ def aggregate_throughput(outcomes: list[Outcome], wall: float) -> dict[str, floa
     }
 
 
+@dataclass
+class Planned:
+    """What `bench run` would do to one cell."""
+
+    cell: Cell
+    key: str  # its bench.cell hash
+    action: str  # "run: ..." | "skip: FINISHED as run ID" | "resume from step N of M"
+    seconds: float | None = None  # estimated from FINISHED cells of the same variant (other seeds); None: no basis
+    basis: int = 0  # how many finished cells the estimate is the mean of
+
+
 def plan_suite(
     config: BenchConfig, suite_name: str, *, tracking_uri: str | None = None, results: Path = Path("results")
-) -> list[tuple[Cell, str, str]]:
-    """What `bench run` would do to each cell, without training or writing anything: (cell, its bench.cell hash,
-    "run" | "skip: FINISHED as run ID" | "resume from step N"). Reads the data (for its digests), the tracking
-    store (an embedded store that does not exist yet is empty) and the checkpoints."""
+) -> list[Planned]:
+    """What `bench run` would do to each cell, without training or writing anything, and how long each cell that
+    would run takes, estimated from the finished cells of its variant (the same configuration, other seeds). Reads
+    the data (for its digests), the tracking store (an embedded store that does not exist yet is empty) and the
+    checkpoints."""
     suite = config.suite(suite_name)
     cells = expand(config, suite)
     uri = tracking.resolve_uri(tracking_uri, Path(results))
     tracking.check_reachable(uri)
     digests = {name: load_dataset(name).digest for name in suite.datasets}
     finished: dict[str, str] = {}
+    cost: dict[str, list[tuple[float, float]]] = {}  # variant → (training s, evaluation s) of its finished cells
     if tracking.store_exists(uri):  # a dry run never creates the embedded store
         runs = tracking.load_runs(uri, suite.name)
         if not runs.empty:
             done = runs[runs["status"] == "FINISHED"]
             finished = dict(zip(done[schema.CELL], done["run_id"], strict=True))
+            for _, run in done.iterrows():
+                spent = [run.get(f"metrics.{k}", math.nan) for k in (schema.TRAIN_S, schema.EVAL_S, schema.EVAL_BEST_S)]
+                if all(math.isfinite(s) for s in spent[:2]):
+                    best = spent[2] if math.isfinite(spent[2]) else 0.0
+                    cost.setdefault(run[schema.VARIANT], []).append((spent[0], spent[1] + best))
     plan = []
     for cell in cells:
         key = cell.key(digests[cell.dataset])
         attempt = interrupted_attempt(Path(results), key)
+        basis = cost.get(cell.key(digests[cell.dataset], with_seed=False), [])
+        left = 1.0  # the share of training still to do
         if key in finished:
-            action = f"skip: FINISHED as run {finished[key]}"
-        elif attempt is not None:
+            plan.append(Planned(cell, key, f"skip: FINISHED as run {finished[key]}"))
+            continue
+        if attempt is not None:
             action = f"resume from step {attempt['step']} of {cell.train.steps}"
+            left = 1.0 - attempt["step"] / cell.train.steps
         else:
             action = f"run: train {cell.train.steps} steps and evaluate"
-        plan.append((cell, key, action))
+        seconds = sum(left * t + e for t, e in basis) / len(basis) if basis else None
+        plan.append(Planned(cell, key, action, seconds, len(basis)))
     return plan
 
 

@@ -76,11 +76,12 @@ def attach_report(uri: str, experiment: str, files: list[Path], root: Path | Non
     if exp is None:
         return None
     parents = client.search_runs(
-        [exp.experiment_id], "tags.`bench.parent` = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
+        [exp.experiment_id], f"tags.`{schema.PARENT}` = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
     )
     if not parents:
         return None
     for f in files:
         sub = Path(f).parent.relative_to(root) if root is not None else Path(".")
-        client.log_artifact(parents[0].info.run_id, str(f), str(Path("report") / sub) if str(sub) != "." else "report")
+        folder = str(Path(schema.REPORT_DIR) / sub) if str(sub) != "." else schema.REPORT_DIR
+        client.log_artifact(parents[0].info.run_id, str(f), folder)
     return parents[0].info.run_id
