@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import schema
-from bench.typed_toml import ConfigError, build, check_keys, subtable
+from bench.typed_toml import ConfigError, build, check_keys, one_of, parse_value, positive, subtable
 
 DEFAULT_CONFIG = "bench.toml"
 ENCODERS = tuple(schema.ENCODERS)  # the feature encoders a suite may name
@@ -56,13 +56,13 @@ class TrainConfig:
     cuda_graph: bool = False  # capture each training step as one CUDA graph and replay it (CUDA only; off elsewhere)
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples")
+        positive(self, "steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "eval_samples")
         if self.cuda_graph and self.compile:
             raise ValueError("train.cuda_graph and train.compile cannot be combined; choose one of the two")
-        _one_of(self, "precision", PRECISIONS)
+        one_of(self, "precision", PRECISIONS)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = no periodic evaluation), got {self.eval_every}")
-        _one_of(self, "device", DEVICES)
+        one_of(self, "device", DEVICES)
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,12 @@ class AISConfig:
     batch_images: int = 100  # images per AIS batch (× chains rows through the decoder at once)
 
     def __post_init__(self) -> None:
-        _positive(self, "chains", "pilot_chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images")
+        positive(self, "chains", "pilot_chains", "steps", "leapfrog", "step_size", "validation_steps", "batch_images")
         if self.images < 0 or self.bdmc_images < 0 or self.validation_images < 0:
             raise ValueError("images, validation_images and bdmc_images must be >= 0")
         if self.steps < 2 or self.validation_steps < 2:
             raise ValueError("steps and validation_steps must be >= 2 (at least one HMC transition)")
-        _one_of(self, "schedule", AIS_SCHEDULES)
+        one_of(self, "schedule", AIS_SCHEDULES)
         if not 0.0 < self.target_accept < 1.0:
             raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
         if not self.sigmas or any(s <= 0 for s in self.sigmas):
@@ -123,7 +123,7 @@ class EvalConfig:
     ais: AISConfig = field(default_factory=AISConfig)  # [suites.NAME.eval.ais]
 
     def __post_init__(self) -> None:
-        _positive(
+        positive(
             self,
             "num_samples",
             "batch_size",
@@ -145,9 +145,9 @@ class EvalConfig:
             )
         if self.likelihood_images < 0:
             raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
-        _one_of(self, "encoder", ENCODERS)
-        _one_of(self, "reference_split", REFERENCE_SPLITS)
-        _one_of(self, "best_metrics", BEST_METRICS)
+        one_of(self, "encoder", ENCODERS)
+        one_of(self, "reference_split", REFERENCE_SPLITS)
+        one_of(self, "best_metrics", BEST_METRICS)
         if self.kid_subset_size > self.num_samples:
             raise ValueError(
                 f"kid_subset_size ({self.kid_subset_size}) must not exceed num_samples ({self.num_samples})"
@@ -181,7 +181,7 @@ class DomainConfig:
     min_test_accuracy: float | dict[str, float] = 0.9
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "lr", "feature_dim")
+        positive(self, "steps", "batch_size", "lr", "feature_dim")
         floors = self.min_test_accuracy
         for name, floor in floors.items() if isinstance(floors, dict) else [("", floors)]:
             if not 0.0 <= floor <= 1.0:
@@ -232,9 +232,9 @@ class Published:
     encoder: str = ""  # for sample metrics: only beside tables with this encoder ("" = any)
 
     def __post_init__(self) -> None:
-        _one_of(self, "metric", PUBLISHED_METRICS)
+        one_of(self, "metric", PUBLISHED_METRICS)
         if self.encoder:
-            _one_of(self, "encoder", ENCODERS)
+            one_of(self, "encoder", ENCODERS)
         for key in ("model", "protocol", "citation"):
             if not getattr(self, key).strip():
                 raise ValueError(f"{key} must not be empty")
@@ -306,15 +306,8 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: st
             table = table.setdefault(part, {})
             if not isinstance(table, dict):
                 raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a table")
-        table[parts[-1]] = _parse_value(text.strip())
+        table[parts[-1]] = parse_value(text.strip())
     return raw
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word: a string
 
 
 def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
@@ -403,16 +396,3 @@ def _renamed(table: dict, origin: str, where: str) -> None:
             raise ConfigError(
                 f"{origin}: [{where}] {old} is now {new} (genbench calls feature networks encoders); rename the key"
             )
-
-
-def _positive(obj: Any, *keys: str) -> None:
-    for key in keys:
-        value = getattr(obj, key)
-        if not value > 0:
-            raise ValueError(f"{key} must be > 0, got {value}")
-
-
-def _one_of(obj: Any, key: str, allowed: tuple[str, ...]) -> None:
-    value = getattr(obj, key)
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")

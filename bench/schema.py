@@ -197,7 +197,7 @@ SYSTEM_PREFIX = "system/"  # MLflow's system-metrics monitor (CPU, memory, GPU)
 REFERENCE_CACHED = "eval/reference_cached"  # 1 when the reference features came from the cache
 ENCODER_ACCURACY = "encoder/test_accuracy"  # the domain encoder's test accuracy (NaN for pretrained encoders)
 
-# AIS (bench.eval.ais) beside its leaderboard metrics
+# AIS (bench.eval.decoder_ais) beside its leaderboard metrics
 AIS_NLL_STDERR, AIS_ACCEPT = "ais/nll_stderr", "ais/accept"
 AIS_GRADIENT_EVALS = "ais/gradient_evals_per_chain"
 AIS_VALIDATION_NLL = "ais/validation_nll"  # the σ search's score at the chosen σ

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 import types
 import typing
 from typing import Any
@@ -116,3 +117,27 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))
+
+
+# ------------------------------------------------------------------ field checks and --set values
+
+
+def parse_value(text: str) -> Any:
+    """A `--set KEY=VALUE` value: a TOML value (500, 1e-4, [0, 1], true), or a bare word as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def positive(obj: Any, *keys: str) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        if not value > 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+
+
+def one_of(obj: Any, key: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(obj, key)
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")

@@ -13,6 +13,7 @@ import baselines
 from bench.config import AISConfig, TrainConfig
 from bench.data import load
 from bench.eval import ais as A
+from bench.eval import decoder_ais as D
 from bench.run.train import train
 
 
@@ -44,7 +45,7 @@ def _run(model, x, sigma, steps, chains=16, leapfrog=10, seed=1, kind="sigmoid")
     """The production path: a pilot fixes the step sizes, fresh chains replay them."""
     log_lik = A.gaussian_log_lik(model.decoder_mean, sigma)
     gen = torch.Generator().manual_seed(seed)
-    with A.frozen(model):
+    with D.frozen(model):
         return A.pilot_then_score(
             log_lik,
             x,
@@ -76,7 +77,7 @@ def test_ais_with_a_pilot_schedule_is_an_unbiased_estimator_and_adapting_on_the_
         ratio = (chains.log_mean_w - exact).exp()
         return ratio.mean().item(), ratio.std().item() / math.sqrt(repeats)
 
-    with A.frozen(model):
+    with D.frozen(model):
         gen = torch.Generator().manual_seed(1)
         scored = A.pilot_then_score(log_lik, xs, 3, A.schedule(100), pilot_chains=1, generator=gen, **settings)
         gen = torch.Generator().manual_seed(1)
@@ -93,7 +94,7 @@ def test_the_scored_chains_replay_the_pilots_step_sizes_without_adapting():
     x, _ = model.simulate(3, sigma, seed=2)
     log_lik, betas = A.gaussian_log_lik(model.decoder_mean, sigma), A.schedule(20)
     settings = {"leapfrog": 3, "step_size": 0.1}
-    with A.frozen(model):
+    with D.frozen(model):
         pilot = A.ais(log_lik, x, 2, betas, chains=2, generator=torch.Generator().manual_seed(4), **settings)
         scored = A.pilot_then_score(
             log_lik, x, 2, betas, chains=5, pilot_chains=2, generator=torch.Generator().manual_seed(4), **settings
@@ -137,7 +138,7 @@ def test_bdmc_sandwiches_the_exact_log_likelihood_on_simulated_data():
     model, sigma = LinearGaussian(20, 5, seed=3), 0.3
     x, z_star = model.simulate(16, sigma, seed=4)
     exact = model.exact_log_prob(x, sigma)
-    with A.frozen(model):
+    with D.frozen(model):
         b = A.bdmc(
             A.gaussian_log_lik(model.decoder_mean, sigma),
             x,
@@ -173,7 +174,7 @@ def test_more_intermediate_distributions_shrink_the_bdmc_gap():
     with torch.no_grad():
         x = model.decoder_mean(z_star) + sigma * torch.randn(12, 30, generator=g)
     gaps = {}
-    with A.frozen(model):
+    with D.frozen(model):
         for steps in (10, 50, 250):
             b = A.bdmc(
                 A.gaussian_log_lik(model.decoder_mean, sigma),
@@ -212,8 +213,8 @@ def test_sigma_is_chosen_on_validation_images():
     x, _ = model.simulate(20, sigma, seed=9)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8).view(20, 1, 8, 8)
     cfg = AISConfig(images=10, chains=4, validation_images=10, validation_steps=50, sigmas=(0.03, 0.1, 0.3))
-    with A.frozen(model):
-        chosen, scores = A.choose_sigma(model, images, cfg, seed=0)
+    with D.frozen(model):
+        chosen, scores = D.choose_sigma(model, images, cfg, seed=0)
     assert chosen == 0.1, scores
     assert scores[0.1] > scores[0.03] and scores[0.1] > scores[0.3]
 
@@ -222,7 +223,7 @@ def test_frozen_restores_mode_and_gradients():
     model = baselines.build("gan-mlp", None, (1, 28, 28))
     model.train()
     before = [p.requires_grad for p in model.parameters()]
-    with A.frozen(model):
+    with D.frozen(model):
         assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.training and [p.requires_grad for p in model.parameters()] == before
 
@@ -238,7 +239,7 @@ def test_on_a_trained_vae_ais_is_at_least_iwae_which_is_at_least_the_elbo():
     cfg = TrainConfig(steps=400, batch_size=64, log_every=100, sample_every=1000, checkpoint_every=1000, eval_every=0)
     train(model, ds.train_images, cfg, seed=0, logger=logger, progress=False)
     x = model.observe(ds.test_images[:20].float() / 255, generator=torch.Generator().manual_seed(0))
-    with A.frozen(model), torch.no_grad():
+    with D.frozen(model), torch.no_grad():
         torch.manual_seed(1)
         elbo = torch.stack([model.elbo(x) for _ in range(20)]).mean(0).double()
         iwae = model.log_likelihood(x, 1000).double()
@@ -246,7 +247,7 @@ def test_on_a_trained_vae_ais_is_at_least_iwae_which_is_at_least_the_elbo():
     def log_lik(z, x):
         return model.observation.log_prob(model.decode(z), x)
 
-    with A.frozen(model):
+    with D.frozen(model):
         chains = A.ais(
             log_lik,
             x,
@@ -310,17 +311,22 @@ def test_the_sigma_search_and_bdmc_cost_one_sequence_of_transitions_each(monkeyp
     x, _ = model.simulate(30, 0.1, seed=9)
     test = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (30, 64): this decoder's images are flat
     calls = {"pilot_then_score": 0, "ais": 0}
-    for name in calls:
-        original = getattr(A, name)
 
-        def counted(*args, _original=original, _name=name, **kwargs):
-            calls[_name] += 1
-            return _original(*args, **kwargs)
+    def counting(module, name):
+        original = getattr(module, name)
 
-        monkeypatch.setattr(A, name, counted)
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+
+    counting(D, "pilot_then_score")
+    counting(A, "ais")  # the pilot's and the scored chains' runs inside pilot_then_score
+    counting(D, "ais")  # BDMC's reverse run
     cfg = AISConfig(images=10, chains=2, steps=10, leapfrog=2, sigmas=(0.03, 0.1, 0.3), validation_images=10,
                     validation_steps=5, bdmc_images=4)  # fmt: skip
-    out = A.decoder_likelihood(model, test, cfg, seed=0, echo=lambda line: None)
+    out = D.decoder_likelihood(model, test, cfg, seed=0, echo=lambda line: None)
     assert calls["pilot_then_score"] == 2  # the σ search, then the scored and the simulated images together
     assert calls["ais"] == 2 * 2 + 1  # each pilot_then_score runs ais twice (pilot, scored); BDMC's reverse run
     m = out["metrics"]

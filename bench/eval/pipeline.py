@@ -19,7 +19,7 @@ import torch
 from baselines.contract import GenerativeModel
 from bench.config import EvalConfig
 from bench.data import Dataset
-from bench.eval.ais import decoder_likelihood
+from bench.eval.decoder_ais import decoder_likelihood
 from bench.eval.encoders import Encoder
 from bench.eval.likelihood import observe_test, reconstruction_quality, vae_likelihood
 from bench.eval.metrics import data_copying, fid, pairwise_distances, sample_metrics

@@ -20,7 +20,7 @@ from bench.config import BenchConfig, ConfigError, SuiteConfig
 from bench.data import Dataset
 from bench.data import load as load_dataset
 from bench.devices import bf16_note, resolve_device
-from bench.eval.ais import check_test_split
+from bench.eval.decoder_ais import check_test_split
 from bench.eval.encoders import weights_path
 from bench.eval.metrics import MetricError, check_counts
 from bench.eval.pipeline import evaluate_real
