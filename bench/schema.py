@@ -186,6 +186,12 @@ CHECKPOINTS = {  # which metrics a leaderboard reports
     "reported evaluation did not choose it; best/<metric> in MLflow, the rule in protocol.json)",
 }
 
+
+def seconds(s: float) -> str:
+    """A duration as the run summary and the report show it: whole seconds from 10 s, tenths below."""
+    return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+
+
 # during training (bench.run.train): each model's own losses, and the cheap periodic FID that selects the best step
 TRAIN_PREFIX = "train/"  # train/<loss>: the names a model's train_step returns
 PERIODIC_FID, PERIODIC_BEST_FID = "periodic/fid", "periodic/best_fid"

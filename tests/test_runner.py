@@ -69,6 +69,13 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
         total = sum(run[f"metrics.{p}"] for p in timed) + run["metrics.time/ais_select_s"]
         assert total <= run["metrics.time/eval_s"] <= total + 10.0, (total, run["metrics.time/eval_s"])
     assert runs.loc[runs["tags.bench.family"] == "gan", "metrics.time/eval_likelihood_s"].isna().all()
+    # what a cell of each model cost, at the end of the run
+    summary = log[log.index("time per cell (mean over the cells that ran now):") :]
+    for model in ("gan-mlp", "vae-mlp"):
+        cells = runs[runs["tags.bench.model"] == model]
+        train = cells["metrics.time/train_s"].mean()
+        line = next(line for line in summary if line.strip().startswith(model))
+        assert "2 cell(s): training" in line and f"training {train:.1f} s" in line, line
 
 
 def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_run):

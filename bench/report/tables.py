@@ -175,9 +175,8 @@ def _cost_note(group: pd.DataFrame, table: pd.DataFrame) -> str:
 
         train, evaluation = _mean_of_sum(runs, schema.TRAIN_S), _mean_of_sum(runs, schema.EVAL_S, schema.EVAL_BEST_S)
         ais = _mean_of_sum(runs, schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S)
-        parts.append(
-            f"{row['label']}: training {train:.0f} s, evaluation {evaluation:.0f} s (of which AIS {ais:.0f} s)"
-        )
+        s = schema.seconds
+        parts.append(f"{row['label']}: training {s(train)}, evaluation {s(evaluation)} (of which AIS {s(ais)})")
     if not parts:
         return ""
     return "Time per cell, mean over seeds (final and best evaluation together): " + "; ".join(parts) + "."

@@ -213,11 +213,11 @@ def time_per_model(outcomes: list[Outcome]) -> list[str]:
         def mean(*keys: str, cells=cells) -> float:
             return sum(sum(m.get(k, 0.0) for k in keys) for m in cells) / len(cells)
 
-        lines.append(
-            f"  {model:<12} {len(cells)} cell(s): training {mean(schema.TRAIN_S):.0f} s, evaluation "
-            f"{mean(schema.EVAL_S, schema.EVAL_BEST_S):.0f} s (of which AIS "
-            f"{mean(schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S):.0f} s)"
-        )
+        s = schema.seconds
+        train, evaluation = mean(schema.TRAIN_S), mean(schema.EVAL_S, schema.EVAL_BEST_S)
+        ais = mean(schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S)
+        spent = f"training {s(train)}, evaluation {s(evaluation)} (of which AIS {s(ais)})"
+        lines.append(f"  {model:<12} {len(cells)} cell(s): {spent}")
     return lines
 
 
