@@ -27,7 +27,7 @@ from typing import Any
 from bench import schema
 from bench.typed_toml import ConfigError, build, check_keys, one_of, parse_value, positive, subtable
 
-DEFAULT_CONFIG = "bench.toml"
+DEFAULT_CONFIG = "bench.toml"  # in the working folder (`bench init` writes it); else the copy that ships with genbench
 ENCODERS = tuple(schema.ENCODERS)  # the feature encoders a suite may name
 REFERENCE_SPLITS = ("train", "test")
 BEST_METRICS = ("sample", "all")
@@ -258,11 +258,24 @@ class BenchConfig:
 # ---------------------------------------------------------------------------------------------------------- loading
 
 
-def load(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = (), suite: str | None = None):
-    """Read and validate bench.toml; `overrides` are `--set KEY=VALUE` strings applied to `suite` first."""
-    path = Path(path)
+def default_path() -> Path:
+    """./bench.toml when the working folder has one, else the default configuration installed with genbench."""
+    if Path(DEFAULT_CONFIG).is_file():
+        return Path(DEFAULT_CONFIG)
+    from importlib.resources import files
+
+    return Path(str(files("bench") / DEFAULT_CONFIG))
+
+
+def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), suite: str | None = None):
+    """Read and validate a bench.toml (`default_path()` when `path` is None); `overrides` are `--set KEY=VALUE`
+    strings applied to `suite` first."""
+    path = default_path() if path is None else Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; run bench from the project root or pass --config PATH")
+        raise ConfigError(
+            f"config file {path} not found; pass an existing --config, or run `bench init` to write the default "
+            "configuration here and edit it"
+        )
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

@@ -11,7 +11,6 @@ under an exclusive lock on `<target>.lock` (`shared=True`), so the writes take t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -22,14 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-@contextlib.contextmanager
 def _locked(path: Path):
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """An exclusive lock on `<path>.lock` (filelock: fcntl on POSIX, msvcrt on Windows)."""
+    from filelock import FileLock
+
+    return FileLock(str(path.with_name(path.name + ".lock")))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False) -> None:

@@ -5,7 +5,6 @@ describes genbench's tables with it."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import types
 import typing
@@ -88,35 +87,20 @@ def coerce(value: Any, hint: Any) -> Any:
 
 
 def to_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of scalars/lists as TOML (for the `config.toml` artifact)."""
-    lines: list[str] = []
+    """A nested dict of scalars and lists as TOML (the `config.toml` artifact), written by tomli-w: any string,
+    non-BMP characters included, reads back with tomllib."""
+    import tomli_w
 
-    def emit(table: dict, prefix: str) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        if prefix and scalars:
-            lines.append(f"\n[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in table.items():
-            if isinstance(v, dict):
-                emit(v, f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k))
-
-    emit(data, "")
-    return "\n".join(lines).lstrip() + "\n"
+    return tomli_w.dumps(_plain(data))
 
 
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: what a TOML writer takes."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
+        return [_plain(v) for v in value]
+    return value
 
 
 # ------------------------------------------------------------------ field checks and --set values

@@ -254,3 +254,11 @@ def test_domain_floors_are_a_table_by_dataset():
         config.load(BENCH_TOML, ["features.domain.min_test_accuracy.svhn=0.5"], "quick")
     with pytest.raises(ConfigError, match=r"min_test_accuracy\[cifar10\] must be in \[0, 1\], got 1.5"):
         config.load(BENCH_TOML, ["features.domain.min_test_accuracy.cifar10=1.5"], "quick")
+
+
+def test_config_toml_keeps_any_character():
+    """config.toml is written by a TOML library: a character outside the BMP (an emoji) reads back unchanged (a
+    JSON-escaped surrogate pair would not parse)."""
+    data = {"cell": {"suite": "smile 🙂", "seeds": (0, 1)}, "eval": {"note": 'quote " and \\\\ backslash'}}
+    assert tomllib.loads(typed_toml.to_toml(data)) == {"cell": {"suite": "smile 🙂", "seeds": [0, 1]},
+                                                       "eval": {"note": 'quote " and \\\\ backslash'}}  # fmt: skip

@@ -1,6 +1,6 @@
 """The `bench` command line. Every command turns bad input into a one-line error (exit 2) within seconds.
 
-bench run | list | report | ui           the suites (bench/cli/suite.py)
+bench run | list | report | ui | init    the suites (bench/cli/suite.py)
 bench perf | eval | sample | check-model  the tools (bench/cli/tools.py)
 """
 
@@ -23,6 +23,7 @@ for command in (
     suite.list_,
     suite.report,
     suite.ui,
+    suite.init,
     tools.perf,
     tools.eval_,
     tools.sample,

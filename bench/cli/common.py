@@ -24,7 +24,7 @@ def fail(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
-def load_config(config_path: str, overrides: tuple[str, ...] = (), suite: str | None = None):
+def load_config(config_path: str | None, overrides: tuple[str, ...] = (), suite: str | None = None):
     try:
         cfg = config.load(config_path, overrides, suite)
         if suite is not None:
@@ -35,10 +35,16 @@ def load_config(config_path: str, overrides: tuple[str, ...] = (), suite: str | 
 
 
 config_option = click.option(
-    "--config", "config_path", default=DEFAULT_CONFIG, show_default=True, help="The suite configuration file."
+    "--config",
+    "config_path",
+    default=None,
+    help=f"The suite configuration file [./{DEFAULT_CONFIG} if there is one, else genbench's default; `bench init` "
+    "writes a copy to edit].",
 )
 uri_option = click.option(
     "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    show_envvar=True,
     default=None,
-    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db).",
+    help="MLflow tracking URI [default: sqlite:///results/mlflow.db].",
 )

@@ -1,4 +1,4 @@
-"""The suite commands: `bench run`, `bench list`, `bench report`, `bench ui`."""
+"""The suite commands: `bench run`, `bench list`, `bench report`, `bench ui`, `bench init`."""
 
 from __future__ import annotations
 
@@ -231,3 +231,16 @@ def _runs_url(base: str, uri: str, suite: str | None) -> str:
     if experiment_id is None:
         fail(f"no experiment {suite!r} in {uri}; run `bench run --suite {suite}` first")
     return f"{base}/#/experiments/{experiment_id}/runs"
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing ./bench.toml.")
+def init(force: bool) -> None:
+    """Write genbench's default bench.toml into this folder, to edit (bench then reads it from here)."""
+    from importlib.resources import files
+
+    target = Path(config.DEFAULT_CONFIG)
+    if target.exists() and not force:
+        fail(f"{target.resolve()} exists already; edit it, or pass --force to replace it with the default")
+    target.write_text((files("bench") / config.DEFAULT_CONFIG).read_text())
+    click.echo(f"wrote {target.resolve()}: edit its suites, then `bench run --suite quick`")

@@ -1,0 +1,49 @@
+"""genbench as a package: a wheel built from this tree, installed outside it, runs from an empty folder with the
+configuration that ships with it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import REPO, TINY
+
+
+def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
+    wheels, site, empty, source = (tmp_path / name for name in ("wheels", "site", "empty", "source"))
+    empty.mkdir()
+    # a copy of the source: building in place would leave build/ in the checkout
+    skip = shutil.ignore_patterns(".git", ".venv", "results", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(REPO, source, symlinks=True, ignore=skip)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)], check=True,
+                   timeout=300, cwd=tmp_path)  # fmt: skip
+    (wheel,) = wheels.glob("genbench-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_OFFLINE": "1"}  # the installed package, not this tree
+
+    def bench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench", *args], cwd=empty, env=env, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+
+    where = subprocess.run([sys.executable, "-c", "import bench; print(bench.__file__)"], cwd=empty, env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert where.stdout.startswith(str(site)), where
+    listing = bench("list")
+    assert listing.returncode == 0 and "quick" in listing.stdout and "mnist-cifar" in listing.stdout, listing.stderr
+    settings = [a for s in (*TINY, "models=['vae-mlp']", "seeds=[0]") for a in ("--set", s)]
+    run = bench("run", "--suite", "quick", "--no-progress", *settings)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "done: 1 finished" in run.stdout and (empty / "results" / "mlflow.db").is_file()
+    report = bench("report", "--suite", "quick")
+    assert report.returncode == 0 and (empty / "results" / "reports" / "quick" / "leaderboard.html").is_file()
+    # `bench init` writes the shipped configuration here, and bench then reads it from here
+    assert bench("init").returncode == 0
+    assert (empty / "bench.toml").read_text() == (REPO / "bench.toml").read_text()
+    with open(empty / "bench.toml", "a") as f:
+        f.write('\n[suites.mine]\ndatasets = ["digits"]\nmodels = ["vae-mlp"]\n')
+    assert "mine " in bench("list").stdout
+    again = bench("init")
+    assert again.returncode == 2 and "exists already" in again.stderr
