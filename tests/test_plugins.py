@@ -269,5 +269,17 @@ def test_a_png_folder_reads_as_the_same_images(tmp_path):
         Image.fromarray(im[0].numpy()).save(tmp_path / f"{i:03d}.png")
     back = as_images(read_samples(tmp_path), (1, 28, 28), "pngs")
     assert torch.equal(back, images)
+    # palette PNGs hold indices into a palette: read as the colours they stand for, not as the indices
+    grey, colour = tmp_path / "palette-grey", tmp_path / "palette-colour"
+    grey.mkdir(), colour.mkdir()
+    inverted = [255 - v for v in range(256) for _ in range(3)]  # index i stands for grey 255 - i
+    for i, im in enumerate(images):
+        p = Image.fromarray(im[0].numpy(), mode="L").convert("P")  # an identity grey palette
+        p.save(grey / f"{i:03d}.png")
+        q = Image.fromarray(255 - im[0].numpy(), mode="P")
+        q.putpalette(inverted)
+        q.save(colour / f"{i:03d}.png")
+    assert torch.equal(as_images(read_samples(grey), (1, 28, 28), "palette"), images)
+    assert torch.equal(as_images(read_samples(colour), (1, 28, 28), "palette"), images)
     floats = as_images(images.permute(0, 2, 3, 1).numpy() / 255.0, (1, 28, 28), "floats")
     assert torch.equal(floats, images)

@@ -113,6 +113,7 @@ def test_report_from_the_store(quick_run, tmp_path):
     assert "| — | real data (held-out split, same N: the floor) | 1 |" in md and "It is not ranked" in md
     assert "N = 200 generated images vs the 1,437 images of the `train` split" in md
     assert "bits/dim (binary pixels)" in md
+    assert "VAE samples are the decoder's mean images" in md  # what a VAE's sample metrics score
     csv = pd.read_csv(paths["csv"])
     assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
     models = csv[csv["model"] != "real-data"]

@@ -116,6 +116,11 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
         notes.append(_real_row(table, real, counts))
     if group.get(f"metrics.{schema.NLL_AIS}", pd.Series(dtype=float)).notna().any():
         notes.append(AIS_NOTE)
+    if (table["family"] == "vae").any():
+        notes.append(
+            "VAE samples are the decoder's mean images at z ~ N(0, I), not draws from the observation model p(x|z) "
+            "(binary or 8-bit noise on top), as VAE papers show them: the sample metrics of VAEs score those means."
+        )
     if checkpoint == "best" and (group.get("params.eval.best_metrics", pd.Series(dtype=str)) == "sample").any():
         notes.append(
             'The best checkpoint is scored on its sample metrics only (eval.best_metrics = "sample"): its likelihood '

@@ -64,13 +64,25 @@ def _read_png_folder(folder: Path) -> np.ndarray:
     for p in files:
         try:
             with Image.open(p) as im:
-                images.append(np.asarray(im))
+                images.append(_pixels(im))
         except (UnidentifiedImageError, OSError) as e:
             raise SampleError(f"{p}: not a readable PNG ({type(e).__name__})") from None
     shapes = {a.shape for a in images}
     if len(shapes) > 1:
         raise SampleError(f"{folder}: the PNGs differ in size/channels: {sorted(shapes)[:4]}")
     return np.stack(images)
+
+
+def _pixels(im) -> np.ndarray:
+    """A PNG's pixel values: a palette image ("P") as the colours its indices stand for (grey when the palette is
+    grey), not the indices; an alpha channel dropped."""
+    if im.mode == "P":
+        im = im.convert("RGB")
+        rgb = np.asarray(im)
+        return rgb[..., 0] if (rgb == rgb[..., :1]).all() else rgb
+    if im.mode in ("LA", "RGBA"):
+        im = im.convert(im.mode[:-1] if im.mode == "LA" else "RGB")
+    return np.asarray(im)
 
 
 def as_images(array: np.ndarray, image_shape: tuple[int, int, int], what: str) -> torch.Tensor:
