@@ -225,6 +225,23 @@ EVAL_SAMPLE_METRICS_S = "time/eval_sample_metrics_s"  # FID, KID, IS, P/R, D/C, 
 EVAL_LIKELIHOOD_S = "time/eval_likelihood_s"  # the VAEs' ELBO/IWAE bound and reconstruction quality
 
 
+# What a cell costs, as the run summary, the report and the dry-run estimate split it: each part is the sum of these
+# timings (a timing a run lacks counts 0); AIS lies within the evaluation.
+COST = {
+    "training": (TRAIN_S,),
+    "evaluation": (EVAL_S, EVAL_BEST_S),
+    "AIS": (AIS_SELECT_S, AIS_S, AIS_BDMC_S),
+}
+
+
+def cost_text(spent: dict[str, float]) -> str:
+    """`spent` (seconds per part of COST) in words: "training 37 s, evaluation 23 s (of which AIS 21 s)"."""
+    return (
+        f"training {seconds(spent['training'])}, evaluation {seconds(spent['evaluation'])} "
+        f"(of which AIS {seconds(spent['AIS'])})"
+    )
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str

@@ -233,7 +233,7 @@ def inception_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_d
             f"it must be torch-fidelity's {ENCODERS[name].weights.file}"
         ) from e
     return Encoder(
-        "inception",
+        name,
         file_digest(weights),
         "uint8; grayscale repeated to 3 channels; (x-128)/128 in fp32 (torch-fidelity inception-v3-compat)",
         net.to(device).eval(),

@@ -177,11 +177,8 @@ def _cost_note(group: pd.DataFrame, table: pd.DataFrame) -> str:
     parts = []
     for _, row in table[table["family"].isin(["gan", "vae"])].iterrows():
         runs = group[(group[schema.MODEL] == row["model"]) & (group[schema.VARIANT] == row["variant"])]
-
-        train, evaluation = _mean_of_sum(runs, schema.TRAIN_S), _mean_of_sum(runs, schema.EVAL_S, schema.EVAL_BEST_S)
-        ais = _mean_of_sum(runs, schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S)
-        s = schema.seconds
-        parts.append(f"{row['label']}: training {s(train)}, evaluation {s(evaluation)} (of which AIS {s(ais)})")
+        spent = {part: _mean_of_sum(runs, *keys) for part, keys in schema.COST.items()}
+        parts.append(f"{row['label']}: {schema.cost_text(spent)}")
     if not parts:
         return ""
     return "Time per cell, mean over seeds (final and best evaluation together): " + "; ".join(parts) + "."

@@ -5,7 +5,6 @@ through the chosen executor. A failing cell is recorded FAILED with its error an
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import shlex
 import signal
@@ -14,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pandas as pd
 
 from bench import schema, tracking
 from bench.config import BenchConfig, ConfigError, SuiteConfig
@@ -209,15 +210,10 @@ def time_per_model(outcomes: list[Outcome]) -> list[str]:
         return []
     lines = ["time per cell (mean over the cells that ran now):"]
     for model, cells in by_model.items():
-
-        def mean(*keys: str, cells=cells) -> float:
-            return sum(sum(m.get(k, 0.0) for k in keys) for m in cells) / len(cells)
-
-        s = schema.seconds
-        train, evaluation = mean(schema.TRAIN_S), mean(schema.EVAL_S, schema.EVAL_BEST_S)
-        ais = mean(schema.AIS_SELECT_S, schema.AIS_S, schema.AIS_BDMC_S)
-        spent = f"training {s(train)}, evaluation {s(evaluation)} (of which AIS {s(ais)})"
-        lines.append(f"  {model:<12} {len(cells)} cell(s): {spent}")
+        spent = {
+            part: sum(m.get(k, 0.0) for m in cells for k in keys) / len(cells) for part, keys in schema.COST.items()
+        }
+        lines.append(f"  {model:<12} {len(cells)} cell(s): {schema.cost_text(spent)}")
     return lines
 
 
@@ -271,10 +267,12 @@ def plan_suite(
             done = runs[runs["status"] == "FINISHED"]
             finished = dict(zip(done[schema.CELL], done["run_id"], strict=True))
             for _, run in done.iterrows():
-                spent = [run.get(f"metrics.{k}", math.nan) for k in (schema.TRAIN_S, schema.EVAL_S, schema.EVAL_BEST_S)]
-                if all(math.isfinite(s) for s in spent[:2]):
-                    best = spent[2] if math.isfinite(spent[2]) else 0.0
-                    cost.setdefault(run[schema.VARIANT], []).append((spent[0], spent[1] + best))
+                if pd.isna(run.get(f"metrics.{schema.TRAIN_S}")) or pd.isna(run.get(f"metrics.{schema.EVAL_S}")):
+                    continue  # not a cell (the real-data row, external samples)
+                spent = [
+                    sum(_number(run.get(f"metrics.{k}")) for k in schema.COST[p]) for p in ("training", "evaluation")
+                ]
+                cost.setdefault(run[schema.VARIANT], []).append(tuple(spent))
     plan = []
     for cell in cells:
         key = cell.key(digests[cell.dataset])
@@ -292,6 +290,11 @@ def plan_suite(
         seconds = sum(left * t + e for t, e in basis) / len(basis) if basis else None
         plan.append(Planned(cell, key, action, seconds, len(basis)))
     return plan
+
+
+def _number(value) -> float:
+    """A logged metric as a number: 0 where a run lacks it."""
+    return 0.0 if value is None or pd.isna(value) else float(value)
 
 
 def _check_writable(results: Path) -> None:
