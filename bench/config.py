@@ -120,6 +120,9 @@ class EvalConfig:
     # what the best checkpoint (selected on periodic FID) is scored on: "sample" = the sample metrics; "all" = also
     # the likelihoods (IWAE, AIS), a second run of the most expensive part of an evaluation
     best_metrics: str = "sample"
+    # training images carved out (seeded) as the validation split that selects the best checkpoint: no model trains
+    # on them, no reported number is scored on them (nor on the reference split they leave); 0 = no carve
+    validation_images: int = 1000
     ais: AISConfig = field(default_factory=AISConfig)  # [suites.NAME.eval.ais]
 
     def __post_init__(self) -> None:
@@ -145,6 +148,8 @@ class EvalConfig:
             )
         if self.likelihood_images < 0:
             raise ValueError(f"likelihood_images must be >= 0 (0 = the whole test split), got {self.likelihood_images}")
+        if self.validation_images < 0:
+            raise ValueError(f"validation_images must be >= 0 (0 = no validation split), got {self.validation_images}")
         one_of(self, "encoder", ENCODERS)
         one_of(self, "reference_split", REFERENCE_SPLITS)
         one_of(self, "best_metrics", BEST_METRICS)
@@ -213,6 +218,11 @@ class SuiteConfig:
                 raise ValueError(f"{key} must not be empty")
             if len(set(values)) != len(values):
                 raise ValueError(f"{key} has duplicates: {list(values)}")
+        if self.train.eval_every and not self.eval.validation_images:
+            raise ValueError(
+                "train.eval_every selects the best checkpoint on the validation split: set eval.validation_images > 0 "
+                "(training images carved out for it), or train.eval_every = 0 (no selection)"
+            )
 
 
 PUBLISHED_METRICS = ("fid", "kid_mean", "is_mean", "precision", "recall", "elbo", "nll_iwae", "bits_per_dim")

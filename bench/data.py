@@ -8,6 +8,7 @@ into the root; then torchvision's download (skipped when `BENCH_OFFLINE=1`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -61,7 +62,8 @@ class Dataset:
     test_labels: torch.Tensor
     num_classes: int
     source: str  # where the arrays came from, for the logged dataset input
-    digest: str  # sha256 over all four arrays
+    digest: str  # sha256 over all four arrays (and the validation carve, when there is one)
+    validation_images: torch.Tensor | None = None  # carved out of the training split (`carve`); None: no carve
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -77,7 +79,39 @@ class Dataset:
             return self.train_images, self.train_labels
         if name == "test":
             return self.test_images, self.test_labels
-        raise ValueError(f"unknown split {name!r}; known splits: train, test")
+        if name == VALIDATION and self.validation_images is not None:
+            return self.validation_images, torch.zeros(len(self.validation_images), dtype=torch.long)
+        raise ValueError(f"unknown split {name!r}; known splits: train, test" + (", validation" * self.carved))
+
+    @property
+    def carved(self) -> bool:
+        return self.validation_images is not None
+
+
+VALIDATION = "validation"
+VALIDATION_SEED = 0  # the carve is part of the data, not of a run: one fixed seed
+
+
+def carve(dataset: Dataset, n: int) -> Dataset:
+    """The dataset with `n` training images set aside as the validation split (a seeded random choice, the rest in
+    their order): no model trains on them and no metric is scored on them; they select the best checkpoint. n = 0:
+    the dataset as it is."""
+    if n == 0:
+        return dataset
+    if not 0 < n < len(dataset.train_images) // 2:
+        raise DataError(
+            f"{dataset.name}: eval.validation_images = {n} must be below half of the {len(dataset.train_images)} "
+            "training images (the validation split is carved out of them)"
+        )
+    order = torch.randperm(len(dataset.train_images), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held, kept = order[:n], order[n:].sort().values
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[kept].contiguous(),
+        train_labels=dataset.train_labels[kept],
+        validation_images=dataset.train_images[held].contiguous(),
+        digest=bytes_digest([dataset.digest, f"validation {n} seed {VALIDATION_SEED}"]),
+    )
 
 
 def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source: str) -> Dataset:
@@ -110,10 +144,11 @@ def data_root() -> Path:
     return cache / "genbench" / "data"
 
 
-def load(name: str, root: Path | None = None) -> Dataset:
+def load(name: str, root: Path | None = None, validation: int = 0) -> Dataset:
+    """The dataset `name`, with `validation` training images carved out as its validation split (`carve`)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[name](root or data_root())
+    return carve(DATASETS[name](root or data_root()), validation)
 
 
 # ---------------------------------------------------------------------------------------------------------- loaders

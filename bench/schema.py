@@ -28,8 +28,9 @@ PROTOCOL_VERSION_TAG = "bench.protocol_version"  # the PROTOCOL_VERSION a run wa
 
 # What is computed, and how, changes with this number (bench.eval.protocol). It is in every protocol fingerprint,
 # every cell key and every run's tags: results of an earlier version are re-run, never mixed with the current ones.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 ERROR = "bench.error"
+AIS_CHECK = "bench.ais_check"  # a VAE's AIS under its own observation model against its IWAE bound: ok | violated: …
 EXECUTOR = "bench.executor"
 HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption
@@ -42,20 +43,26 @@ REAL_MODEL = "real-data"  # the bench.model of the real-data row (held-out real 
 
 FID = "fid"
 FID_INF = "fid_inf"  # FID extrapolated to infinitely many samples (bench.metrics.fid_infinity)
+FID_INF_SE = "fid_inf_se"  # the standard error of that intercept over the fit's subset draws
+FID_INF_REAL_MIN_RATIO = 10  # the real-data row's FID∞ only where its N is at least this many feature dimensions
 IS_MEAN, IS_STD = "is_mean", "is_std"
 KID_MEAN, KID_STD = "kid_mean", "kid_std"
 PRECISION, RECALL = "precision", "recall"
 DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020
 COPYING = "copying_ct"  # Meehan et al. 2020's C_T: ≪ 0 (below −3) flags data copying
+# what C_T stood on (first encoder): the cells with enough samples, their share of the test images, m = n
+COPYING_CELLS, COPYING_TEST_SHARE, COPYING_SAMPLES = "copying/cells", "copying/test_share", "copying/samples"
 FID_MATCHED = "fid_matched"  # FID of the models at the real-data row's N, when the held-out split is smaller than N
 SAMPLE_COUNT_FREE = (
     FID_INF,
+    FID_INF_SE,
     KID_MEAN,
     FID_MATCHED,
 )  # comparable across sample counts: the real row shows them at any N
 ENCODER_METRICS = (
     FID,
     FID_INF,
+    FID_INF_SE,
     KID_MEAN,
     KID_STD,
     IS_MEAN,
@@ -177,7 +184,8 @@ BEST_STEP = "best/step"
 # how the best checkpoint is chosen; part of the cell key, so cells selected under an earlier rule are re-run
 SELECTION_RULE = (
     "lowest periodic FID (domain features, train.eval_samples samples from latent seed eval.seed + "
-    "SELECTION_SEED_OFFSET) against the held-out split, disjoint from the reference split the reported numbers use"
+    "SELECTION_SEED_OFFSET) against the validation split: eval.validation_images training images carved out "
+    "(seeded), on which no model trains and no reported number is scored"
 )
 SELECTION_SEED_OFFSET = 7919  # the selection's latents are not the scored ones
 CHECKPOINTS = {  # which metrics a leaderboard reports
@@ -209,6 +217,10 @@ AIS_GRADIENT_EVALS = "ais/gradient_evals_per_chain"
 AIS_VALIDATION_NLL = "ais/validation_nll"  # the σ search's score at the chosen σ
 AIS_BDMC_LOWER, AIS_BDMC_UPPER = "ais/bdmc_lower", "ais/bdmc_upper"
 AIS_SELECT_S, AIS_S, AIS_BDMC_S = "time/ais_select_s", "time/ais_s", "time/ais_bdmc_s"
+# a VAE's AIS under its own observation model, beside its IWAE bound on the same images (the estimators' check)
+AIS_OWN_NLL, AIS_OWN_IWAE_NLL = "ais_own/nll", "ais_own/iwae_nll"
+AIS_OWN_GAP, AIS_OWN_GAP_STDERR = "ais_own/gap", "ais_own/gap_stderr"  # mean AIS log p̂ − IWAE bound, ≥ 0 expected
+AIS_OWN_S = "time/ais_own_s"
 
 # the suite's parent run
 CELLS_FINISHED, CELLS_SKIPPED, CELLS_FAILED = "cells/finished", "cells/skipped", "cells/failed"
@@ -230,7 +242,7 @@ EVAL_LIKELIHOOD_S = "time/eval_likelihood_s"  # the VAEs' ELBO/IWAE bound and re
 COST = {
     "training": (TRAIN_S,),
     "evaluation": (EVAL_S, EVAL_BEST_S),
-    "AIS": (AIS_SELECT_S, AIS_S, AIS_BDMC_S),
+    "AIS": (AIS_SELECT_S, AIS_S, AIS_BDMC_S, AIS_OWN_S),
 }
 
 
@@ -255,6 +267,7 @@ LEADERBOARD: dict[str, Metric] = {
     for m in (
         Metric(FID, "FID ↓", False, 2),
         Metric(FID_INF, "FID∞ ↓", False, 2),
+        Metric(FID_INF_SE, "FID∞ fit SE", None, 2),  # the intercept's standard error (subset draws), per seed
         Metric(FID_MATCHED, "FID at the real row's N ↓", False, 2),  # the report names the N in the header
         Metric(KID_MEAN, "KID ↓", False, 4),
         Metric(IS_MEAN, "IS ↑", True, 2),
@@ -270,10 +283,12 @@ LEADERBOARD: dict[str, Metric] = {
         Metric(RECON_SSIM, "recon SSIM ↑", True, 3),
         Metric(RATE, "rate (KL)", None, 2),
         Metric(DISTORTION, "distortion", None, 2),
-        Metric(NLL_AIS, "NLL (AIS) ↓", False, 1),
-        Metric(BITS_PER_DIM_AIS, "bits/dim (AIS) ↓", False, 3),
+        # AIS of GANs and VAEs alike: a code length of 8-bit images under a discretised Gaussian around the decoder
+        Metric(NLL_AIS, "8-bit code length (AIS, discretised Gaussian), nats ↓", False, 1),
+        Metric(BITS_PER_DIM_AIS, "bits per 8-bit pixel (AIS) ↓", False, 3),
         Metric(AIS_SIGMA, "AIS σ", None, 3),
         Metric(AIS_BDMC_GAP, "BDMC gap", None, 1),
+        Metric(AIS_OWN_GAP, "VAE check: AIS − IWAE (own model), nats", None, 2),  # ≥ 0 expected; run-time check
     )
 }
 
@@ -281,6 +296,7 @@ _ARROWS = {True: " ↑", False: " ↓", None: ""}
 _ENCODER_LABELS = {
     "fid": "FD",
     "fid_inf": "FD∞",
+    "fid_inf_se": "FD∞ fit SE",
     "kid_mean": "KID",
     "precision": "precision",
     "recall": "recall",
@@ -324,6 +340,11 @@ LIKELIHOOD_METRICS = (
     AIS_SELECT_S,
     AIS_S,
     AIS_BDMC_S,
+    AIS_OWN_NLL,
+    AIS_OWN_IWAE_NLL,
+    AIS_OWN_GAP,
+    AIS_OWN_GAP_STDERR,
+    AIS_OWN_S,
     EVAL_LIKELIHOOD_S,
 )
 

@@ -160,7 +160,7 @@ def seed_vit_features(results: Path) -> None:
     from bench.eval.encoders import build_encoder
     from bench.eval.real_features import split_features
 
-    digits = load("digits")
+    digits = load("digits", validation=tiny_config().suite("quick").eval.validation_images)  # the suite's carve
     vit = build_encoder("dinov2-vits14", digits, None, results / "cache", torch.device("cpu"))
     for split in ("train", "test"):
         split_features(dataclasses.replace(vit, net=_Projection()), digits, split, results / "cache")

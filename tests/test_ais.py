@@ -268,20 +268,48 @@ def test_on_a_trained_vae_ais_is_at_least_iwae_which_is_at_least_the_elbo():
     assert (estimate - elbo).mean() > 1.0
 
 
-def test_bits_per_dim_255_is_the_change_of_variables_to_the_0_255_scale():
-    """A Gaussian density per pixel on x in [0, 1], scored directly on y = 255·x with scipy: the bits/dim there equal
-    bits_per_dim_255 of the nats on the [0, 1] scale (log2 255 per dimension, where the old + 8 was log2 256)."""
+def test_the_discretised_gaussian_is_a_probability_over_the_256_pixel_values():
+    """Each pixel's 256 bin masses equal scipy's Gaussian CDF differences (end bins to ±∞) and sum to 1, so
+    −log p(x) ≥ 0 is a code length; unlike the Gaussian density it stays bounded as σ → 0 (Theis et al. 2016), and
+    bits/dim is −log₂ p(x) / D."""
     import numpy as np
     from scipy.stats import norm
 
-    from bench.eval.ais import bits_per_dim_255
+    values = torch.arange(256, dtype=torch.float64) / 255
+    for mean, sigma in ((0.3, 0.05), (0.0, 0.02), (0.999, 0.4), (0.5, 1e-4)):
+        z = torch.zeros(256, 1)
+        got = A.discretized_gaussian_log_lik(lambda z, m=mean: torch.full((len(z), 1), m), sigma)(z, values[:, None])
+        edges = np.concatenate([[-np.inf], (np.arange(255) + 0.5) / 255, [np.inf]])
+        expected = np.diff(norm.cdf(edges, mean, sigma))
+        shown = expected > 1e-30  # far tails: compare where scipy's difference of CDFs is not rounded to 0
+        assert np.allclose(got.double().exp().numpy()[shown], expected[shown], rtol=1e-5, atol=1e-12)
+        assert got.double().exp().sum().item() == pytest.approx(1.0, abs=1e-6) and (got <= 1e-6).all()
+    # σ → 0 at a pixel value: the Gaussian density grows without bound, the discretised mass tends to 1
+    x = torch.full((1, 4), 100 / 255)
+    tiny = A.discretized_gaussian_log_lik(lambda z: x.float(), 1e-6)(torch.zeros(1, 1), x)
+    assert tiny.item() == pytest.approx(0.0, abs=1e-6)
+    assert A.gaussian_log_lik(lambda z: x.float(), 1e-6)(torch.zeros(1, 1), x).item() > 50
+    assert A.bits_per_dim(784 * math.log(2) * 1.5, 784) == pytest.approx(1.5)
 
-    rng = np.random.default_rng(0)
-    x, mu, sigma = rng.uniform(0, 1, 784), rng.uniform(0, 1, 784), 0.1
-    nll_x = -norm.logpdf(x, mu, sigma).sum()
-    bits_y = -norm.logpdf(255 * x, 255 * mu, 255 * sigma).sum() / np.log(2) / 784
-    assert bits_per_dim_255(nll_x, 784) == pytest.approx(bits_y, rel=1e-12)
-    assert abs(bits_per_dim_255(nll_x, 784) - (nll_x / (784 * np.log(2)) + 8)) > 0.005  # the +8 it replaces
+
+def test_the_discretised_gaussian_is_stable_in_the_far_tails_and_has_finite_gradients():
+    """A narrow Gaussian far from a pixel's value: scipy's CDF difference underflows, the log-mass must not
+    (log Φ(b) − log Φ(a) in the reflected tail); its gradient in z stays finite."""
+    from scipy.special import log_ndtr
+
+    a = torch.tensor([-40.0, 38.0, 5.0], dtype=torch.float64)
+    b = a + torch.tensor([0.2, 0.5, 1e-3], dtype=torch.float64)
+    got = A.log_bin_mass(a, b)
+    # reference by mpmath-free asymptotics: log(Φ(b) − Φ(a)) = log Φ(b) + log(1 − exp(log Φ(a) − log Φ(b))), with
+    # the reflected form right of the mean, computed with scipy in long double where it matters
+    ref = [log_ndtr(-40.0 + 0.2) + math.log(-math.expm1(log_ndtr(-40.0) - log_ndtr(-39.8))),
+           log_ndtr(-38.0) + math.log(-math.expm1(log_ndtr(-38.5) - log_ndtr(-38.0))),
+           log_ndtr(-5.0) + math.log(-math.expm1(log_ndtr(-5.001) - log_ndtr(-5.0)))]  # fmt: skip
+    assert got.tolist() == pytest.approx(ref, rel=1e-9)
+    z = torch.zeros(2, 3, requires_grad=True)
+    log_lik = A.discretized_gaussian_log_lik(lambda z: torch.sigmoid(z).repeat(1, 3), 0.01)
+    log_lik(z, torch.tensor([[0.0] * 9, [1.0] * 9])).sum().backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_one_sigma_per_image_is_each_images_gaussian_density():
@@ -332,3 +360,24 @@ def test_the_sigma_search_and_bdmc_cost_one_sequence_of_transitions_each(monkeyp
     m = out["metrics"]
     assert m["ais/sigma"] == 0.1 and m["ais/bdmc_upper"] >= m["ais/bdmc_lower"] - 1.0
     assert set(out["validation"]) == {"0.03", "0.1", "0.3"}
+
+
+def test_the_own_model_check_flags_an_ais_below_the_iwae_bound():
+    """own_model_check on a small trained VAE: passes as it is; an IWAE bound inflated by 50 nats per image (a
+    broken estimator on one side) is flagged as a violation, with the numbers."""
+    ds = load("digits")
+    torch.manual_seed(0)
+    model = baselines.build("vae-mlp", None, ds.image_shape)
+    logger = SimpleNamespace(log_metrics=lambda *a, **k: None, log_samples=lambda *a, **k: None)
+    cfg = TrainConfig(steps=150, batch_size=64, log_every=100, sample_every=1000, checkpoint_every=1000, eval_every=0)
+    train(model, ds.train_images, cfg, seed=0, logger=logger, progress=False)
+    observed = model.observe(ds.test_images[:12].float() / 255, generator=torch.Generator().manual_seed(0))
+    ais_cfg = AISConfig(images=12, chains=4, steps=60, leapfrog=5)
+    good = D.own_model_check(model, observed, ais_cfg, iwae_k=200, seed=0, echo=lambda line: None)
+    m = good["metrics"]
+    assert good["warning"] == "" and m["ais_own/gap"] > -3 * m["ais_own/gap_stderr"]
+    assert m["ais_own/nll"] > 0 and m["ais_own/iwae_nll"] > 0  # binary images: probabilities, NLL ≥ 0
+    honest = model.log_likelihood
+    model.log_likelihood = lambda x, k: honest(x, k) + 50.0
+    bad = D.own_model_check(model, observed, ais_cfg, iwae_k=200, seed=0, echo=lambda line: None)
+    assert "falls below its IWAE bound" in bad["warning"] and bad["metrics"]["ais_own/gap"] < -40

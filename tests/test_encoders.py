@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bench import schema
 from bench.cli import main
 from bench.data import load
 from bench.eval import metrics
@@ -50,48 +51,84 @@ def test_density_and_coverage_see_collapse_and_outliers():
     assert 0.8 < matched[0] < 1.2 and matched[1] > 0.9
 
 
+def _ct(*args, **kwargs) -> float:
+    return metrics.data_copying(*args, **kwargs)[schema.COPYING]
+
+
 def test_the_copying_statistic_on_synthetic_features():
     train, test = _features(3000, 6, seed=6), _features(600, 6, seed=7)
     copied = train[:600]
     fresh = _features(600, 6, seed=8)
     noisy = train[600:1200] + 0.5 * _features(600, 6, seed=9)
     blurred = train[600:1200] + 1.5 * _features(600, 6, seed=9)
-    assert metrics.data_copying(copied, train, test, cells=10) < -5  # every copied distance is 0: U = 0 per cell
-    assert abs(metrics.data_copying(fresh, train, test, cells=10)) < 3
-    assert metrics.data_copying(noisy, train, test, cells=10) > -3  # noisy copies: not flagged
-    assert metrics.data_copying(blurred, train, test, cells=10) > 3  # further from the training data: underfitting
+    assert _ct(copied, train, test, cells=10) < -5  # every copied distance is 0: U = 0 per cell
+    assert abs(_ct(fresh, train, test, cells=10)) < 3
+    assert _ct(noisy, train, test, cells=10) > -3  # noisy copies: not flagged
+    assert _ct(blurred, train, test, cells=10) > 3  # further from the training data: underfitting
 
 
-def test_the_copying_statistic_equals_scipys_kmeans_and_mann_whitney():
-    """C_T rebuilt from independent parts: scipy's k-means (Lloyd's algorithm from the same seeded training
-    points), scipy's nearest-neighbour distances (cKDTree) and scipy's Mann-Whitney U per cell, weighted by the
-    cells' test shares (Meehan et al. 2020)."""
-    from scipy.cluster.vq import kmeans2
-    from scipy.spatial import cKDTree
+def _authors_c_t(test, test_cells, gen, gen_cells, train, train_cells, tau):
+    """Meehan et al.'s C_T written from their published code (github.com/casey-meehan/data-copying): sklearn's
+    nearest neighbours among the training points *of the cell*, scipy's one-sided Mann-Whitney U of the generated
+    distances, z-scored with their continuity correction; cells with a share of generated samples above tau,
+    weighted by the test share."""
     from scipy.stats import mannwhitneyu
+    from sklearn.neighbors import NearestNeighbors
 
-    train, test = _features(3000, 6, seed=6), _features(600, 6, seed=7)
-    generated = train[600:1200] + 0.7 * _features(600, 6, seed=9)
-    cells, seed = 10, 3
-    start = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:cells]]
-    centres, _ = kmeans2(train.numpy(), start.numpy(), iter=50, minit="matrix", missing="warn")
-    tree, cell_of = cKDTree(train.numpy()), lambda x: cKDTree(centres).query(x.numpy())[1]
-    gen_nn, test_nn = tree.query(generated.numpy())[0], tree.query(test.numpy())[0]
-    gen_cell, test_cell = cell_of(generated), cell_of(test)
-    total = weight = 0.0
-    for c in range(cells):
-        q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
-        if min(len(q), len(p)) < metrics.COPYING_MIN_SAMPLES:
+    m, n, k = len(gen), len(test), int(train_cells.max()) + 1
+    z = np.zeros(k)
+    for i in range(k):
+        p, q, t = test[test_cells == i], gen[gen_cells == i], train[train_cells == i]
+        if len(q) == 0 or len(p) == 0:
             continue
-        u = mannwhitneyu(q, p, alternative="two-sided", method="asymptotic").statistic  # U of the first sample
-        m, n = len(q), len(p)
-        z = (u - m * n / 2) / np.sqrt(m * n * (m + n + 1) / 12)
-        total, weight = total + n / len(test) * z, weight + n / len(test)
-    expected = total / weight
-    ours = metrics.data_copying(generated, train, test, cells=cells, seed=seed)
-    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    # computed once per reference (the suite's cache), the model's half gives the same number
+        nn = NearestNeighbors(n_neighbors=1).fit(t)
+        lq, lp = nn.kneighbors(q)[0][:, 0], nn.kneighbors(p)[0][:, 0]
+        u = mannwhitneyu(lq, lp, alternative="less").statistic
+        mean = len(p) * len(q) / 2 - 0.5
+        z[i] = (u - mean) / np.sqrt(len(p) * len(q) * (len(p) + len(q) + 1) / 12)
+    q_share = np.bincount(gen_cells, minlength=k) / m
+    p_share = np.bincount(test_cells, minlength=k) / n
+    keep = q_share > tau
+    return p_share[keep] @ z[keep] / p_share[keep].sum(), int(keep.sum()), p_share[keep].sum()
+
+
+def test_the_copying_statistic_equals_the_authors_code():
+    """C_T against an independent implementation of Meehan et al.'s code (sklearn's nearest neighbours within each
+    cell, scipy's Mann-Whitney U, their continuity correction and τ = 20/m), on the same k-means cells, with
+    m = n: the larger side is subsampled to the smaller one. The distances to the nearest training point of the
+    whole set (instead of the cell), or no continuity correction, give a different number."""
+    train, test = _features(3000, 6, seed=6), _features(500, 6, seed=7)
+    generated = train[600:1400] + 0.7 * _features(800, 6, seed=9)  # 800 generated vs 500 test: subsampled to 500
+    cells, seed = 10, 3
     reference = metrics.copying_reference(train, test, cells, seed)
+    ours = metrics.data_copying(generated, train, test, cells=cells, seed=seed)
+    g = torch.Generator().manual_seed(seed)  # the subsets data_copying draws (documented: seeded, sorted)
+    pick_gen = torch.randperm(len(generated), generator=g)[:500].sort().values
+    # (all 500 test images are kept: the smaller side is subsampled to its own size, i.e. not at all)
+    gen = generated[pick_gen].numpy()
+    gen_cells = metrics.nearest_centre(generated[pick_gen], reference["centres"]).numpy()
+    expected, used, share = _authors_c_t(
+        test.numpy(), reference["test_cell"].numpy(), gen, gen_cells, train.numpy(), reference["train_cell"].numpy(),
+        tau=20 / 500,
+    )  # fmt: skip
+    assert ours[schema.COPYING] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert ours[schema.COPYING_CELLS] == used and ours[schema.COPYING_TEST_SHARE] == pytest.approx(share)
+    assert ours[schema.COPYING_SAMPLES] == 500
+    # the reading the issue found: nearest training point in the whole set, no continuity correction
+    from scipy.spatial import cKDTree
+
+    whole = cKDTree(train.numpy())
+    lq, lp = whole.query(gen)[0], whole.query(test.numpy())[0]
+    test_cells = reference["test_cell"].numpy()
+    zs, ws = [], []
+    for c in range(cells):
+        q, p = lq[gen_cells == c], lp[test_cells == c]
+        if len(q) > 20 and len(p):
+            u = (q[:, None] > p[None, :]).sum() + 0.5 * (q[:, None] == p[None, :]).sum()
+            zs.append((u - len(q) * len(p) / 2) / np.sqrt(len(q) * len(p) * (len(q) + len(p) + 1) / 12))
+            ws.append(len(p))
+    assert abs(np.average(zs, weights=ws) - ours[schema.COPYING]) > 0.05
+    # computed once per reference (the suite's cache), the model's half gives the same number
     assert metrics.data_copying(generated, train, test, cells, seed, reference) == ours
 
 
@@ -142,35 +179,75 @@ def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
 # ------------------------------------------------------------------------------------------------------ DINOv2
 
 
-def test_dinov2_features_equal_the_librarys_on_the_same_weights(dinov2_s_weights, monkeypatch):
-    """genbench's encoder (weights found through BENCH_DINOV2_WEIGHTS, loaded by the real code) against timm's own
-    model built from the same file, on images preprocessed independently with torchvision: the same CLS features."""
+def _dgm_eval_dinov2(state: dict, images: torch.Tensor) -> torch.Tensor:
+    """FD_DINOv2's features written from dgm-eval's and Meta's published code, sharing nothing with genbench: each
+    image through PIL (converted to RGB, resized to 224×224 with PIL's bicubic, 8-bit), /255, ImageNet
+    normalisation (dgm-eval's DINOv2Encoder.transform); then Meta's ViT forward from the raw checkpoint: patch
+    embedding, CLS token, positional embeddings interpolated from 37×37 with scale factor (16 + 0.1)/37, bicubic, no
+    antialias (DinoVisionTransformer.interpolate_pos_encoding), pre-norm blocks with LayerScale, final norm, CLS."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    pixels = []
+    for array in images[:, 0].numpy():
+        image = Image.fromarray(array, mode="L").convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+        pixels.append(((np.asarray(image) / 255.0 - mean) / std).transpose(2, 0, 1))
+    x = torch.tensor(np.stack(pixels), dtype=torch.float32)
+    w = {k: v.float() for k, v in state.items()}
+    dim, heads = w["cls_token"].shape[-1], 6
+    with torch.no_grad():
+        t = F.conv2d(x, w["patch_embed.proj.weight"], w["patch_embed.proj.bias"], stride=14).flatten(2).transpose(1, 2)
+        t = torch.cat([w["cls_token"].expand(len(t), -1, -1), t], dim=1)
+        m = int(round((w["pos_embed"].shape[1] - 1) ** 0.5))
+        grid = w["pos_embed"][:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=(16.1 / m, 16.1 / m), mode="bicubic", antialias=False)
+        t = t + torch.cat([w["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+        n, length = t.shape[:2]
+        for b in range(sum(k.endswith(".attn.qkv.weight") for k in w)):
+            p = f"blocks.{b}."
+            h = F.layer_norm(t, (dim,), w[p + "norm1.weight"], w[p + "norm1.bias"], eps=1e-6)
+            qkv = F.linear(h, w[p + "attn.qkv.weight"], w[p + "attn.qkv.bias"])
+            q, k, v = qkv.reshape(n, length, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+            attention = (q * (dim // heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
+            h = F.linear((attention @ v).transpose(1, 2).reshape(n, length, dim), w[p + "attn.proj.weight"],
+                         w[p + "attn.proj.bias"])  # fmt: skip
+            t = t + w[p + "ls1.gamma"] * h
+            h = F.layer_norm(t, (dim,), w[p + "norm2.weight"], w[p + "norm2.bias"], eps=1e-6)
+            h = F.linear(F.gelu(F.linear(h, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"])), w[p + "mlp.fc2.weight"],
+                         w[p + "mlp.fc2.bias"])  # fmt: skip
+            t = t + w[p + "ls2.gamma"] * h
+        return F.layer_norm(t, (dim,), w["norm.weight"], w["norm.bias"], eps=1e-6)[:, 0].double()
+
+
+def test_dinov2_features_are_dgm_evals_on_the_same_weights(dinov2_s_weights, monkeypatch):
+    """genbench's FD_DINOv2 encoder (weights found through BENCH_DINOV2_WEIGHTS, loaded by the real code) against an
+    independent implementation of dgm-eval's pipeline and Meta's model (`_dgm_eval_dinov2`) on real digits: the same
+    CLS features to 1e-4 relative. The pipeline this replaced (torch's bicubic on float pixels, timm's one-time
+    antialiased resampling of the positional embeddings) differs from it well beyond that."""
     import timm
+    import torch.nn.functional as F
     import torchvision.transforms.functional as TF
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))
     digits = load("digits")
     ex = build_encoder("dinov2-vits14", digits, None, Path("unused"), torch.device("cpu"))
-    assert ex.feature_dim == 384 and "bicubic" in ex.resize and len(ex.weights_digest) == 64
+    assert ex.feature_dim == 384 and "PIL" in ex.resize and len(ex.weights_digest) == 64
     images = digits.test_images[:6]
-    ours = ex(images, batch_size=4)
-    assert set(ours) == {"features"} and ours["features"].shape == (6, 384)
-
+    ours = ex(images, batch_size=4)["features"]
+    assert ours.shape == (6, 384) and ours.std(0).mean() > 0.01  # the features depend on the image
+    state = torch.load(dinov2_s_weights, weights_only=True)
+    theirs = _dgm_eval_dinov2(state, images)
+    scale = theirs.norm(dim=1, keepdim=True)
+    assert ((ours - theirs).norm(dim=1, keepdim=True) / scale).max() < 1e-4
+    # the other pipeline: float bicubic resize (overshooting [0, 1]) and timm's resampled positional embeddings
     ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224).eval()
-    ref.load_state_dict(checkpoint_filter_fn(torch.load(dinov2_s_weights, weights_only=True), ref))
-    x = images.expand(-1, 3, -1, -1).float() / 255
-    x = TF.resize(x, [224, 224], interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
-    x = TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    ref.load_state_dict(checkpoint_filter_fn(state, ref))
+    x = F.interpolate(images.expand(-1, 3, -1, -1).float() / 255, size=(224, 224), mode="bicubic")
     with torch.no_grad():
-        theirs = ref(x).double()
-    assert torch.allclose(ours["features"], theirs, atol=1e-5, rtol=1e-5)
-    assert ours["features"].std(0).mean() > 0.01  # the features depend on the image
-    # the preprocessing matters at this tolerance: bilinear instead of bicubic gives other features
-    x_bilinear = TF.resize(images.expand(-1, 3, -1, -1).float() / 255, [224, 224], antialias=False)
-    with torch.no_grad():
-        other = ref(TF.normalize(x_bilinear, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])).double()
-    assert not torch.allclose(ours["features"], other, atol=1e-3)
+        other = ref(TF.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])).double()
+    assert ((other - theirs).norm(dim=1, keepdim=True) / scale).max() > 1e-3
 
 
 def test_dinov2_without_weights_offline_is_a_one_line_error_in_seconds(tmp_path, monkeypatch):

@@ -51,8 +51,13 @@ def test_variants_of_one_model_are_labelled_by_the_params_that_differ():
     }
     assert any("labelled by the params in which their variants differ" in n for n in section.notes)
     md = render.to_markdown("quick", [section])
-    # n = 1 on two of the rows: nothing can be tested, so all three share the rank; n = 2 gives a (wide) t interval
-    assert "| 1= | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
+    # n = 1 on two of the rows: they cannot be tested, so they are shown unranked; n = 2 gives a (wide) t interval
+    assert "| 1 | a | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
+    assert "| — |  | vae-mlp | 1 | 31.00 |" in md
+    # an untested row with a better mean than every tested one: no row can be called best
+    runs.loc[3, "metrics.fid"] = 1.0
+    (section,) = report.build(runs)
+    assert not section.table["fid_best"].any() and "| **" not in render.to_markdown("quick", [section])
 
 
 def test_runs_of_an_earlier_protocol_version_are_counted_not_shown():
@@ -110,18 +115,22 @@ def test_report_from_the_store(quick_run, tmp_path):
         assert f"| {model} | 2 |" in md
     assert "±" in md and "NLL (IWAE)" in md
     # one N per table: the tiny suite's 200 samples, the real-data row at the same N, both stated
-    assert "| — | real data (held-out split, same N: the floor) | 1 |" in md and "It is not ranked" in md
-    assert "N = 200 generated images vs the 1,437 images of the `train` split" in md
+    assert "| — |  | real data (held-out split, same N: the floor) | 1 |" in md and "It is not ranked" in md
+    assert "N = 200 generated images vs the 1,137 images of the `train` split" in md
     assert "bits/dim (binary pixels)" in md
     assert "VAE samples are the decoder's mean images" in md  # what a VAE's sample metrics score
     csv = pd.read_csv(paths["csv"])
     assert set(csv["model"]) == {"gan-mlp", "vae-mlp", "real-data"}
     models = csv[csv["model"] != "real-data"]
     assert (models["n"] == 2).all()
-    # ranks: apart when Welch's test over the two seeds separates the FIDs, shared ("1=") when it cannot
+    # ranks: apart when Welch's test over the two seeds separates the FIDs (one pair: Holm changes nothing), a
+    # shared range and group when it cannot; bold FID on every model tied for best
     fids = child_runs(quick_run["uri"]).groupby("tags.bench.model")["metrics.fid"].apply(list)
     apart = stats.welch_p(fids["gan-mlp"], fids["vae-mlp"]) < 0.05
-    assert sorted(models["rank"].astype(str)) == (["1", "2"] if apart else ["1=", "1="])
+    assert sorted(models["rank"].astype(str)) == (["1", "2"] if apart else ["1–2", "1–2"])
+    assert sorted(models["group"]) == (["a", "b"] if apart else ["a", "a"])
+    assert models["fid_best"].sum() == (1 if apart else 2) and (models["fid_n"] == 2).all()
+    assert "Holm-adjusted" in md and '"not separated at these n seeds", not "equal"' in md
     low, high = stats.t_interval(fids["gan-mlp"])
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
     assert (row["fid_ci_low"], row["fid_ci_high"]) == pytest.approx((low, high))
@@ -159,12 +168,12 @@ def test_published_rows_only_where_dataset_metric_and_encoder_match(quick_run):
     assert list(published["model"]) == ["paper GAN", "paper VAE"]
     assert (published["rank"] == "—").all()
     ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
-    assert sorted(ranks) in (["1", "2"], ["1=", "1="])  # ours are ranked among themselves only
+    assert sorted(ranks) in (["1", "2"], ["1–2", "1–2"])  # ours are ranked among themselves only
     # better than every model, yet never "best in column"
-    assert render.best_row(table, "fid") not in published.index
-    assert render.best_row(table, "nll_iwae") not in published.index
+    assert render.tied_best(table, "fid") and not set(render.tied_best(table, "fid")) & set(published.index)
+    assert render.tied_best(table, "nll_iwae") and not set(render.tied_best(table, "nll_iwae")) & set(published.index)
     md = render.to_markdown("quick", [section])
-    assert "| — | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
+    assert "| — |  | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
 
 
 def test_published_config_errors(tmp_path):

@@ -1,4 +1,5 @@
-"""bench.stats against independent computations: intervals, Welch's test, tied ranks, probability of improvement."""
+"""bench.stats against independent computations: intervals, Welch's test, Holm, consistent tie groups with
+family-wise error control, probability of improvement."""
 
 import math
 
@@ -6,7 +7,15 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench.report.stats import probability_of_improvement, t_interval, tied_ranks, welch_p
+from bench.report.stats import (
+    UNRANKED,
+    holm,
+    improvement_interval,
+    probability_of_improvement,
+    ranking,
+    t_interval,
+    welch_p,
+)
 
 
 def test_t_interval_matches_scipy_and_covers_the_mean_95_percent_of_the_time():
@@ -30,18 +39,79 @@ def test_welch_p_by_hand():
     assert welch_p([2.0, 2.0], [3.0, 3.0]) == 0.0 and welch_p([2.0, 2.0], [2.0, 2.0]) == 1.0
 
 
-def test_ranks_tie_what_seeds_cannot_separate():
+def test_holm_matches_its_step_down_definition():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 → 0.02, 0.03, 0.06, 0.04
+    # → monotone 0.02, 0.03, 0.06, 0.06
+    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def _ranks(samples, **kw):
+    return ranking(samples, **kw).rank
+
+
+def test_ranks_are_the_places_the_tests_allow():
     apart = [[1.0, 1.1, 0.9], [5.0, 5.1, 4.9], [9.0, 9.2, 8.8]]
-    assert tied_ranks(apart) == ["1", "2", "3"]
+    assert _ranks(apart) == ["1", "2", "3"] and ranking(apart).letters == ["a", "b", "c"]
     overlapping = [[1.0, 3.0, 2.0], [2.5, 1.5, 2.2], [9.0, 9.2, 8.8]]  # the first two cannot be told apart
-    assert tied_ranks(overlapping) == ["1=", "1=", "3"]
-    assert tied_ranks([[5.0, 5.1, 4.9], [1.0, 1.1, 0.9]]) == ["2", "1"]  # the input order does not matter
-    assert tied_ranks([[2.0], [1.0], [3.0]]) == ["1=", "1=", "1="]  # n = 1: untestable, so every rank is shared
-    # a single-seed row on top (external samples) shares the first rank but does not tie the models below it
-    with_single = [[0.1], [16.0, 17.0, 15.5], [33.0, 30.0, 36.0], [34.0, 31.0, 35.0], [90.0, 91.0, 92.0]]
-    assert tied_ranks(with_single) == ["1=", "1=", "3=", "3=", "5"]
-    assert tied_ranks([[16.0, 17.0, 15.5], [20.0], [33.0, 30.0, 36.0]]) == ["1=", "1=", "3"]
-    assert tied_ranks([[9.0, 9.1], [1.0, 1.1]], lower_is_better=False) == ["1", "2"]
+    assert _ranks(overlapping) == ["1–2", "1–2", "3"] and ranking(overlapping).letters == ["a", "a", "b"]
+    assert _ranks([[5.0, 5.1, 4.9], [1.0, 1.1, 0.9]]) == ["2", "1"]  # the input order does not matter
+    assert _ranks([[9.0, 9.1], [1.0, 1.1]], lower_is_better=False) == ["1", "2"]
+    single = ranking([[2.0], [1.0], [3.0]])  # n = 1: untestable, so nothing is ranked or marked best
+    assert single.rank == [UNRANKED] * 3 and single.tied_best == [False] * 3 and single.letters == [""] * 3
+
+
+def test_an_untestable_row_is_shown_unranked_and_ties_nothing():
+    # the issue's case: [1.0], [50, 51, 52], [80, 81, 82] gave "1= 1= 3"
+    r = ranking([[1.0], [50.0, 51.0, 52.0], [80.0, 81.0, 82.0]])
+    assert r.rank == [UNRANKED, "1", "2"] and r.letters == ["", "a", "b"] and r.tied_best == [False, True, False]
+
+
+def _consistent(samples, r, alpha=0.05):
+    """The groups say exactly what the Holm-adjusted pairwise tests say, recomputed here from scipy."""
+    k = len(samples)
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    raw = [sps.ttest_ind(samples[i], samples[j], equal_var=False).pvalue for i, j in pairs]
+    order = np.argsort(raw)
+    holm_p = np.empty(len(raw))
+    running = 0.0
+    for position, index in enumerate(order):
+        running = max(running, min(1.0, (len(raw) - position) * raw[index]))
+        holm_p[index] = running
+    for (i, j), p in zip(pairs, holm_p, strict=True):
+        shares = bool(set(r.letters[i]) & set(r.letters[j]))
+        assert shares == (p >= alpha), (i, j, p, r.letters)
+
+
+def test_the_issues_non_transitive_examples_get_consistent_groups():
+    first = [[10, 10.2, 9.8], [10.6, 11.2, 10.1], [11, 11.1, 10.9], [11.05, 11.5, 10.7]]
+    r = ranking(first)
+    _consistent(first, r)
+    assert set(r.letters[1]) & set(r.letters[2])  # B vs C (p = 0.37) are not separated any more
+    assert r.letters == ["a", "ab", "b", "ab"] and r.rank == ["1–3", "1–4", "2–4", "1–4"]
+    second = [[10, 12, 8], [10.5, 10.6, 10.4], [11.5, 11.6, 11.4]]
+    r = ranking(second)
+    _consistent(second, r)
+    assert not set(r.letters[1]) & set(r.letters[2])  # B vs C (p = 0.0003) are separated, A is with both
+    assert r.letters == ["ab", "a", "b"] and r.tied_best == [True, True, False]
+
+
+def test_random_tables_give_groups_consistent_with_the_tests():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        k = int(rng.integers(2, 7))
+        samples = [list(rng.normal(rng.uniform(0, 3), rng.uniform(0.1, 1.0), 3)) for _ in range(k)]
+        _consistent(samples, ranking(samples))
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_identical_models_are_falsely_separated_in_at_most_alpha_of_tables(k):
+    rng = np.random.default_rng(k)
+    tables = 4000
+    false = sum(any(map(any, ranking(rng.normal(10.0, 1.0, (k, 3)).tolist()).better)) for _ in range(tables))
+    # family-wise: ≤ 5% of tables (the leader-only unadjusted tests separated equal models in 13% at k = 4)
+    assert false / tables <= 0.05
 
 
 def test_probability_of_improvement_is_mann_whitney_u_over_the_pairs():
@@ -51,3 +121,12 @@ def test_probability_of_improvement_is_mann_whitney_u_over_the_pairs():
     assert probability_of_improvement(a, b) + probability_of_improvement(b, a) == pytest.approx(1.0)
     assert probability_of_improvement([1.0, 2.0], [5.0, 6.0]) == 1.0
     assert probability_of_improvement([9.0], [1.0], lower_is_better=False) == 1.0
+
+
+def test_the_probability_of_improvement_comes_with_its_bootstrap_interval():
+    a, b = [1.0, 2.0, 3.0], [2.5, 3.5, 4.5]
+    low, high = improvement_interval(a, b)
+    assert low <= probability_of_improvement(a, b) <= high and high - low > 0.3  # three seeds a side: wide
+    apart = improvement_interval([1.0, 1.1, 0.9], [9.0, 9.1, 8.9])
+    assert apart == (1.0, 1.0)
+    assert all(math.isnan(v) for v in improvement_interval([1.0], b))

@@ -136,7 +136,7 @@ def eval_(
     from bench.tools.external import SampleError, score_and_log
 
     try:
-        data = load(dataset)
+        data = load(dataset, validation=s.eval.validation_images)
         uri = tracking.resolve_uri(tracking_uri, results())
         run_id, metrics = score_and_log(
             cfg, suite, data, samples_path, name, uri, results(), resolve_device(s.train.device), click.echo

@@ -1,5 +1,6 @@
 """AIS log-likelihood of a GAN generator or a VAE decoder (Wu et al. 2017): the observation model's σ chosen on
-validation images, the scored test images, and BDMC's bounds on data simulated from the model, with what each cost.
+validation images, the scored test images, and BDMC's bounds on data simulated from the model, with what each cost;
+and, for a VAE, AIS under its own observation model checked against its IWAE bound (`own_model_check`).
 The sampler itself (schedules, HMC, AIS, the pilot, BDMC) is bench.eval.ais."""
 
 from __future__ import annotations
@@ -14,7 +15,17 @@ import torch
 
 from baselines.contract import GenerativeModel
 from bench.devices import strict_fp32
-from bench.eval.ais import BDMC, ais, bits_per_dim_255, gaussian_log_lik, gradient_evals, pilot_then_score, schedule
+from bench.eval.ais import (
+    BDMC,
+    LogLik,
+    ais,
+    bits_per_dim,
+    discretize,
+    discretized_gaussian_log_lik,
+    gradient_evals,
+    pilot_then_score,
+    schedule,
+)
 from bench.schema import (
     AIS_ACCEPT,
     AIS_BDMC_GAP,
@@ -23,6 +34,11 @@ from bench.schema import (
     AIS_BDMC_UPPER,
     AIS_GRADIENT_EVALS,
     AIS_NLL_STDERR,
+    AIS_OWN_GAP,
+    AIS_OWN_GAP_STDERR,
+    AIS_OWN_IWAE_NLL,
+    AIS_OWN_NLL,
+    AIS_OWN_S,
     AIS_S,
     AIS_SELECT_S,
     AIS_SIGMA,
@@ -84,21 +100,30 @@ class Estimate:
 
 
 def estimate(
-    model, images: torch.Tensor, sigma: float | torch.Tensor, cfg, steps: int, seed: int, batch: int | None = None
+    model,
+    images: torch.Tensor,
+    sigma: float | torch.Tensor,
+    cfg,
+    steps: int,
+    seed: int,
+    batch: int | None = None,
+    log_lik: Callable[[torch.Tensor], LogLik] | None = None,
 ) -> Estimate:
-    """log p(x) of images (N, C, H, W; uint8, or floats in [0, 1]) under the model's decoder with Gaussian noise σ
-    (one σ, or one per image (N,)), per image, in batches of `batch` images (cfg.batch_images): a pilot fixes each
-    image's step sizes, fresh chains replay them (`pilot_then_score`)."""
+    """log p(x) of images (N, C, H, W; uint8, or floats in [0, 1]) under the model's decoder with the discretised
+    Gaussian noise σ (one σ, or one per image (N,)), per image, in batches of `batch` images (cfg.batch_images): a
+    pilot fixes each image's step sizes, fresh chains replay them (`pilot_then_score`). `log_lik`, given a batch's
+    σ, replaces the observation model (a VAE's own, where σ goes unused)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     betas = schedule(steps, cfg.schedule)
     batch = batch or cfg.batch_images
     per_image = torch.is_tensor(sigma)
+    make = log_lik or (lambda s: discretized_gaussian_log_lik(model.decoder_mean, s))
     parts = []
     for i in range(0, len(images), batch):
         s = sigma[i : i + batch] if per_image else sigma
         chains = pilot_then_score(
-            gaussian_log_lik(model.decoder_mean, s),
+            make(s),
             _images(images[i : i + batch], device),
             model.config.latent_dim,
             betas,
@@ -125,12 +150,13 @@ def choose_sigma(model, validation: torch.Tensor, cfg, seed: int) -> tuple[float
 
 
 def simulate(model, n: int, sigma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images from the model's Gaussian observation model and their latents: x = f(z*) + σ ε, z* ~ N(0, I)."""
+    """n 8-bit images from the model's discretised Gaussian observation model and their latents: x = the bin of
+    f(z*) + σ ε, z* ~ N(0, I)."""
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     z = torch.randn(n, model.config.latent_dim, generator=gen, device=device)
     mean = model.decoder_mean(z)
-    return mean + sigma * torch.randn(mean.shape, generator=gen, device=device), z
+    return discretize(mean + sigma * torch.randn(mean.shape, generator=gen, device=device)), z
 
 
 def decoder_likelihood(
@@ -170,7 +196,7 @@ def decoder_likelihood(
         nll = -log_px.mean().item()
         metrics = {
             NLL_AIS: nll,
-            BITS_PER_DIM_AIS: bits_per_dim_255(nll, dims),
+            BITS_PER_DIM_AIS: bits_per_dim(nll, dims),
             AIS_NLL_STDERR: log_px.std().item() / math.sqrt(len(log_px)) if len(log_px) > 1 else math.nan,
             AIS_SIGMA: sigma,
             AIS_ACCEPT: est.accept[:n].mean().item(),
@@ -183,7 +209,8 @@ def decoder_likelihood(
         if cfg.bdmc_images:
             start = time.perf_counter()
             gen = torch.Generator(device=x_sim.device).manual_seed(seed + 2)
-            log_lik, betas = gaussian_log_lik(model.decoder_mean, sigma), schedule(cfg.steps, cfg.schedule)
+            log_lik = discretized_gaussian_log_lik(model.decoder_mean, sigma)
+            betas = schedule(cfg.steps, cfg.schedule)
             settings = {k: v for k, v in _hmc_settings(cfg).items() if k != "pilot_chains"}
             reverse = ais(log_lik, x_sim, z_star.shape[1], betas, generator=gen, start=z_star,
                           step_sizes=est.step_sizes[:, n:], **settings)  # fmt: skip
@@ -197,3 +224,58 @@ def decoder_likelihood(
                 }
             )
     return {"metrics": metrics, "validation": {str(s): v for s, v in scores.items()}, "warning": warning}
+
+
+OWN_MODEL_TOLERANCE = 3.0  # standard errors by which AIS may fall short of the IWAE bound before it is flagged
+
+
+def own_model_check(model, observed: torch.Tensor, cfg, iwae_k: int, seed: int, echo=print) -> dict:
+    """AIS of a VAE under its own observation model (Bernoulli on the binarised test images, or its discretised
+    logistic), on the first cfg.images of the observed test images, beside its k-sample IWAE bound on the same
+    images. AIS's estimate is (stochastically) at least the IWAE bound when both are right (Wu et al. 2017, Table 2:
+    AIS tighter than IWAE): the mean of AIS − IWAE over images below −OWN_MODEL_TOLERANCE standard errors means one
+    of the two estimators is broken, and returns a warning. Returns {"metrics": …, "warning": str}."""
+    images = observed[: cfg.images]
+    device = next(model.parameters()).device
+    with frozen(model):
+        start = time.perf_counter()
+        own = estimate(model, images, 1.0, cfg, cfg.steps, seed + 3, log_lik=lambda _: _observation_log_lik(model))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            torch.manual_seed(seed)
+            iwae = torch.cat([model.log_likelihood(x.to(device), iwae_k).double().cpu() for x in images.split(100)])
+        elapsed = time.perf_counter() - start
+    difference = own.log_px.double() - iwae  # per image: AIS log p̂ − IWAE bound, ≥ 0 in expectation
+    gap = difference.mean().item()
+    stderr = difference.std().item() / math.sqrt(len(difference)) if len(difference) > 1 else math.nan
+    metrics = {
+        AIS_OWN_NLL: -own.log_px.double().mean().item(),
+        AIS_OWN_IWAE_NLL: -iwae.mean().item(),
+        AIS_OWN_GAP: gap,
+        AIS_OWN_GAP_STDERR: stderr,
+        AIS_OWN_S: elapsed,
+    }
+    warning = ""
+    if gap < -OWN_MODEL_TOLERANCE * (stderr if stderr == stderr else 0.0):
+        warning = (
+            f"AIS under the VAE's own observation model ({-metrics[AIS_OWN_NLL]:.2f} nats) falls below its IWAE bound "
+            f"({-metrics[AIS_OWN_IWAE_NLL]:.2f}) by {-gap:.2f} ± {stderr:.2f} nats on the same {len(images)} images: "
+            "one of the two estimators is wrong (too few AIS steps or chains, or a broken likelihood)"
+        )
+        echo(f"      warning: {warning}")
+    else:
+        echo(f"      AIS (own observation model) − IWAE: {gap:+.2f} ± {stderr:.2f} nats per image (≥ 0 expected)")
+    return {"metrics": metrics, "warning": warning}
+
+
+def _observation_log_lik(model) -> LogLik:
+    """log p(x|z) under a VAE's own observation model, (N,): its decoder's params scored by its `observation`."""
+
+    def log_lik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return model.observation.log_prob(model.decode(z), x)
+
+    return log_lik
+
+
+def has_own_model(model) -> bool:
+    """Whether a VAE exposes its observation model (`decode` and `observation`, as baselines.common's VAEs do)."""
+    return getattr(model, "family", "") == "vae" and hasattr(model, "decode") and hasattr(model, "observation")

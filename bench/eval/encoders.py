@@ -16,6 +16,7 @@ protocol fingerprint, and they key the on-disk cache of real-data features.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import urllib.error
 from collections.abc import Callable
@@ -249,9 +250,50 @@ DINOV2_SIZE = 224
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+POS_EMBED_OFFSET = 0.1  # Meta's DINOv2: the scale factor of the positional-embedding interpolation is (g + 0.1) / M
+
+
+def meta_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """DINOv2's positional embeddings (1, 1 + M², d), released for an M×M patch grid (37×37 at 518 pixels), for a
+    grid×grid one as Meta's hub model interpolates them at run time (facebookresearch/dinov2,
+    `interpolate_pos_encoding`, the model dgm-eval loads): bicubic, no antialiasing, scale factor (grid + 0.1) / M
+    rather than an output size, in float32. timm resamples them once, antialiased, at the exact size: other values."""
+    cls, patches = pos_embed[:, :1].float(), pos_embed[:, 1:].float()
+    m, dim = math.isqrt(patches.shape[1]), patches.shape[2]
+    if m * m != patches.shape[1]:
+        raise ValueError(f"positional embeddings for {patches.shape[1]} patches are not a square grid")
+    if m == grid:
+        return pos_embed.float()
+    scale = (grid + POS_EMBED_OFFSET) / m
+    grid_embed = F.interpolate(
+        patches.reshape(1, m, m, dim).permute(0, 3, 1, 2), scale_factor=(scale, scale), mode="bicubic", antialias=False
+    )
+    if grid_embed.shape[-2:] != (grid, grid):
+        raise ValueError(f"interpolated positional embeddings have grid {tuple(grid_embed.shape[-2:])}, not {grid}")
+    return torch.cat([cls, grid_embed.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)], dim=1)
+
+
+def dgm_eval_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) → float (N, 3, 224, 224) exactly as dgm-eval feeds DINOv2 (Stein et al. 2023): each image a
+    PIL image converted to RGB, torchvision's Resize((224, 224), BICUBIC) on it (PIL's bicubic kernel, a = −0.5,
+    output rounded to 8 bits), ToTensor (/255), ImageNet normalisation."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    out = torch.empty(len(images), 3, DINOV2_SIZE, DINOV2_SIZE)
+    arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+    for i, array in enumerate(arrays):
+        image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).convert("RGB")
+        image = TF.resize(image, [DINOV2_SIZE, DINOV2_SIZE], InterpolationMode.BICUBIC)
+        out[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return TF.normalize(out / 255.0, IMAGENET_MEAN, IMAGENET_STD)
+
+
 class DinoV2Net(nn.Module):
-    """uint8 images → the CLS embedding of DINOv2 after its final norm (the features of FD_DINOv2): grayscale
-    repeated to 3 channels, [0, 1], bicubic resize to 224×224, ImageNet normalisation, fp32."""
+    """uint8 images → the CLS embedding of DINOv2 after its final norm (the features of FD_DINOv2), through
+    dgm-eval's pipeline (`dgm_eval_pixels`) and Meta's positional embeddings at 224×224 (`meta_pos_embed`), fp32."""
 
     def __init__(self, name: str, weights: Path):
         super().__init__()
@@ -265,18 +307,15 @@ class DinoV2Net(nn.Module):
             state = load_file(str(weights))
         else:
             state = torch.load(weights, map_location="cpu", weights_only=True)
-        # Meta's checkpoints carry a mask token and positional embeddings for 518×518; timm's filter drops the
-        # one and resamples the other to the 16×16 patch grid of a 224×224 input
+        # Meta's checkpoints carry a mask token (dropped by timm's filter) and positional embeddings for 518×518,
+        # brought to the 16×16 patch grid of a 224×224 input as Meta's model does it on every forward pass
+        grid = DINOV2_SIZE // self.vit.patch_embed.patch_size[0]
+        state = {**state, "pos_embed": meta_pos_embed(state["pos_embed"], grid)}
         self.vit.load_state_dict(checkpoint_filter_fn(state, self.vit), strict=True)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = x.float() / 255.0
-        x = F.interpolate(x, size=(DINOV2_SIZE, DINOV2_SIZE), mode="bicubic", align_corners=False)
-        return {"features": self.vit((x - self.mean) / self.std)}
+        device = next(self.vit.parameters()).device
+        return {"features": self.vit(dgm_eval_pixels(x).to(device))}
 
 
 def dinov2_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir: Path, device) -> Encoder:
@@ -293,11 +332,12 @@ def dinov2_encoder(name: str, dataset: Dataset, recipe: DomainConfig, cache_dir:
     return Encoder(
         name,
         file_digest(weights),
-        f"uint8/255; grayscale repeated to 3 channels; ImageNet mean/std; fp32; CLS token after the final norm "
-        f"(timm {version('timm')} {ENCODERS[name].arch})",
+        f"dgm-eval's pipeline (Stein et al. 2023): PIL image converted to RGB, resized, rounded to 8 bits, /255, "
+        f"ImageNet mean/std; Meta's positional-embedding interpolation (bicubic, scale (16 + 0.1)/37, no "
+        f"antialias); fp32; CLS token after the final norm (timm {version('timm')} {ENCODERS[name].arch})",
         net.to(device).eval(),
         {"weights": str(weights)},
-        resize=f"bicubic (torch, a = -0.75, no antialias) to {DINOV2_SIZE}x{DINOV2_SIZE}",
+        resize=f"bicubic (PIL via torchvision Resize, a = -0.5, uint8 output) to {DINOV2_SIZE}x{DINOV2_SIZE}",
         feature_dim=net.vit.num_features,
     )
 

@@ -15,7 +15,23 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 from bench.config import EvalConfig
-from bench.schema import COVERAGE, DENSITY, FID, FID_INF, IS_MEAN, IS_STD, KID_MEAN, KID_STD, PRECISION, RECALL
+from bench.schema import (
+    COPYING,
+    COPYING_CELLS,
+    COPYING_SAMPLES,
+    COPYING_TEST_SHARE,
+    COVERAGE,
+    DENSITY,
+    FID,
+    FID_INF,
+    FID_INF_SE,
+    IS_MEAN,
+    IS_STD,
+    KID_MEAN,
+    KID_STD,
+    PRECISION,
+    RECALL,
+)
 
 FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
 
@@ -34,12 +50,15 @@ FID_INF_POINTS = 10  # FIDs at sample counts evenly spaced in 1/N (Chong & Forsy
 FID_INF_MIN_FRACTION = 0.2  # the smallest count: a fifth of the samples (and more than twice the feature dimension)
 
 
-def fid_infinity(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> float | None:
+def fid_infinity(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> tuple[float, float] | None:
     """FID extrapolated to infinitely many generated samples (Chong & Forsyth 2020, "Effectively Unbiased FID and
     Inception Score and where to find them"): FID of random subsets of the generated features at FID_INF_POINTS
     counts N evenly spaced in 1/N, from FID_INF_MIN_FRACTION of them up to all of them, against the whole real set;
-    a least-squares line in 1/N; its intercept. FID's bias grows roughly as 1/N, so the intercept does not depend on
-    the sample count. None when there are too few samples for the smallest subset to exceed 2× the dimension."""
+    a least-squares line in 1/N; its intercept, with the intercept's standard error from the scatter of the subset
+    draws about the line (√(σ̂² (1/k + x̄²/Sxx)), σ̂² the residual variance on k − 2 degrees of freedom). FID's bias
+    grows roughly as 1/N, so the intercept does not depend on the sample count; it can fall below 0 (a
+    extrapolation, not a distance). None when there are too few samples for the smallest subset to exceed 2× the
+    dimension."""
     n, dim = generated.shape
     n_min = max(int(n * FID_INF_MIN_FRACTION), 2 * dim + 1)
     if n_min >= n:
@@ -55,8 +74,14 @@ def fid_infinity(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> 
         values.append(fid_statistics_to_metric(stats, stats_real, verbose=False)["frechet_inception_distance"])
         inverse.append(1.0 / count)
     x, y = torch.tensor(inverse, dtype=torch.float64), torch.tensor(values, dtype=torch.float64)
-    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-    return float(y.mean() - slope * x.mean())
+    sxx = ((x - x.mean()) ** 2).sum()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / sxx
+    intercept = y.mean() - slope * x.mean()
+    k = len(x)
+    if k < 3:
+        return float(intercept), math.nan
+    residual = ((y - intercept - slope * x) ** 2).sum() / (k - 2)
+    return float(intercept), float(torch.sqrt(residual * (1 / k + x.mean() ** 2 / sxx)))
 
 
 def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float, float]:
@@ -144,14 +169,14 @@ def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, se
     return density, coverage
 
 
-COPYING_MIN_SAMPLES = 20  # cells with fewer generated (or test) samples are left out of C_T, as in Meehan et al.
+COPYING_MIN_SAMPLES = 20  # a cell enters C_T with more generated samples than this: Meehan et al.'s τ = 20 / m
 
 
 def copying_reference(train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0) -> dict:
     """The half of the C_T test (`data_copying`) that does not depend on the model, computed once per reference:
     the k-means cells of the training features (Lloyd's algorithm from `cells` seeded training points, at most 50
-    iterations; an emptied cell keeps its centre), the cell of each test feature and its distance to the nearest
-    training feature."""
+    iterations; an emptied cell keeps its centre), the cell of each training and test feature, and each test
+    feature's distance to its nearest training feature within its own cell."""
     g = torch.Generator().manual_seed(seed)
     train = train.double()
     centres = train[torch.randperm(len(train), generator=g)[:cells]].clone()
@@ -165,7 +190,24 @@ def copying_reference(train: torch.Tensor, test: torch.Tensor, cells: int = 20, 
         if torch.allclose(moved, centres):
             break
         centres = moved
-    return {"centres": centres, "test_cell": nearest_centre(test, centres), "test_nn": nearest_distance(test, train)}
+    train_cell = nearest_centre(train, centres)
+    test_cell = nearest_centre(test, centres)
+    return {
+        "centres": centres,
+        "train_cell": train_cell,
+        "test_cell": test_cell,
+        "test_nn": _within_cells(test, test_cell, train, train_cell, len(centres)),
+    }
+
+
+def _within_cells(x: torch.Tensor, x_cell: torch.Tensor, train: torch.Tensor, train_cell: torch.Tensor, cells: int):
+    """Each row of x's distance to the nearest training feature of its own cell (inf where the cell holds none)."""
+    out = torch.full((len(x),), math.inf, dtype=torch.float64)
+    for c in range(cells):
+        rows, members = x_cell == c, train[train_cell == c]
+        if rows.any() and len(members):
+            out[rows] = nearest_distance(x[rows], members)
+    return out
 
 
 def data_copying(
@@ -175,34 +217,45 @@ def data_copying(
     cells: int = 20,
     seed: int = 0,
     reference: dict | None = None,
-) -> float | None:
+) -> dict | None:
     """The C_T statistic of Meehan, Chaudhuri & Dasgupta 2020 ("A Non-Parametric Test to Detect Data-Copying in
-    Generative Models"). The feature space is cut into `cells` cells by k-means on the training features. In each
-    cell, the distances to the nearest training feature of the generated samples are compared with those of the
-    held-out test samples by the Mann-Whitney U test, as its z-score: negative when generated samples sit closer to
-    the training data than unseen real data do. C_T is the average of the cells' z-scores weighted by the cells'
-    share of test samples, over the cells with at least COPYING_MIN_SAMPLES generated and test samples. C_T ≪ 0
-    (the authors flag below −3) means data copying; ≈ 0 none; > 0 samples further from the training data than
-    test data (underfitting). None when no cell holds enough samples (e.g. a model collapsed into a corner).
+    Generative Models"), as their code computes it. The feature space is cut into `cells` cells by k-means on the
+    training features. In each cell, the distances of the generated samples (Q_m) to their nearest training feature
+    *of that cell* are compared with those of the test images (P_n) by the Mann-Whitney U statistic (U = pairs
+    where the generated distance is larger, ties half), z-scored under H₀ with the authors' continuity correction:
+    Z_U = (U − (mn/2 − 1/2)) / √(mn(m + n + 1)/12). C_T averages the Z_U of the cells holding more than
+    COPYING_MIN_SAMPLES generated samples (their τ = 20/m), weighted by each cell's share of test images.
+
+    Equal sizes: the larger of the generated and test sets is subsampled (seeded) to the smaller one, so m = n in
+    every suite and the authors' −3 threshold means one effect size everywhere. C_T ≪ 0 means data copying (the
+    authors flag below −3); ≈ 0 none; > 0 samples further from the training data than test data (underfitting).
+    Returns {COPYING: C_T, COPYING_CELLS: cells used, COPYING_TEST_SHARE: their share of the test images,
+    COPYING_SAMPLES: m = n}, or None when no cell has enough generated samples (a model collapsed into a corner).
     `reference`: copying_reference(train, test, cells, seed), when computed once for many models."""
     if reference is None:
         reference = copying_reference(train, test, cells, seed)
     centres, test_cell, test_nn = reference["centres"], reference["test_cell"], reference["test_nn"]
-    gen_cell, gen_nn = nearest_centre(generated, centres), nearest_distance(generated, train)
-    total, weight = 0.0, 0.0
+    size = min(len(generated), len(test_nn))
+    g = torch.Generator().manual_seed(seed)
+    pick_gen = torch.randperm(len(generated), generator=g)[:size].sort().values
+    pick_test = torch.randperm(len(test_nn), generator=g)[:size].sort().values
+    generated, test_cell, test_nn = generated[pick_gen], test_cell[pick_test], test_nn[pick_test]
+    gen_cell = nearest_centre(generated, centres)
+    gen_nn = _within_cells(generated.double(), gen_cell, train.double(), reference["train_cell"], len(centres))
+    total = weight = 0.0
+    used = 0
     for c in range(len(centres)):
         q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
         m, n = len(q), len(p)
-        if m < COPYING_MIN_SAMPLES or n < COPYING_MIN_SAMPLES:
+        if m <= COPYING_MIN_SAMPLES or n == 0:  # τ; a cell without test images weighs nothing
             continue
-        # U = #{(i, j): L(Q_i) > L(P_j)} (+ half the ties), its null mean m n / 2 and variance m n (m + n + 1) / 12
         u = (q[:, None] > p[None, :]).sum().item() + 0.5 * (q[:, None] == p[None, :]).sum().item()
-        z = (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
-        share = n / len(test_nn)
-        total, weight = total + share * z, weight + share
-    if weight == 0:  # e.g. a collapsed model whose samples all fall in a cell with few test images
+        z = (u - (m * n / 2 - 0.5)) / math.sqrt(m * n * (m + n + 1) / 12)
+        share = n / size
+        total, weight, used = total + share * z, weight + share, used + 1
+    if weight == 0:
         return None
-    return total / weight
+    return {COPYING: total / weight, COPYING_CELLS: float(used), COPYING_TEST_SHARE: weight, COPYING_SAMPLES: size}
 
 
 def check_counts(generated: int, real: int, dim: int, encoder: str = "") -> None:
@@ -249,7 +302,7 @@ def compute(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], c
     out = {FID: fid(generated["features"], real["features"])}
     extrapolated = fid_infinity(generated["features"], real["features"], cfg.seed)
     if extrapolated is not None:
-        out[FID_INF] = extrapolated
+        out[FID_INF], out[FID_INF_SE] = extrapolated
     if generated.get("logits") is not None and generated["logits"].shape[1]:  # a classifier head (not DINOv2)
         out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
     out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)

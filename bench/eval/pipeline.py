@@ -19,7 +19,7 @@ import torch
 from baselines.contract import GenerativeModel
 from bench.config import EvalConfig
 from bench.data import Dataset
-from bench.eval.decoder_ais import decoder_likelihood
+from bench.eval.decoder_ais import decoder_likelihood, has_own_model, own_model_check
 from bench.eval.encoders import Encoder
 from bench.eval.likelihood import observe_test, reconstruction_quality, vae_likelihood
 from bench.eval.metrics import data_copying, fid, pairwise_distances, sample_metrics
@@ -32,6 +32,9 @@ from bench.schema import (
     EVAL_LIKELIHOOD_S,
     EVAL_SAMPLE_METRICS_S,
     FID,
+    FID_INF,
+    FID_INF_REAL_MIN_RATIO,
+    FID_INF_SE,
     FID_MATCHED,
     PERIODIC_BEST_FID,
     PERIODIC_FID,
@@ -63,12 +66,13 @@ def generate(model: GenerativeModel, n: int, batch_size: int, seed: int) -> torc
 
 class PeriodicFID:
     """The cheap evaluation during training (TrainConfig.eval_every): FID of `n` samples in the domain encoder's
-    features against `real` (the held-out split's features), logged as schema.PERIODIC_FID (fewer samples than the
+    features against `real` (the validation split's features), logged as schema.PERIODIC_FID (fewer samples than the
     final evaluation, so biased upwards: a curve and a selection criterion, not a leaderboard number).
 
     Honest selection (schema.SELECTION_RULE): the latents come from `seed` (the evaluation seed plus
-    SELECTION_SEED_OFFSET) and the real images from the split the reported metrics do not use, so the final
-    evaluation of the chosen checkpoint is not the measurement that chose it.
+    SELECTION_SEED_OFFSET) and the real images from the validation split, carved out of the training data: no model
+    trained on it and no reported number is scored on it, so the evaluation of the chosen checkpoint is not the
+    measurement that chose it.
 
     The lowest value so far is kept as the best checkpoint at `best_path` ({model, step, fid}); it survives a
     resume. Model mode, parameters and every RNG are left as they were, so training is the same with or without it.
@@ -121,8 +125,10 @@ def score_samples(
         train = r.split("train", cfg).features["features"]
         test = r.split("test", cfg).features["features"]
         copying = data_copying(features["features"], train, test, cfg.copying_cells, cfg.seed, r.copying)
-        if copying is not None:  # None: no cell with enough generated and test samples to test (not logged)
-            out[COPYING] = copying
+        if copying is not None:  # None: no cell with enough generated samples to test (not logged)
+            out[COPYING] = copying[COPYING]
+            if i == 0:  # what it stood on, for the first encoder's C_T
+                metrics.update({k: v for k, v in copying.items() if k != COPYING})
         metrics.update({encoder_key(k, r.encoder.name if i else ""): v for k, v in out.items()})
         if i == 0:
             nearest = pairwise_distances(features["features"][:NEAREST_SHOWN], train).topk(3, largest=False).indices
@@ -162,11 +168,13 @@ def evaluate(
         metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
         metrics[EVAL_LIKELIHOOD_S] = time.perf_counter() - t
-    if (
-        cfg.ais.images and likelihood
-    ):  # GANs and VAEs alike: the decoder's likelihood under a Gaussian observation model
+    if cfg.ais.images and likelihood:  # GANs and VAEs alike: a code length under a discretised Gaussian decoder
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])
+        if observed is not None and has_own_model(model):  # and a VAE under its own model, against its IWAE bound
+            own = own_model_check(model, observed.images, cfg.ais, cfg.iwae_k, cfg.seed, echo)
+            metrics.update(own["metrics"])
+            ais["own_model_check"] = own["warning"] or "ok"
         details["ais"] = ais
     proto = protocol(cfg, dataset, real, device, observed)
     return Evaluation(metrics, proto, fingerprint(proto), samples, time.perf_counter() - start, details)
@@ -197,6 +205,10 @@ def evaluate_real(dataset: Dataset, cfg: EvalConfig, real: Sequence[RealFeatures
     metrics = sample_counts(cfg, dataset, len(real[0].reference.features["features"]), generated=n)
     for i, r in enumerate(real):
         out = sample_metrics({k: v[idx] for k, v in r.held_out.features.items()}, r.reference.features, cfg)
+        if n < FID_INF_REAL_MIN_RATIO * r.held_out.features["features"].shape[1]:
+            # too few held-out images for the 1/N fit to mean anything: biased, noisy, often below 0
+            out.pop(FID_INF, None)
+            out.pop(FID_INF_SE, None)
         if n < cfg.num_samples:  # fewer held-out images than the models' N: comparable with fid_matched only
             out[FID_MATCHED] = out[FID]
         metrics.update({encoder_key(k, r.encoder.name if i else ""): v for k, v in out.items()})

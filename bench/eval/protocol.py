@@ -14,7 +14,7 @@ from importlib.metadata import version
 import torch
 
 from bench.config import EvalConfig, TrainConfig
-from bench.data import Dataset
+from bench.data import VALIDATION_SEED, Dataset
 from bench.eval.likelihood import observe_test
 from bench.eval.metrics import COPYING_MIN_SAMPLES, FID_INF_MIN_FRACTION, FID_INF_POINTS
 from bench.schema import (
@@ -77,13 +77,18 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
         },
         "inception_score": {"splits": cfg.isc_splits},
         "density_coverage": {"neighborhood": cfg.dc_neighborhood, "counts": "equal, as precision/recall"},
-        "data_copying": {  # Meehan et al. 2020
-            "statistic": "C_T: Mann-Whitney z of nearest-training-feature distances, generated vs test, per cell",
+        "data_copying": {  # Meehan et al. 2020, as their code computes it
+            "statistic": "C_T: per k-means cell, the Mann-Whitney U of the distances to the nearest training feature "
+            "within the cell, generated vs test, z-scored with the continuity correction (U - (mn/2 - 1/2)) / "
+            "sqrt(mn(m+n+1)/12); averaged weighted by the cells' test shares",
             "cells": cfg.copying_cells,
             "clustering": "k-means (Lloyd, 50 iterations) of the train split's features, seeded",
             "training": "train split",
             "held_out": "test split",
-            "min_samples_per_cell": COPYING_MIN_SAMPLES,
+            "cell_rule": f"cells with more than {COPYING_MIN_SAMPLES} generated samples (tau = 20/m)",
+            "sizes": "equal: the larger of the generated and test sets subsampled (seeded) to the smaller",
+            "logged": "copying/cells (cells used), copying/test_share (their share of the test images), "
+            "copying/samples (m = n)",
         },
         "fid_inf": {  # Chong & Forsyth 2020
             "points": FID_INF_POINTS,
@@ -112,7 +117,11 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
     if cfg.ais.images:  # the AIS settings change numbers only where AIS runs
         proto["likelihood_ais"] = {
             "split": "test",
-            "observation": "gaussian N(f(z), sigma^2 I) on pixels in [0, 1]; sigma chosen on validation images",
+            "observation": "discretised gaussian: N(f(z), sigma^2) per pixel integrated over the bins of the 256 8-bit "
+            "values (end bins to infinity), a probability: -log p(x) >= 0 is a code length; sigma chosen on "
+            "validation images",
+            "own_model_check": "VAEs: AIS under their own observation model on the first `images` observed (binarised "
+            "or 8-bit) test images, against their IWAE bound on the same images",
             "validation": f"the last {cfg.ais.validation_images} test images",
             "step_sizes": "fixed per image by an adaptive pilot (pilot_chains chains), replayed by fresh scored chains",
             "sigma_search": "every candidate sigma in one batched pass: each validation image once per sigma, with its "
@@ -145,7 +154,8 @@ def selection_protocol(train: TrainConfig, cfg: EvalConfig) -> dict:
         "encoder": SELECTION_ENCODER,
         "samples": train.eval_samples,
         "latent_seed": cfg.seed + SELECTION_SEED_OFFSET,
-        "real_split": cfg.held_out_split,
+        "real_split": f"validation: {cfg.validation_images} training images carved out (seed {VALIDATION_SEED}), "
+        "disjoint from the training, reference, test and held-out images every reported number uses",
         "metrics": "sample metrics only" if cfg.best_metrics == "sample" else "sample and likelihood metrics",
     }
 

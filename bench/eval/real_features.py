@@ -2,8 +2,9 @@
 samples with, prepared once and handed to the evaluation as one bundle (`RealFeatures`).
 
 - the reference split's features (`eval.reference_split`): what the sample metrics compare samples with;
-- the held-out split's features (the other split): the real-data row, the best-checkpoint selection, the copying
-  test's held-out side;
+- the held-out split's features (the other split): the real-data row and the copying test's held-out side;
+- the validation split's features (carved out of the training split), in the selection encoder only: the periodic
+  FID that selects the best checkpoint;
 - the copying test's cells (k-means of the training features, the test features' cells and nearest distances).
 
 Each is computed once per key and kept in the cache folder (`storage.cached`); a suite prepares them before its
@@ -19,12 +20,13 @@ from pathlib import Path
 import torch
 
 from bench.config import EvalConfig
-from bench.data import Dataset
+from bench.data import VALIDATION, Dataset
 from bench.eval.encoders import Encoder
 from bench.eval.metrics import copying_reference
+from bench.schema import SELECTION_ENCODER
 from bench.storage import bytes_digest, cached, json_digest
 
-COPYING_VERSION = 1  # bump when the copying test's model-independent half changes
+COPYING_VERSION = 2  # bump when the copying test's model-independent half changes
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RealFeatures:
     held_out: SplitFeatures  # eval.held_out_split
     copying: dict | None  # the copying test's cells (metrics.copying_reference); None where not scored
     copying_seconds: float = 0.0  # time to load or compute them
+    validation: SplitFeatures | None = None  # the selection encoder's features of the validation split
 
     def split(self, name: str, cfg: EvalConfig) -> SplitFeatures:
         return self.reference if name == cfg.reference_split else self.held_out
@@ -107,6 +110,8 @@ def real_features(
     reference = split_features(encoder, dataset, cfg.reference_split, cache_dir, cfg.batch_size)
     held_out = split_features(encoder, dataset, cfg.held_out_split, cache_dir, cfg.batch_size)
     bundle = RealFeatures(encoder, reference, held_out, None)
+    if encoder.name == SELECTION_ENCODER and dataset.carved:
+        bundle.validation = split_features(encoder, dataset, VALIDATION, cache_dir, cfg.batch_size)
     if copying:
         start = time.perf_counter()
         bundle.copying = copying_cells(bundle.split("train", cfg), bundle.split("test", cfg), cfg, cache_dir)

@@ -129,8 +129,8 @@ def likelihood_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None
 
 
 def ais_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
-    """GANs and VAEs on one likelihood scale: NLL (AIS) per model (marker, with the spread over seeds), and the
-    BDMC gap drawn to its left (how much lower the true NLL can be, measured on data simulated from the model)."""
+    """GANs and VAEs on one likelihood scale: the AIS code length per model (marker, with the spread over seeds), and
+    the BDMC gap drawn to its left (how much lower the true NLL can be, measured on data simulated from the model)."""
     rows = table[table["family"].isin(["gan", "vae"]) & table["nll_ais_mean"].notna()]
     if rows.empty:
         return None
@@ -144,16 +144,16 @@ def ais_chart(table: pd.DataFrame, title: str, path: Path) -> Path | None:
     for family, colour in (("gan", "C3"), ("vae", "C0")):
         pick = (rows["family"] == family).to_numpy()
         if pick.any():
-            ax.plot(nll[pick], y[pick], "D", color=colour, label=f"NLL (AIS), {family.upper()}s")
+            ax.plot(nll[pick], y[pick], "D", color=colour, label=f"code length (AIS), {family.upper()}s")
     sigmas = rows[f"{AIS_SIGMA}_mean"].to_numpy()
     ax.set_yticks(y, [f"{label} (σ={s:g})" for label, s in zip(rows["label"], sigmas, strict=True)])
     ax.invert_yaxis()
-    ax.set_xlabel("nats per image of a Gaussian density on [0, 1] pixels (lower is better)")
+    ax.set_xlabel("−log P(x), nats per 8-bit image under a discretised Gaussian decoder (lower is better)")
     ax.grid(True, axis="x", alpha=0.3)
     ax.use_sticky_edges = False  # bars pin the axis to their left edge otherwise
     ax.margins(x=0.08)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"{title}: log-likelihood by AIS, GANs and VAEs (mean over seeds)", fontsize=10)
+    ax.set_title(f"{title}: code length by AIS, GANs and VAEs on one scale (mean over seeds)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -166,24 +166,33 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def improvement_matrix(labels: list[str], matrix: np.ndarray, title: str, path: Path) -> Path | None:
+def improvement_matrix(
+    labels: list[str], matrix: np.ndarray, title: str, path: Path, low: np.ndarray | None = None, high=None
+) -> Path | None:
     """Probability of improvement on FID between every pair of models (Agarwal et al. 2021): cell (i, j) is
-    P(a seed of model i has a lower FID than a seed of model j), ties counting half. None with fewer than 2 models."""
+    P(a seed of model i has a lower FID than a seed of model j), ties counting half, with its bootstrap interval
+    [low, high] beneath where given. None with fewer than 2 models."""
     if len(labels) < 2:
         return None
-    size = 1.2 + 0.75 * len(labels)
+    size = 1.4 + 0.95 * len(labels)
     fig, ax = plt.subplots(figsize=(size + 2.5, size))
     image = ax.imshow(matrix, cmap="RdBu", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(labels)), [textwrap.shorten(s, 28) for s in labels], rotation=35, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), [textwrap.shorten(s, 28) for s in labels], fontsize=8)
+    ax.set_xticks(range(len(labels)), [textwrap.shorten(s, 34) for s in labels], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), [textwrap.shorten(s, 34) for s in labels], fontsize=8)
     for i in range(len(labels)):
         for j in range(len(labels)):
             if i != j and not np.isnan(matrix[i, j]):
                 colour = "white" if abs(matrix[i, j] - 0.5) > 0.3 else "black"
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8, color=colour)
+                text = f"{matrix[i, j]:.2f}"
+                if low is not None and not np.isnan(low[i, j]):
+                    text += f"\n[{low[i, j]:.2f}, {high[i, j]:.2f}]"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
     ax.set_xlabel("model Y")
     ax.set_ylabel("model X")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="P(FID of X < FID of Y)")
-    ax.set_title(f"{title}: probability of improvement on FID\n(over pairs of seeds; ties count half)", fontsize=9)
+    ax.set_title(
+        f"{title}: probability of improvement on FID\n(over pairs of seeds; ties count half; [95% bootstrap interval])",
+        fontsize=9,
+    )
     fig.tight_layout()
     return _save(fig, path)

@@ -86,7 +86,13 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
         out.append(("Memorisation check: 8 samples per model (left), each beside its 3 nearest training images", path))
     path = _improvement_figure(section, figures, folder / f"{stem}-improvement.png")
     if path:
-        out.append(("Probability of improvement on FID between every pair of models, over their seeds", path))
+        out.append(
+            (
+                "Probability of improvement on FID between every pair of models, over their seeds, with its 95% "
+                "bootstrap interval (seeds resampled on both sides); n seeds per model in the labels",
+                path,
+            )
+        )
     path = figures.likelihood_chart(section.table, section.dataset, folder / f"{stem}-likelihood.png")
     if path:
         out.append(("VAE test likelihood: rate, distortion and the IWAE bound", path))
@@ -100,9 +106,11 @@ def _improvement_figure(section: Section, figures, path: Path) -> Path | None:
     contestants = section.table[~section.table["family"].isin(["real", "published"])]
     samples = section.fid_seeds  # the ranked rows, in table order (published rows come after them)
     n = len(samples)
-    matrix = np.full((n, n), np.nan)
+    matrix, low, high = (np.full((n, n), np.nan) for _ in range(3))
     for i in range(n):
         for j in range(n):
             if i != j:
                 matrix[i, j] = stats.probability_of_improvement(samples[i], samples[j])
-    return figures.improvement_matrix(list(contestants["label"]), matrix, section.dataset, path)
+                low[i, j], high[i, j] = stats.improvement_interval(samples[i], samples[j])
+    labels = [f"{label} (n = {len(s)})" for label, s in zip(contestants["label"], samples, strict=True)]
+    return figures.improvement_matrix(labels, matrix, section.dataset, path, low, high)

@@ -36,27 +36,29 @@ class Row:
     entries: list[Entry]
 
 
-def best_row(table: pd.DataFrame, metric: str) -> int | None:
-    values = table[f"{metric}_mean"]
-    values = values[~table["family"].isin(["real", "published"])]  # the real-data and published rows never take "best"
-    if METRICS[metric].higher_is_better is None or values.isna().all():  # descriptive (rate, distortion): no best
-        return None
-    return int(values.idxmax() if METRICS[metric].higher_is_better else values.idxmin())
+def tied_best(table: pd.DataFrame, metric: str) -> list[int]:
+    """The rows marked best in a metric's column: every ranked model that no other model beats on it (the section's
+    `<metric>_best`, by the tests of the ranks); none for descriptive metrics or rows without a value."""
+    if METRICS[metric].higher_is_better is None or f"{metric}_best" not in table:
+        return []
+    marked = table[f"{metric}_best"].fillna(False).astype(bool) & table[f"{metric}_mean"].notna()
+    return [int(i) for i in table.index[marked]]
 
 
 def table_rows(s: Section, checkpoint: str) -> tuple[list[Column], list[Row]]:
     """The columns and rows of a section's table, as both renderings show them."""
     metrics = [m for m in METRICS if s.table[f"{m}_mean"].notna().any()]
     steps = checkpoint == "best"
-    columns = [Column("rank", True), Column("model", False), Column("n", True)]
+    columns = [Column("rank", True), Column("group", False), Column("model", False), Column("n", True)]
     columns += [Column(STEPS_HEADER, False)] if steps else []
     columns += [Column(s.label(m), True, m) for m in metrics]
-    best = {m: best_row(s.table, m) for m in metrics}
+    best = {m: set(tied_best(s.table, m)) for m in metrics}
     rows = []
     for i, row in s.table.iterrows():
         rank = str(row["rank"])
         entries = [
-            Entry(rank, rank.rstrip("=") if rank.rstrip("=").isdigit() else ""),
+            Entry(rank, rank.split("–")[0] if rank.split("–")[0].isdigit() else ""),
+            Entry(str(row.get("group", "") or ""), str(row.get("group", "") or "")),
             Entry(row["label"], row["label"]),
             Entry(str(row["n"]), str(row["n"])),
         ]
@@ -66,7 +68,7 @@ def table_rows(s: Section, checkpoint: str) -> tuple[list[Column], list[Row]]:
             mean = row[f"{m}_mean"]
             value = "" if pd.isna(mean) else repr(float(mean))
             text = value_text(row, m)
-            entries.append(Entry(text, value, best[m] == i and len(s.table) > 1 and bool(text)))
+            entries.append(Entry(text, value, i in best[m] and bool(text)))
         rows.append(Row({"real": "real", "published": "published"}.get(row["family"], "model"), entries))
     return columns, rows
 
@@ -74,8 +76,9 @@ def table_rows(s: Section, checkpoint: str) -> tuple[list[Column], list[Row]]:
 def _intro(checkpoint: str) -> list[str]:
     return [
         f"Metrics of {CHECKPOINTS[checkpoint]}.",
-        "Mean ± sample standard deviation [95% confidence interval] over seeds (n = number of seeds); **bold** = best "
-        "mean in column. Ranked by FID, with ties where seeds cannot separate models (notes under each table). "
+        "Mean ± sample standard deviation [95% confidence interval] over seeds (n = number of seeds); **bold** = tied "
+        "for best in its column. Ranked by FID; a rank range and a shared group letter mean the seeds cannot separate "
+        "those models (tests and error control in the notes under each table). "
         "Numbers are comparable only within one table (same dataset and protocol).",
     ]
 

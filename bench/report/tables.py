@@ -106,16 +106,29 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
     real = table["family"] == "real"
     table.insert(0, "rank", ["—" if r else "" for r in real])
     contestants = table[~real]
-    samples = [fid_seeds[(m, v)] for m, v in zip(contestants["model"], contestants["variant"], strict=True)]
-    table.loc[~real, "rank"] = stats.tied_ranks(samples)
+    keys = list(zip(contestants["model"], contestants["variant"], strict=True))
+    samples = [fid_seeds[key][schema.FID] for key in keys]
+    order = stats.ranking(samples)
+    table.insert(1, "group", "")
+    table.loc[~real, "rank"] = order.rank
+    table.loc[~real, "group"] = order.letters
+    for m in METRICS:  # bold: every model no other model beats on this metric (Holm-adjusted, as the ranks)
+        table[f"{m}_best"] = False
+        if METRICS[m].higher_is_better is not None and len(contestants):
+            table.loc[~real, f"{m}_best"] = _tied_best([fid_seeds[key][m] for key in keys], METRICS[m])
     if len(contestants):
-        notes.append(_uncertainty_note(contestants["n"]))
+        notes.append(_uncertainty_note(contestants["n"], order.pairs))
     notes += _metric_notes(group)
     counts = _counts(group)
     if real.any():
         notes.append(_real_row(table, real, counts))
     if group.get(f"metrics.{schema.NLL_AIS}", pd.Series(dtype=float)).notna().any():
         notes.append(AIS_NOTE)
+    if group.get(f"metrics.{schema.AIS_OWN_GAP}", pd.Series(dtype=float)).notna().any():
+        notes.append(OWN_MODEL_NOTE)
+        checks = group.get(schema.AIS_CHECK, pd.Series(dtype=str)).fillna("")
+        for _, run in group[checks.str.startswith("violated")].iterrows():
+            notes.append(f"⚠ {run[schema.MODEL]} seed {run[schema.SEED]}: {run[schema.AIS_CHECK]}")
     if (table["family"] == "vae").any():
         notes.append(
             "VAE samples are the decoder's mean images at z ~ N(0, I), not draws from the observation model p(x|z) "
@@ -145,8 +158,9 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
 
 
 def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
-    """A row per (model, variant): every metric's mean, std and 95% t interval over its seeds; and the per-seed FIDs
-    of each (the tied ranks and the probability of improvement)."""
+    """A row per (model, variant): every metric's count, mean, std and 95% t interval over its seeds; and the
+    per-seed values of each metric, by (model, variant) (the ranks, the tied-best marks, the probability of
+    improvement)."""
     rows, fid_seeds = [], {}
     for (model, variant), cell_runs in group.groupby([schema.MODEL, schema.VARIANT], sort=True):
         row = {
@@ -162,13 +176,25 @@ def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
         for m in METRICS:
             column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
             values = pd.to_numeric(column, errors="coerce").dropna()
+            row[f"{m}_n"] = len(values)  # the values behind this mean: a run that lacks the metric does not count
             row[f"{m}_mean"] = values.mean() if len(values) else math.nan
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = stats.t_interval(list(values)) or (math.nan, math.nan)
-            if m == schema.FID:
-                fid_seeds[(model, variant)] = list(values)
+            fid_seeds.setdefault((model, variant), {})[m] = list(values)
         rows.append(row)
     return pd.DataFrame(rows), fid_seeds
+
+
+def _tied_best(samples: list[list[float]], metric: schema.Metric) -> list[bool]:
+    """The rows tied for best on a metric; none at all when an untestable row (n < 2) has a better mean than every
+    testable one: then no claim about the best can be made."""
+    tied = stats.ranking(samples, not metric.higher_is_better).tied_best
+    sign = -1.0 if metric.higher_is_better else 1.0
+    means = [sign * sum(s) / len(s) if s else math.inf for s in samples]
+    best_tested = min((mean for mean, s in zip(means, samples, strict=True) if len(s) >= 2), default=math.inf)
+    if any(mean < best_tested for mean, s in zip(means, samples, strict=True) if len(s) == 1):
+        return [False] * len(samples)
+    return tied
 
 
 def _cost_note(group: pd.DataFrame, table: pd.DataFrame) -> str:
@@ -192,11 +218,20 @@ def _mean_of_sum(runs: pd.DataFrame, *keys: str) -> float:
 
 
 AIS_NOTE = (
-    "NLL (AIS): annealed importance sampling (Wu et al. 2017) of GANs and VAEs alike, in nats of a Gaussian density "
-    "N(f(z), σ²I) over pixels in [0, 1], σ chosen per model on held-out test images; bits/dim (AIS) is the same "
-    "density on the 0–255 pixel scale. AIS bounds log p(x) from below (stochastically), so NLL (AIS) is an upper "
-    "bound; the BDMC gap (upper − lower bound on data simulated from the model) says how loose it can be. Not "
-    "comparable with NLL (IWAE), a Bernoulli likelihood of binarised pixels."
+    "8-bit code length (AIS): −log P(x) of the 8-bit test images, in nats per image, for GANs and VAEs alike, by "
+    "annealed importance sampling (Wu et al. 2017) over the model's latent space, under one observation model for "
+    "both families: a Gaussian N(f(z), σ²) around the decoder's mean image, discretised onto the 256 pixel values "
+    "(σ chosen per model on held-out test images, shown as AIS σ). It is a probability, so the number is ≥ 0 and "
+    "bits per 8-bit pixel is a code length. AIS bounds log P(x) from below (stochastically), so the code length is an "
+    "upper bound; the BDMC gap (upper − lower bound on data simulated from the model) says how loose it can be. It "
+    "is not the VAEs' own likelihood: NLL (IWAE) scores binarised (or 8-bit logistic) images under each VAE's own "
+    "decoder, a different quantity. The continuous Gaussian density of Wu et al.'s tables is not shown: on 8-bit data "
+    "it grows without bound as σ → 0 (Theis et al. 2016)."
+)
+OWN_MODEL_NOTE = (
+    "VAE check: each VAE is also scored by AIS under its own observation model on the same test images as its IWAE "
+    "bound; AIS − IWAE (nats per image) must not be negative beyond Monte-Carlo error (AIS is the tighter "
+    "estimate). Every run checks it and tags a violation (bench.ais_check)."
 )
 
 
@@ -231,6 +266,14 @@ def _metric_notes(group: pd.DataFrame) -> list[str]:
             f"first encoder (`{first}`) has the plain columns, the others are marked [name]. "
             + "; ".join(schema.ENCODERS[e].note for e in (first, *extras) if e in schema.ENCODERS)
             + ". Fréchet distances (FD) in different encoders are different quantities: compare within a column."
+        )
+    if schema.FID_INF in present:
+        notes.append(
+            "FID∞ (Chong & Forsyth 2020): FID extrapolated to infinitely many samples by a least-squares line of FID "
+            "against 1/N over random subsets; 'FID∞ fit SE' is the intercept's standard error from the scatter of "
+            "those subset draws (per seed; ± is still the spread over seeds). An extrapolation, not a distance: it "
+            "can fall below 0. The real-data row shows it only where its N is at least "
+            f"{schema.FID_INF_REAL_MIN_RATIO} × the feature dimension; below that the fit is biased and noisy."
         )
     if schema.DENSITY in present:
         notes.append(
@@ -298,17 +341,22 @@ def _labels(group: pd.DataFrame, counts: dict) -> dict[str, str]:
     return labels
 
 
-def _uncertainty_note(n: pd.Series) -> str:
+def _uncertainty_note(n: pd.Series, pairs: int) -> str:
     if (n < 2).all():
         return (
-            "n = 1 seed per model: no confidence intervals and no significance tests, so nothing is claimed about "
-            'the order: every rank is shared ("1="). Run more seeds (seeds = [0, 1, 2]) to separate models.'
+            "n = 1 seed per model: no confidence intervals and no significance tests, so no model is ranked and none "
+            "is marked best. Run more seeds (seeds = [0, 1, 2, 3, 4]) to separate models."
         )
     return (
         "± is the sample standard deviation over seeds; [low, high] the 95% Student-t confidence interval of the "
-        'mean over seeds (n − 1 degrees of freedom). Ranks follow mean FID; "=" marks models whose FID is not '
-        "significantly different from the best model of their group (Welch's two-sided t-test over seeds, "
-        f"α = {stats.ALPHA}), or cannot be tested (n = 1): such ranks are ties."
+        "mean over seeds (n − 1 degrees of freedom); a value's own count follows it as (n = k) where a run lacks "
+        f"that metric. Ranks and groups on FID: each of the {pairs} pair(s) of models with n ≥ 2 seeds is compared "
+        "by Welch's two-sided t-test, Holm-adjusted over all pairs, so that two equal models are told apart in at "
+        f"most {stats.ALPHA:.0%} of tables whatever the number of models. A rank is the range of places the tests "
+        'allow ("1–3": first to third); models that share a group letter are not separated. A shared letter or '
+        'rank means "not separated at these n seeds", not "equal". **Bold** marks, per column, every model that no '
+        "other model beats by the same tests (all tied for best). Rows with a single seed or sample set cannot be "
+        f"tested: they are shown with rank {stats.UNRANKED}, never grouped or bold."
     )
 
 
@@ -360,7 +408,11 @@ def value_text(row: pd.Series, metric: str) -> str:
             return ""
         return f"{mean:g}" if pd.isna(std) else f"{mean:g} ± {std:g}"
     low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
-    return _cell(mean, std, METRICS[metric].decimals, low, high)
+    text = _cell(mean, std, METRICS[metric].decimals, low, high)
+    count = row.get(f"{metric}_n")
+    if text and count is not None and not pd.isna(count) and str(int(count)) != str(row["n"]):
+        text += f" (n = {int(count)})"
+    return text
 
 
 def _cell(mean: float, std: float, decimals: int, low: float = math.nan, high: float = math.nan) -> str:

@@ -248,7 +248,7 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
 
 def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: Path, cell_dict: dict) -> TrainResult:
     """The training loop for the cell, with the periodic FID that selects its best checkpoint
-    (schema.SELECTION_RULE: the selection encoder's held-out features, latents of its own seed)."""
+    (schema.SELECTION_RULE: the selection encoder's validation features, latents of its own seed)."""
     cell, run = job.cell, job.run
     selector = None
     if cell.train.eval_every:
@@ -256,7 +256,7 @@ def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: P
         seed = cell.eval.seed + schema.SELECTION_SEED_OFFSET
         selector = PeriodicFID(
             selection.encoder,
-            selection.held_out.features,
+            selection.validation.features,
             cell.train.eval_samples,
             cell.eval.batch_size,
             seed,

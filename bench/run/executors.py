@@ -313,7 +313,7 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     results, device = Path(spec["results"]), torch.device(spec["device"])
     loaded = {} if loaded is None else loaded
     if ("dataset", cell.dataset) not in loaded:
-        loaded[("dataset", cell.dataset)] = load_dataset(cell.dataset)
+        loaded[("dataset", cell.dataset)] = load_dataset(cell.dataset, validation=cell.eval.validation_images)
     dataset = loaded[("dataset", cell.dataset)]
     real = prepare_real(
         dataset, cell.encoders(), cell.eval, cell.domain, results, device, scoring=cell.eval.encoders, loaded=loaded

@@ -60,6 +60,9 @@ def record(
     run.log_dict(ev.protocol if protocol is None else protocol, schema.PROTOCOL_ARTIFACT)
     if "ais" in ev.details:
         run.log_dict(ev.details["ais"], schema.AIS_ARTIFACT)
+        if "own_model_check" in ev.details["ais"]:  # a VAE's AIS against its IWAE bound: "ok" or what went wrong
+            check = ev.details["ais"]["own_model_check"]
+            run.set_tags({schema.AIS_CHECK: "ok" if check == "ok" else f"violated: {check}"})
     run.log_metrics({**ev.metrics, **(metrics or {})}, step=step)
     run.log_image(grid(ev.samples[:GRID_IMAGES]), samples_artifact)
     if "nearest" in ev.details:

@@ -99,7 +99,7 @@ def _preflight(
     datasets = {}
     for name in suite.datasets:
         echo(f"loading dataset {name} ...")
-        datasets[name] = load_dataset(name)
+        datasets[name] = load_dataset(name, validation=suite.eval.validation_images)
         _check_ais(suite.eval, datasets[name])
     real = {}
     scoring = suite.eval.encoders
@@ -258,7 +258,7 @@ def plan_suite(
     cells = expand(config, suite)
     uri = tracking.resolve_uri(tracking_uri, Path(results))
     tracking.check_reachable(uri)
-    digests = {name: load_dataset(name).digest for name in suite.datasets}
+    digests = {name: load_dataset(name, validation=suite.eval.validation_images).digest for name in suite.datasets}
     finished: dict[str, str] = {}
     cost: dict[str, list[tuple[float, float]]] = {}  # variant → (training s, evaluation s) of its finished cells
     if tracking.store_exists(uri):  # a dry run never creates the embedded store
