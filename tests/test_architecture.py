@@ -1,5 +1,5 @@
-"""The house rules of bench/ (README, "How the code is laid out"), read from the code's own imports: which wing may
-import which, who talks to MLflow, and which modules stay free of torch."""
+"""The house rules of bench/ (docs/architecture.md, "How the code is laid out"), read from the code's own imports:
+which wing may import which, who talks to MLflow, and which modules stay free of torch."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ MAY_IMPORT = {
     "run": {"run", "eval", "tracking", *TOP},
     "tools": {"tools", "run", "eval", "tracking", *TOP},
     "cli": {"cli", "run", "eval", "tracking", "report", "tools", *TOP},
+    "api": {"run", "tools", *TOP},
     "__main__": {"cli"},
-    "__init__": set(),
+    "__init__": {"api"},
 }
 
 

@@ -64,7 +64,10 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     page = paths["html"]
     browser.get(page.as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
-    labels = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows]
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")]
+    assert headers[:4] == ["rank", "group", "model", "n"], headers
+    model_col = 2
+    labels = [r.find_elements(By.TAG_NAME, "td")[model_col].text for r in rows]
     real, published = "real data (held-out split, same N: the floor)", "published: a paper's GAN [1]"
     assert labels in ([real, "gan-mlp", "vae-mlp", published], [real, "vae-mlp", "gan-mlp", published])
     # every figure is embedded and decoded by the browser; nothing was fetched from anywhere
@@ -91,9 +94,8 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
         assert values[0][0] == "real" and values[-1][0] == "published"  # references stay where they are
         models = [float(v) for kind, v in values if kind == "model"]
         assert len(models) == 2 and models == ordered(models), (direction, values)
-    model_col = 1
     browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")[model_col].click()  # text column
-    names = [r.find_elements(By.TAG_NAME, "td")[1].text
+    names = [r.find_elements(By.TAG_NAME, "td")[model_col].text
              for r in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr.model")]  # fmt: skip
     assert names == ["gan-mlp", "vae-mlp"]
     browser.save_screenshot(str(SHOTS / "report-sorted.png"))

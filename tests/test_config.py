@@ -220,7 +220,7 @@ def test_repository_suites_cover_the_zoo():
     assert {"quick", "fashion", "mnist-cifar", "full"} <= set(cfg.suites)
     zoo = tuple(baselines.MODELS)
     assert cfg.suite("fashion").models == zoo and cfg.suite("fashion").datasets == ("fashion-mnist",)
-    assert cfg.suite("fashion").seeds == (0, 1, 2) and cfg.suite("fashion").eval.encoder == "domain"
+    assert cfg.suite("fashion").seeds == (0, 1, 2, 3, 4) and cfg.suite("fashion").eval.encoder == "domain"
     assert cfg.suite("mnist-cifar").datasets == ("mnist", "cifar10") and cfg.suite("mnist-cifar").models == zoo
     assert cfg.suite("mnist-cifar").eval.encoder == "inception"
     assert set(cfg.suite("full").datasets) == {"mnist", "fashion-mnist", "cifar10"}  # digits: too few for Inception

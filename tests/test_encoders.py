@@ -157,8 +157,8 @@ def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):
 def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
     """The check through the real pipeline (digits, domain features, `bench eval`'s scoring): a "model" that returns
     training images verbatim is flagged; one that returns held-out test images is not; a noisy one is not."""
-    digits = load("digits")
     cfg = dataclasses.replace(tiny_config().suite("quick").eval, num_samples=300, kid_subset_size=100)
+    digits = load("digits", validation=cfg.validation_images)  # the suite's data: its domain encoder is cached
     cache = quick_run["results"] / "cache"
     domain = build_encoder("domain", digits, tiny_config().domain, cache, torch.device("cpu"))
     real = (real_features(domain, digits, cfg, cache),)

@@ -47,6 +47,7 @@ CHANGES = {
     "copying_cells": 10,
     "isc_splits": 5,
     "seed": 1,
+    "validation_images": 200,
     "ais": AISConfig(images=10),
 }
 

@@ -39,6 +39,24 @@ def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
     assert "done: 1 finished" in run.stdout and (empty / "results" / "mlflow.db").is_file()
     report = bench("report", "--suite", "quick")
     assert report.returncode == 0 and (empty / "results" / "reports" / "quick" / "leaderboard.html").is_file()
+    # scoring in one line, printed: held-out digits against the training split, the domain encoder
+    import json
+
+    import numpy as np
+
+    from bench.data import load
+
+    np.save(empty / "test.npy", load("digits").test_images.numpy())
+    scored = bench("eval", "--samples", "test.npy", "--reference", "digits:train", "--json",
+                   "--set", "features.domain.steps=150", "--set", "features.domain.min_test_accuracy=0.5")  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    metrics = json.loads(scored.stdout)["metrics"]
+    assert 0 < metrics["fid"] < 50 and metrics["eval/generated_images"] == 360
+    # a suite from Python: the finished cell is skipped
+    code = f"import bench; print([o['status'] for o in bench.run_suite('quick', overrides={settings[1::2]!r})])"
+    again = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True,
+                           timeout=600)  # fmt: skip
+    assert again.returncode == 0 and again.stdout.strip().endswith("['SKIPPED']"), again.stderr[-2000:]
     # `bench init` writes the shipped configuration here, and bench then reads it from here
     assert bench("init").returncode == 0
     assert (empty / "bench.toml").read_text() == (REPO / "bench.toml").read_text()

@@ -3,6 +3,7 @@ would), models loadable from MLflow, `bench sample` and `bench eval` of samples 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 import baselines
 from baselines.contract import GenerativeModel, LikelihoodModel, class_problems
 from bench.cli import main
-from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search, seed_cache
+from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search, seed_cache, tiny_config
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 
@@ -134,15 +135,15 @@ def test_check_model_names_each_broken_part_in_one_line(tmp_path, monkeypatch):
 
 
 def _readme_files() -> dict[str, str]:
-    """The example files of README's "Benchmark your own model": fenced blocks whose first line names the file."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Benchmark your own model", 1)[1].split("\n## ", 1)[0]
+    """The example files of docs/own-model.md ("Benchmark your own model"): fenced blocks whose first line names the
+    file."""
+    section = (REPO / "docs" / "own-model.md").read_text()
     blocks = re.findall(r"```(?:python|toml)\n# (my_models/\S+)\n(.*?)```", section, flags=re.S)
     return {name: body for name, body in blocks}
 
 
 def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_run, tmp_path):
-    """The README section, followed as written: its two files in a folder of their own, installed with pip (into a
+    """docs/own-model.md, followed as written: its two files in a folder of their own, installed with pip (into a
     target folder, to leave the test environment as it was, and without build isolation: no network here),
     then `bench list`, `check-model`, a tiny quick suite with gan-mlp beside it and `bench report`; finally its
     logged model loads in a fresh process that cannot import the plugin's module."""
@@ -172,7 +173,8 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
     reported = bench("report", "--suite", "quick", "--config", str(BENCH_TOML))
     assert reported.returncode == 0, reported.stderr
     board = (tmp_path / "results" / "reports" / "quick" / "leaderboard.md").read_text()
-    assert re.search(r"\| \d=? \| tiny-gan \| 1 \|", board) and re.search(r"\| \d=? \| gan-mlp \| 1 \|", board)
+    # one seed each: shown, not ranked (nothing can be tested at n = 1)
+    assert re.search(r"\| — \|  \| tiny-gan \| 1 \|", board) and re.search(r"\| — \|  \| gan-mlp \| 1 \|", board)
 
     uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     runs = child_runs(uri)
@@ -235,6 +237,39 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     ext = runs[runs["tags.bench.family"] == "external"].iloc[0]
     assert abs(ext["metrics.fid"] - run["metrics.fid"]) < 1e-6
     assert ext["tags.bench.protocol"] == run["tags.bench.protocol"] and ext["tags.bench.model"] == "exported"
+    # print-only: the same numbers and fingerprint as the logged row (the same code), nothing logged
+    printed = cli.invoke(main, [*args[:5], *overrides, "--samples", str(out), "--json"])
+    assert printed.exit_code == 0, printed.output
+    scored = json.loads(printed.stdout)
+    assert scored["protocol"] == run["tags.bench.protocol"] and len(search(uri)) == len(runs)
+    for key in ("fid", "fid_inf", "kid_mean", "precision", "recall", "density", "coverage", "copying_ct"):
+        assert abs(scored["metrics"][key] - ext[f"metrics.{key}"]) <= 1e-9 * max(1.0, abs(ext[f"metrics.{key}"]))
+    # folder against folder: the samples and the suite's reference split as PNG files, the domain encoder
+    from PIL import Image
+
+    from bench.data import load
+
+    samples_dir, reference_dir = tmp_path / "samples-png", tmp_path / "reference-png"
+    samples_dir.mkdir(), reference_dir.mkdir()
+    for i, image in enumerate(np.load(out)["samples"][:, 0]):
+        Image.fromarray(image).save(samples_dir / f"{i:05d}.png")
+    carved = load("digits", validation=tiny_config().suite("quick").eval.validation_images)
+    for i, image in enumerate(carved.train_images[:, 0].numpy()):
+        Image.fromarray(image).save(reference_dir / f"{i:05d}.png")
+    folders = cli.invoke(main, ["eval", "--suite", "quick", "--dataset", "digits", *overrides, "--samples",
+                                str(samples_dir), "--reference", str(reference_dir), "--json"])  # fmt: skip
+    assert folders.exit_code == 0, folders.output
+    pairwise = json.loads(folders.stdout)
+    for key in ("fid", "fid_inf", "kid_mean", "precision", "recall", "density", "coverage"):
+        assert abs(pairwise["metrics"][key] - ext[f"metrics.{key}"]) <= 1e-9 * max(1.0, abs(ext[f"metrics.{key}"]))
+    assert pairwise["protocol"] != scored["protocol"]  # another reference: a fingerprint of its own
+    # the Python API: the same numbers again
+    import bench
+
+    api = bench.evaluate(out, suite="quick", dataset="digits", overrides=TINY, results=results, metrics=["fid"])
+    assert api["metrics"] == {"fid": scored["metrics"]["fid"]} and api["protocol"] == scored["protocol"]
+    bad_api = cli.invoke(main, ["eval", "--samples", str(samples_dir), "--reference", str(reference_dir), "--json"])
+    assert bad_api.exit_code == 2 and "domain encoder is trained on a dataset" in bad_api.output
     board = cli.invoke(main, ["report", "--suite", "quick", "--out", str(tmp_path / "r")])
     assert board.exit_code == 0, board.output
     assert "exported (external samples)" in (tmp_path / "r" / "leaderboard.md").read_text()
@@ -250,7 +285,7 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     folder.mkdir()
     (folder / "notes.txt").write_text("not an image")
     result = cli.invoke(main, [*args, "--samples", str(folder)])
-    assert result.exit_code == 2 and "not PNG images: notes.txt" in result.output
+    assert result.exit_code == 2 and "not PNG or JPEG images: notes.txt" in result.output
     few = tmp_path / "few.npy"
     np.save(few, np.zeros((10, 28, 28), np.uint8))
     result = cli.invoke(main, [*args, "--samples", str(few)])
@@ -283,3 +318,16 @@ def test_a_png_folder_reads_as_the_same_images(tmp_path):
     assert torch.equal(as_images(read_samples(colour), (1, 28, 28), "palette"), images)
     floats = as_images(images.permute(0, 2, 3, 1).numpy() / 255.0, (1, 28, 28), "floats")
     assert torch.equal(floats, images)
+    # class subfolders (torchvision's ImageFolder layout), in name order; JPEG files (lossy, close)
+    classes = tmp_path / "classes"
+    for i, im in enumerate(images):
+        (classes / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im[0].numpy()).save(classes / f"class{i % 2}" / f"{i:03d}.png")
+    order = [0, 2, 4, 1, 3]  # class0's images, then class1's
+    assert torch.equal(as_images(read_samples(classes), (1, 28, 28), "classes"), images[order])
+    smooth = torch.arange(28, dtype=torch.uint8).repeat(28, 1) * 9  # JPEG keeps a smooth ramp to a level or two
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    Image.fromarray(smooth.numpy()).save(jpegs / "0.jpg", quality=100)
+    back = as_images(read_samples(jpegs), (1, 28, 28), "jpegs")
+    assert back.shape == (1, 1, 28, 28) and (back[0, 0].int() - smooth.int()).abs().max() <= 3

@@ -140,7 +140,9 @@ def test_report_from_the_store(quick_run, tmp_path):
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
     assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
     assert pd.isna(row["elbo_mean"])
-    assert "NLL (AIS)" in md and "BDMC gap" in md and "AIS on 8 test images, 2 chains, 10 sigmoid" in md
+    assert "8-bit code length (AIS, discretised Gaussian)" in md and "BDMC gap" in md
+    assert "AIS on 8 test images, 2 chains, 10 sigmoid" in md and "NLL (AIS)" not in md
+    assert "VAE check: AIS − IWAE (own model)" in md and "FID∞ fit SE" in md and "can fall below 0" in md
     assert row["nll_ais_mean"] == pytest.approx(runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.nll_ais"].mean())
     # figures: FID curves, the sample panel, the VAE likelihood chart, the AIS chart; linked from the markdown
     figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))

@@ -82,7 +82,8 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     """The tiny config evaluates periodically only at its last step (eval_every 500 > 20 steps): best = final, and
     the final evaluation is reused, not repeated. Both claims are checked against the logged checkpoints: a fresh
     evaluation of best.pt reproduces best/*, and its periodic FID is recomputed from the selection rule (its own
-    latent seed, the held-out test split), which differs from the FID of the scored latents and split."""
+    latent seed, the validation split carved from the training images), which differs from the FID of the scored
+    latents and split."""
 
     from bench import schema
     from bench.data import load
@@ -103,7 +104,7 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     assert all(torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
     model = baselines.build("gan-mlp", cfg.models["gan-mlp"], (1, 28, 28))
     model.load_state_dict(best["model"])
-    digits = load("digits")
+    digits = load("digits", validation=suite.eval.validation_images)  # the suite's data: its carve
     domain = build_encoder("domain", digits, cfg.domain, cache, torch.device("cpu"))
     again = evaluate(model, digits, suite.eval, (real_features(domain, digits, suite.eval, cache),))
     for m in SAMPLE_METRICS:
@@ -114,11 +115,16 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
         real = split_features(domain, digits, split, cache).features["features"]
         return fid(domain(samples, suite.eval.batch_size)["features"], real)
 
-    honest = periodic(suite.eval.seed + schema.SELECTION_SEED_OFFSET, "test")
+    honest = periodic(suite.eval.seed + schema.SELECTION_SEED_OFFSET, "validation")
     assert run["metrics.best/periodic_fid"] == pytest.approx(honest, rel=1e-9)
     assert abs(periodic(suite.eval.seed, "train") - honest) > 1e-3  # the scored latents and split: another number
     proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json")).read_text())
-    assert proto["best_checkpoint_selection"]["real_split"] == "test"
+    assert proto["best_checkpoint_selection"]["real_split"].startswith("validation: 300 training images carved out")
+    # the validation split: carved out of the training images, disjoint from the train and test splits
+    whole = load("digits").train_images
+    parts = torch.cat([digits.validation_images, digits.train_images])
+    assert len(digits.validation_images) == 300 and len(digits.train_images) == 1437 - 300
+    assert sorted(bytes(x.numpy()) for x in parts) == sorted(bytes(x.numpy()) for x in whole)  # a partition
     assert proto["best_checkpoint_selection"]["latent_seed"] == suite.eval.seed + schema.SELECTION_SEED_OFFSET
 
 
@@ -153,7 +159,7 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     model.load_state_dict(best["model"])
     from bench.data import load
 
-    digits = load("digits")
+    digits = load("digits", validation=suite.eval.validation_images)
     encoder = build_encoder("domain", digits, cfg.domain, tmp_path / "cache", torch.device("cpu"))
     again = evaluate(model, digits, suite.eval, (real_features(encoder, digits, suite.eval, tmp_path / "cache"),))
     for m in SAMPLE_METRICS:
@@ -206,8 +212,21 @@ def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
     for m in ("nll_ais", "bits_per_dim_ais", "ais/sigma", "ais/accept", "ais/bdmc_gap", "time/ais_s"):
         assert runs[f"metrics.{m}"].notna().all(), m
     assert "metrics.best/nll_ais" not in runs  # eval.best_metrics = "sample": the best checkpoint has no likelihood
-    bpd = runs["metrics.nll_ais"] / (28 * 28 * math.log(2)) + math.log2(255)
-    assert (bpd - runs["metrics.bits_per_dim_ais"]).abs().max() < 1e-9
+    # a code length: a probability of 8-bit images (NLL ≥ 0), bits per pixel = NLL / (D ln 2)
+    assert runs["metrics.nll_ais"].gt(0).all()
+    bpd = runs["metrics.nll_ais"] / (28 * 28 * math.log(2))
+    assert (bpd - runs["metrics.bits_per_dim_ais"]).abs().max() < 1e-9 and bpd.lt(8).all()
+    # the VAE's AIS under its own (Bernoulli) model against its IWAE bound on the same images, checked in the run
+    vae, gan = runs[runs["tags.bench.family"] == "vae"], runs[runs["tags.bench.family"] == "gan"]
+    assert (
+        (vae["tags.bench.ais_check"] == "ok").all()
+        and "metrics.ais_own/gap" in runs
+        and gan["metrics.ais_own/gap"].isna().all()
+    )
+    assert (vae["metrics.ais_own/gap"] > -3 * vae["metrics.ais_own/gap_stderr"]).all()
+    assert (
+        vae["metrics.ais_own/nll"] - vae["metrics.ais_own/iwae_nll"] + vae["metrics.ais_own/gap"]
+    ).abs().max() < 1e-6
     assert runs["metrics.ais/sigma"].isin([0.025, 0.05, 0.1, 0.2]).all()  # the quick suite's grid
     gap = runs["metrics.ais/bdmc_upper"] - runs["metrics.ais/bdmc_lower"]
     assert (gap - runs["metrics.ais/bdmc_gap"]).abs().max() < 1e-6 and gap.gt(0).all()  # 10 distributions: loose
@@ -296,6 +315,7 @@ def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path,
         "train.steps=3",
         "features.domain.min_test_accuracy=0.0",  # random labels: the encoder cannot be accurate here
         "eval.likelihood_images=20",
+        "eval.validation_images=100",  # of the fixture's 300 training images
     )
     outcomes = run_suite(
         tiny_config(*extra),

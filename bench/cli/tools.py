@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -99,52 +100,92 @@ def perf(
 
 
 @click.command(name="eval")
-@click.option("--suite", required=True, help="The suite whose protocol scores the samples (see `bench list`).")
-@click.option("--dataset", required=True, help="The dataset of the suite the samples imitate.")
 @click.option(
     "--samples",
     "samples_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNGs.",
+    help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNG/JPEG images "
+    "(or of class folders of them).",
 )
-@click.option("--name", required=True, help="The row label in the leaderboard (tag bench.model).")
+@click.option("--suite", default=None, help="The suite whose protocol scores them [default settings, every sample].")
+@click.option("--dataset", default=None, help="The dataset the samples imitate (its domain encoder, its reference).")
+@click.option(
+    "--reference",
+    default=None,
+    help="What to compare with: a folder or array of images, or DATASET:SPLIT [the dataset's reference split].",
+)
+@click.option("--encoder", "encoders", multiple=True, help="A feature encoder (repeat for several) [the suite's].")
+@click.option("--name", default=None, help="Log the samples as a leaderboard row with this label (tag bench.model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @uri_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (as bench run).")
 @config_option
 def eval_(
-    suite: str,
-    dataset: str,
     samples_path: Path,
-    name: str,
+    suite: str | None,
+    dataset: str | None,
+    reference: str | None,
+    encoders: tuple[str, ...],
+    name: str | None,
+    as_json: bool,
     tracking_uri: str | None,
     overrides: tuple[str, ...],
     config_path: str,
 ) -> None:
-    """Score samples made elsewhere under a suite's protocol; log them as an `external` run beside the models."""
+    """Score samples made elsewhere: print their metrics (nothing logged), or with --name log them as an
+    `external` run beside a suite's models.
+
+    \b
+    bench eval --samples gen/ --dataset digits --json                     # vs digits' reference split
+    bench eval --samples gen/ --reference real/ --encoder inception --json  # folder against folder
+    bench eval --samples s.npz --suite quick --dataset digits --name mine  # a leaderboard row"""
     cfg = load_config(config_path, overrides, suite)
-    s = cfg.suite(suite)
-    if dataset not in s.datasets:
-        fail(f"dataset {dataset!r} is not in suite {suite!r} (its datasets: {', '.join(s.datasets)})")
-    if not name.strip() or name in cfg.models or name == schema.REAL_MODEL:
-        fail(f"--name {name!r}: give a label of your own, not empty and not a model or '{schema.REAL_MODEL}'")
+    if name is not None:
+        if suite is None or dataset is None:
+            fail("--name logs a leaderboard row under a suite's protocol: give --suite and --dataset too")
+        if reference is not None or encoders:
+            fail("--name scores under the suite's own reference and encoders: leave out --reference and --encoder")
+        known = cfg.suite(suite).datasets
+        if dataset not in known:
+            fail(f"dataset {dataset!r} is not in suite {suite!r} (its datasets: {', '.join(known)})")
+        if not name.strip() or name in cfg.models or name == schema.REAL_MODEL:
+            fail(f"--name {name!r}: give a label of your own, not empty and not a model or '{schema.REAL_MODEL}'")
+    elif dataset is None and reference is None:
+        fail("give --dataset (compare with its reference split) or --reference (a folder, an array or DATASET:SPLIT)")
     from bench import tracking
     from bench.data import DataError, load
     from bench.devices import resolve_device
     from bench.eval.encoders import EncoderError
     from bench.eval.metrics import MetricError
-    from bench.tools.external import SampleError, score_and_log
+    from bench.tools.external import SampleError, score, score_and_log
 
+    device = resolve_device(cfg.suite(suite).train.device if suite else "auto")
+    echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
-        data = load(dataset, validation=s.eval.validation_images)
-        uri = tracking.resolve_uri(tracking_uri, results())
-        run_id, metrics = score_and_log(
-            cfg, suite, data, samples_path, name, uri, results(), resolve_device(s.train.device), click.echo
-        )
-    except (SampleError, DataError, EncoderError, MetricError, tracking.TrackingError) as e:
+        if name is None:
+            result = score(cfg, samples_path, suite_name=suite, dataset_name=dataset, reference=reference,
+                           encoders=encoders, results=results(), device=device, echo=echo).as_dict()  # fmt: skip
+        else:
+            s = cfg.suite(suite)
+            data = load(dataset, validation=s.eval.validation_images)
+            uri = tracking.resolve_uri(tracking_uri, results())
+            run_id, metrics = score_and_log(cfg, suite, data, samples_path, name, uri, results(), device, echo)
+            result = {"metrics": metrics, "run_id": run_id}
+    except (SampleError, DataError, EncoderError, MetricError, ConfigError, tracking.TrackingError) as e:
         fail(str(e))
-    shown = ", ".join(f"{k} {metrics[k]:.6g}" for k in (schema.FID, schema.FID_INF, schema.KID_MEAN) if k in metrics)
-    click.echo(f"{name} on {dataset}: {shown} (run {run_id}, family external)")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    metrics = result["metrics"]
+    shown = [k for k in (schema.FID, schema.FID_INF, schema.KID_MEAN, schema.PRECISION, schema.RECALL) if k in metrics]
+    if name is None:
+        click.echo(f"{result['samples']} samples against {result['reference']} (protocol {result['protocol']}):")
+        for key in sorted(metrics):
+            click.echo(f"  {key:<28} {metrics[key]:.6g}")
+        return
+    values = ", ".join(f"{k} {metrics[k]:.6g}" for k in shown)
+    click.echo(f"{name} on {dataset}: {values} (run {result['run_id']}, family external)")
     click.echo(f"report: bench report --suite {suite}")
 
 

@@ -60,6 +60,9 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
             "dataset_digest": dataset.digest,
             "split": cfg.reference_split,
             "features_digest": first.reference.digest,
+            # training images carved out as the validation split (the best checkpoint's selection): the train
+            # split is the rest, for training and, as the reference, for the sample metrics
+            "validation_images_carved": cfg.validation_images,
         },
         "num_samples": cfg.num_samples,
         "batch_size": cfg.batch_size,  # generation and feature batches: the latent draws are chunked by it

@@ -98,7 +98,7 @@ def _figures(uri: str, section: Section, folder: Path) -> list[tuple[str, Path]]
         out.append(("VAE test likelihood: rate, distortion and the IWAE bound", path))
     path = figures.ais_chart(section.table, section.dataset, folder / f"{stem}-ais.png")
     if path:
-        out.append(("GANs and VAEs on one scale: NLL by AIS, with the BDMC gap", path))
+        out.append(("GANs and VAEs on one scale: the 8-bit code length by AIS, with the BDMC gap", path))
     return out
 
 

@@ -58,7 +58,7 @@ def table_rows(s: Section, checkpoint: str) -> tuple[list[Column], list[Row]]:
         rank = str(row["rank"])
         entries = [
             Entry(rank, rank.split("–")[0] if rank.split("–")[0].isdigit() else ""),
-            Entry(str(row.get("group", "") or ""), str(row.get("group", "") or "")),
+            Entry(_text(row.get("group")), _text(row.get("group"))),
             Entry(row["label"], row["label"]),
             Entry(str(row["n"]), str(row["n"])),
         ]
@@ -71,6 +71,11 @@ def table_rows(s: Section, checkpoint: str) -> tuple[list[Column], list[Row]]:
             entries.append(Entry(text, value, i in best[m] and bool(text)))
         rows.append(Row({"real": "real", "published": "published"}.get(row["family"], "model"), entries))
     return columns, rows
+
+
+def _text(value) -> str:
+    """A table cell's text: "" for a missing value (NaN, None)."""
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def _intro(checkpoint: str) -> list[str]:
@@ -111,7 +116,8 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint
         for row in rows:
             cells = [f"**{e.text}**" if e.best else e.text for e in row.entries]
             if row.kind == "published":
-                cells[1] = f"*{cells[1]}*"
+                label = next(i for i, c in enumerate(columns) if c.header == "model")
+                cells[label] = f"*{cells[label]}*"
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + [f"_{n}_" for n in s.notes] + ([""] if s.notes else [])
         for caption, figure in s.figures:

@@ -102,7 +102,7 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
         )
     table["_real"] = table["family"] == "real"
     table = table.sort_values(["_real", "fid_mean"], ascending=[False, True], na_position="last")
-    table = table.drop(columns="_real").reset_index(drop=True)
+    table = table.drop(columns="_real").reset_index(drop=True).copy()  # one block again, before more columns
     real = table["family"] == "real"
     table.insert(0, "rank", ["—" if r else "" for r in real])
     contestants = table[~real]
@@ -112,10 +112,12 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
     table.insert(1, "group", "")
     table.loc[~real, "rank"] = order.rank
     table.loc[~real, "group"] = order.letters
-    for m in METRICS:  # bold: every model no other model beats on this metric (Holm-adjusted, as the ranks)
-        table[f"{m}_best"] = False
+    best = {}  # bold: every model no other model beats on each metric (Holm-adjusted, as the ranks)
+    for m in METRICS:
+        best[f"{m}_best"] = pd.Series(False, index=table.index)
         if METRICS[m].higher_is_better is not None and len(contestants):
-            table.loc[~real, f"{m}_best"] = _tied_best([fid_seeds[key][m] for key in keys], METRICS[m])
+            best[f"{m}_best"][~real] = _tied_best([fid_seeds[key][m] for key in keys], METRICS[m])
+    table = pd.concat([table, pd.DataFrame(best)], axis=1)
     if len(contestants):
         notes.append(_uncertainty_note(contestants["n"], order.pairs))
     notes += _metric_notes(group)

@@ -1,0 +1,111 @@
+"""genbench from Python, with the protocol and fingerprints of the command line.
+
+    import bench
+    scores = bench.evaluate("samples/", reference="digits:train", dataset="digits")
+    scores["metrics"]["fid"]
+    outcomes = bench.run_suite("quick", overrides=["train.steps=500"])
+
+`evaluate` is `bench eval --json` (nothing is logged); `run_suite` is `bench run` (everything is logged to MLflow).
+Errors are exceptions with the command line's one-line messages: bench.config.ConfigError for configuration,
+bench.tools.external.SampleError for samples and references, bench.data.DataError for datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench import config as config_module
+from bench.devices import resolve_device
+
+
+def _results(results) -> Path:
+    return Path(results if results is not None else os.environ.get("BENCH_RESULTS", "results"))
+
+
+def evaluate(
+    samples,
+    reference=None,
+    *,
+    dataset: str | None = None,
+    suite: str | None = None,
+    encoder: str | Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    results: str | Path | None = None,
+    device: str = "auto",
+    echo: Callable[[str], None] = lambda line: None,
+) -> dict:
+    """Sample metrics of `samples` (a folder of PNG/JPEG images or of class folders, a .npy/.npz file, or a uint8
+    (N, C, H, W) / float [0, 1] array or tensor) against `reference` (the same kinds, or "dataset:split"; default:
+    the reference split of `dataset`).
+
+    Under a suite's protocol (`suite`, else the default evaluation settings with every sample) against the
+    dataset's reference split the numbers and fingerprint equal those of `bench eval` and `bench run`. `encoder`:
+    one name or several (the first gets the plain metric names); the `domain` encoder needs `dataset`. `metrics`
+    keeps only those names. Returns {"metrics": {name: value}, "protocol": fingerprint, "samples": N,
+    "reference": what it was}."""
+    from bench.tools.external import score
+
+    cfg = config_module.load(config, tuple(overrides), suite)
+    names = (encoder,) if isinstance(encoder, str) else tuple(encoder or ())
+    result = score(
+        cfg,
+        samples,
+        suite_name=suite,
+        dataset_name=dataset,
+        reference=reference,
+        encoders=names,
+        results=_results(results),
+        device=resolve_device(device),
+        echo=echo,
+    ).as_dict()
+    if metrics is not None:
+        missing = [m for m in metrics if m not in result["metrics"]]
+        if missing:
+            raise KeyError(f"metrics {missing} were not computed; computed: {sorted(result['metrics'])}")
+        result["metrics"] = {m: result["metrics"][m] for m in metrics}
+    return result
+
+
+def run_suite(
+    suite: str,
+    *,
+    overrides: Sequence[str] = (),
+    config: str | Path | None = None,
+    results: str | Path | None = None,
+    tracking_uri: str | None = None,
+    executor: str = "local",
+    progress: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[dict]:
+    """`bench run --suite SUITE`: every cell trained, evaluated and logged (finished cells skipped, interrupted ones
+    resumed). Returns one dict per cell: model, dataset, seed, status (FINISHED, SKIPPED, FAILED), run_id, error,
+    metrics."""
+    from bench.run.suite import run_suite as run
+
+    cfg = config_module.load(config, tuple(overrides), suite)
+    outcomes = run(
+        cfg,
+        suite,
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        results=_results(results),
+        overrides=tuple(overrides),
+        executor=executor,
+        progress=progress,
+        echo=echo,
+    )
+    return [
+        {
+            "model": o.cell.model,
+            "dataset": o.cell.dataset,
+            "seed": o.cell.seed,
+            "status": o.status,
+            "run_id": o.run_id,
+            "error": o.error,
+            "metrics": dict(o.metrics),
+        }
+        for o in outcomes
+    ]
