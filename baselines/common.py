@@ -191,6 +191,11 @@ class LatentVariableModel:
         """The decoder's mean image in [0, 1] for latents (N, L): the f(z) of AIS's Gaussian observation model."""
         return self.observation.mean(self.decode(z))
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (N, L) → the decoder's mean images in [0, 1] (N, C, H, W): what the logged model's pyfunc
+        `predict(z)` returns."""
+        return self.decoder_mean(z)
+
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         mu, _ = self.encode(x)
@@ -238,6 +243,11 @@ class ImageGenerator:
         (Wu et al. 2017)."""
         lo, hi = self.output_range
         return (self.generator(z) - lo) / (hi - lo)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (N, L) → the generator's images in [0, 1] (N, C, H, W): what the logged model's pyfunc
+        `predict(z)` returns."""
+        return self.decoder_mean(z)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -365,4 +365,10 @@ SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... wi
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt
 REPORT_DIR = "report"  # the leaderboard's files, attached to the suite's latest parent run by `bench report`
-MODEL_FINAL, MODEL_BEST = "model/final", "model/best"  # MLflow PyTorch models: runs:/<run id>/model/final
+# the final and best models: MLflow 3 LoggedModels of the cell's run (the experiment's Models tab), named "final" and
+# "best", loadable as models:/<model id> (the id in the run's tags below) or runs:/<run id>/final
+MODEL_FINAL, MODEL_BEST = "final", "best"
+MODEL_ID_FINAL, MODEL_ID_BEST = "bench.model_id.final", "bench.model_id.best"
+MODEL_IDS = {MODEL_FINAL: MODEL_ID_FINAL, MODEL_BEST: MODEL_ID_BEST}
+MODEL_TYPE = "genbench"  # the LoggedModels' model_type: search_logged_models(filter_string="model_type = 'genbench'")
+LEGACY_MODEL_DIR = "model"  # runs logged before LoggedModels hold their models as run artifacts model/final, model/best

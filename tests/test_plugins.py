@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -185,7 +186,7 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
         import importlib.util, mlflow, mlflow.pytorch, torch
         assert importlib.util.find_spec("tiny_gan") is None  # not importable here: the model brings its code
         mlflow.set_tracking_uri("{uri}")
-        model = mlflow.pytorch.load_model("runs:/{tiny["run_id"]}/model/final", map_location="cpu")
+        model = mlflow.pytorch.load_model("models:/{tiny["tags.bench.model_id.final"]}", map_location="cpu")
         x = model.sample(5, generator=torch.Generator().manual_seed(0))
         print(type(model).__name__, tuple(x.shape), x.dtype)
         """
@@ -197,15 +198,36 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
 
 
 def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run):
+    """The final and best models are MLflow 3 LoggedModels of the cell's run: listed by search_logged_models with
+    their source run, step and linked metrics; loaded in a fresh process by models:/<id> (and runs:/<run>/final);
+    their pyfunc flavour's predict turns latents into images in [0, 1], as the model's decoder does."""
     run = child_runs(quick_run["uri"]).query("`tags.bench.model` == 'vae-mlp'").iloc[0]
+    client = mlflow.MlflowClient(quick_run["uri"])
+    experiment = client.get_experiment_by_name("quick").experiment_id
+    logged = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run['run_id']}'")
+    assert sorted(m.name for m in logged) == ["best", "final"]
+    final = next(m for m in logged if m.name == "final")
+    assert final.model_id == run["tags.bench.model_id.final"] and final.model_type == "genbench"
+    linked = {m.key: m.value for m in final.metrics}
+    assert linked["fid"] == run["metrics.fid"] and linked["nll_iwae"] == run["metrics.nll_iwae"]
+    best = next(m for m in logged if m.name == "best")
+    assert {m.key: m.value for m in best.metrics}["best/fid"] == run["metrics.best/fid"]
+    outputs = client.get_run(run["run_id"]).outputs.model_outputs
+    assert {o.model_id for o in outputs} == {final.model_id, best.model_id}
     code = textwrap.dedent(
         f"""
-        import mlflow, mlflow.pytorch, torch
+        import mlflow, mlflow.pyfunc, mlflow.pytorch, numpy as np, torch
         mlflow.set_tracking_uri("{quick_run["uri"]}")
-        for path in ("model/final", "model/best"):
-            model = mlflow.pytorch.load_model("runs:/{run["run_id"]}/" + path, map_location="cpu")
+        for uri in ("models:/{final.model_id}", "models:/{best.model_id}", "runs:/{run["run_id"]}/final"):
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
             x = model.sample(3, generator=torch.Generator().manual_seed(0))
             assert x.dtype == torch.uint8 and x.shape == (3, 1, 28, 28), x.shape
+        z = np.random.default_rng(0).standard_normal((4, model.config.latent_dim)).astype(np.float32)
+        images = mlflow.pyfunc.load_model("models:/{final.model_id}").predict(z)
+        with torch.no_grad():
+            expected = model.decoder_mean(torch.from_numpy(z)).numpy()
+        assert images.shape == (4, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+        assert np.allclose(images, expected, atol=1e-6)
         print(type(model).__name__, model.training)
         """
     )

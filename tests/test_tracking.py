@@ -91,9 +91,10 @@ def test_runs_carry_mlflow_provenance_and_the_parent_its_description(quick_run):
 
 @pytest.mark.parametrize("name", ["sngan", "wgan-gp", "conv-vae"])
 def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_same(tracker, name):
-    """A cell logs its model (model/final): torch cannot pickle a parametrised module (sngan's spectral norm), so
-    the logged copy carries the weights the parametrisation computes. It samples as the trained model does, and its
-    discriminator scores as the original's in eval mode; the trained model keeps its parametrisation."""
+    """A cell logs its model (a LoggedModel "final"): torch cannot pickle a parametrised module (sngan's spectral
+    norm), so the logged copy carries the weights the parametrisation computes. It samples as the trained model
+    does, and its discriminator scores as the original's in eval mode; the trained model keeps its
+    parametrisation."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -108,9 +109,13 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
             model.discriminator(x)
     model.eval()
     run = tracker.start_run("cell", {"bench.cell": name})
-    run.log_model(model, "model/final", {"bench.model": name})
+    model_id = run.log_model(model, "final", {"bench.model": name}, step=7)
     run.end()
-    loaded = tracking.load_model(tracker.uri, run.run_id, "model/final")
+    loaded = tracking.load_model(tracker.uri, run.run_id, "final")
+    import mlflow
+
+    logged = mlflow.MlflowClient(tracker.uri).get_logged_model(model_id)
+    assert logged.source_run_id == run.run_id and logged.name == "final" and logged.status.to_string() == "READY"
     expected = model.sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.sample(6, generator=torch.Generator().manual_seed(1)), expected)
     if model.family == "gan":

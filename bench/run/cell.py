@@ -227,14 +227,14 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
         schema.ENCODER_ACCURACY: real[0].encoder.info.get("test_accuracy", float("nan")),
     }
     proto = {**ev.protocol, SELECTION_KEY: selection_protocol(cell.train, cell.eval)} if cell.train.eval_every else None
-    record(run, ev, metrics=metrics, step=result.steps, protocol=proto)
+    model_id = run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps), step=result.steps)
+    record(run, ev, metrics=metrics, step=result.steps, protocol=proto, model_id=model_id)
     if model.family == "vae":
         x = dataset.test_images[:32].to(ctx.device).float() / 255.0
         recon = model.reconstruct(x).cpu()
         pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
         run.log_image(grid(pairs), schema.RECONSTRUCTIONS)
     _log_checkpoint(run, {"model": model.state_dict(), "config": cell_dict, "step": result.steps}, "final.pt")
-    run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps))
     if best_path.is_file():
         metrics.update(evaluate_best(model, best_path, final=ev, final_step=result.steps, cell=cell, ctx=ctx, run=run))
         best_path.unlink()
@@ -307,10 +307,10 @@ def evaluate_best(
             schema.EVAL_BEST_S: 0.0 if ev is final else ev.seconds,
         }
     )
-    run.log_metrics(metrics, step=final_step)
+    model_id = run.log_model(best_model, schema.MODEL_BEST, _model_metadata(cell, state["step"]), step=final_step)
+    run.log_metrics(metrics, step=final_step, model_id=model_id)
     run.log_image(grid(ev.samples[:64]), schema.SAMPLES_BEST)
     run.log_file(best_path, schema.CHECKPOINTS_DIR)
-    run.log_model(best_model, schema.MODEL_BEST, _model_metadata(cell, state["step"]))
     return metrics
 
 

@@ -52,10 +52,12 @@ def record(
     step: int | None = None,
     protocol: dict | None = None,
     samples_artifact: str = schema.SAMPLES_FINAL,
+    model_id: str | None = None,
 ) -> None:
     """`ev` into `run`: its fingerprint as bench.protocol, `protocol` (default ev.protocol) as protocol.json, its
     metrics with `metrics` beside them at `step`, the AIS details, a grid of its samples at `samples_artifact` and,
-    when the evaluation found them, the samples beside their nearest training images."""
+    when the evaluation found them, the samples beside their nearest training images. `model_id`: the LoggedModel
+    evaluated, whose metrics these also are."""
     run.set_tags({schema.PROTOCOL: ev.fingerprint})
     run.log_dict(ev.protocol if protocol is None else protocol, schema.PROTOCOL_ARTIFACT)
     if "ais" in ev.details:
@@ -63,7 +65,7 @@ def record(
         if "own_model_check" in ev.details["ais"]:  # a VAE's AIS against its IWAE bound: "ok" or what went wrong
             check = ev.details["ais"]["own_model_check"]
             run.set_tags({schema.AIS_CHECK: "ok" if check == "ok" else f"violated: {check}"})
-    run.log_metrics({**ev.metrics, **(metrics or {})}, step=step)
+    run.log_metrics({**ev.metrics, **(metrics or {})}, step=step, model_id=model_id)
     run.log_image(grid(ev.samples[:GRID_IMAGES]), samples_artifact)
     if "nearest" in ev.details:
         run.log_image(grid(nearest_grid(*ev.details["nearest"]), per_row=4), schema.NEAREST_TRAIN)

@@ -146,7 +146,7 @@ def check(name: str, image_shape: tuple[int, int, int] = (1, 28, 28), observatio
 
     run("sample(n, generator)", sample)
     run("decoder_mean(z)", decoder_mean)
-    run("logged as an MLflow model (model/final)", logged)
+    run("logged as an MLflow model", logged)
     run(f"one train_step on {model.batches_per_step} x 8 real images", train_step)
     if cls.family == "vae":
         model.eval()

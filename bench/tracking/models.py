@@ -1,4 +1,5 @@
-"""Models a cell logs (`model/final`, `model/best`) as MLflow PyTorch models, and loading them back."""
+"""The models a cell logs (its final and best checkpoints) as MLflow 3 LoggedModels with the PyTorch flavour, and
+loading them back."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench import schema
 from bench.tracking.store import TrackingError, _client, _quiet_logger
 
 
@@ -36,10 +38,11 @@ def _baked(model):
 
 
 def save_model(model, local: Path, metadata: dict[str, str]) -> Path:
-    """`model` as an MLflow PyTorch model in the folder `local`, which a run then logs as its artifact `model/final`
-    or `model/best`, so that `mlflow.pytorch.load_model("runs:/<run id>/model/final")` returns it in a fresh process.
-    Pickled whole (the class is importable from the installed genbench; a plugin's module travels with it as code);
-    on the CPU, so any machine loads it."""
+    """`model` as an MLflow PyTorch model in the folder `local` (what `Run.log_model` uploads as a LoggedModel), so
+    that `mlflow.pytorch.load_model("models:/<model id>")` returns it in a fresh process. Pickled whole (the class is
+    importable from the installed genbench; a plugin's module travels with it as code); on the CPU, so any machine
+    loads it. Its signature is latents (N, latent_dim) float32 → images (N, C, H, W) float32 in [0, 1]: the pyfunc
+    flavour's `predict(z)` calls the model's `forward(z)` (the baselines' decoder mean)."""
     from importlib.metadata import version
 
     import mlflow.pytorch
@@ -50,35 +53,61 @@ def save_model(model, local: Path, metadata: dict[str, str]) -> Path:
         top = sys.modules[cls.__module__.split(".")[0]]
         file = Path(top.__file__)
         code = [str(file.parent if file.name == "__init__.py" else file)]
+    portable = portable_copy(model)
     with _quiet_logger("mlflow.pytorch"):
         mlflow.pytorch.save_model(
-            portable_copy(model),
+            portable,
             str(local),
             serialization_format="pickle",
             pip_requirements=[f"torch=={version('torch')}", f"genbench=={version('genbench')}"],
             code_paths=code or None,
             metadata=metadata,
+            signature=_signature(portable),
         )
     return local
 
 
-def load_model(uri: str, run_id: str, path: str, device: str = "cpu"):
-    """The model a cell logged at `path` (schema.MODEL_FINAL / MODEL_BEST), on `device`. TrackingError when the run
+def _signature(model):
+    """Latents → images, from one decoder pass; None for a model whose latents or decoder say nothing of them."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    try:
+        latent = int(model.config.latent_dim)
+        with torch.no_grad():
+            shape = tuple(model.decoder_mean(torch.zeros(1, latent)).shape[1:])
+    except Exception:
+        return None
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "z")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "images")]),
+    )
+
+
+def load_model(uri: str, run_id: str, name: str, device: str = "cpu"):
+    """The model a cell logged as `name` (schema.MODEL_FINAL / MODEL_BEST), on `device`: its LoggedModel (the id in
+    the run's tags), or for runs logged before LoggedModels the run artifact model/<name>. TrackingError when the run
     or the model does not exist."""
     client = _client(uri)
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except Exception as e:
         raise TrackingError(
             f"no run {run_id!r} in {uri} ({type(e).__name__}); copy a run id from the MLflow UI"
         ) from None
-    parent = str(Path(path).parent)
-    if f"{path}/MLmodel" not in {a.path for a in client.list_artifacts(run_id, path)}:
-        have = [a.path for a in client.list_artifacts(run_id, parent)]
-        raise TrackingError(
-            f"run {run_id} has no logged model at {path!r} (it has {have or 'none'}): runs finished before genbench "
-            "logged models, real-data and external runs have none; use a cell run of `bench run`"
-        )
+    model_id = run.data.tags.get(schema.MODEL_IDS.get(name, ""))
+    if model_id:
+        target = f"models:/{model_id}"
+    else:
+        legacy = f"{schema.LEGACY_MODEL_DIR}/{name}"
+        if f"{legacy}/MLmodel" not in {a.path for a in client.list_artifacts(run_id, legacy)}:
+            raise TrackingError(
+                f"run {run_id} has no logged model {name!r}: real-data and external runs have none, nor runs that "
+                "finished before genbench logged models; use a cell run of `bench run`"
+            )
+        target = f"runs:/{run_id}/{legacy}"
     import mlflow
     import mlflow.pytorch
 
@@ -87,6 +116,6 @@ def load_model(uri: str, run_id: str, path: str, device: str = "cpu"):
     mlflow.set_tracking_uri(uri)
     try:
         with _quiet_logger("mlflow.pytorch"):
-            return mlflow.pytorch.load_model(f"runs:/{run_id}/{path}", map_location=device)
+            return mlflow.pytorch.load_model(target, map_location=device)
     finally:
         mlflow.set_tracking_uri(previous)

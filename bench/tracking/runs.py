@@ -181,11 +181,12 @@ class Run:
         finally:
             self.seconds += time.perf_counter() - start
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
+        """Metrics of this run at `step`; with `model_id`, also the metrics of that LoggedModel (its Models tab row)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        entries = [Metric(k, float(v), now, step or 0, model_id=model_id) for k, v in metrics.items()]
         for i in range(0, len(entries), 1000):
             self._timed(self.client.log_batch, self.run_id, metrics=entries[i : i + 1000])
 
@@ -210,15 +211,37 @@ class Run:
     def log_file(self, local_path: Path, artifact_dir: str | None = None) -> None:
         self._timed(self.client.log_artifact, self.run_id, str(local_path), artifact_dir)
 
-    def log_model(self, model, path: str, metadata: dict[str, str]) -> None:
-        """`model` as an MLflow PyTorch model at artifact `path` of this run (bench.tracking.models.save_model)."""
+    def log_model(self, model, name: str, metadata: dict[str, str], step: int) -> str:
+        """`model` as an MLflow 3 LoggedModel `name` (schema.MODEL_FINAL / MODEL_BEST) with the PyTorch flavour
+        (bench.tracking.models.save_model): created with this run as its source, uploaded, marked READY, recorded as
+        the run's output at `step`, its id in the run's tag schema.MODEL_IDS[name]. Returns the model id, to link the
+        model's metrics (`log_metrics(..., model_id=)`)."""
         import tempfile
+
+        from mlflow.entities import LoggedModelOutput
 
         from bench.tracking.models import save_model
 
-        with tempfile.TemporaryDirectory() as tmp:
-            local = save_model(model, Path(tmp) / "model", metadata)
-            self._timed(self.client.log_artifacts, self.run_id, str(local), path)
+        experiment = self._timed(self.client.get_run, self.run_id).info.experiment_id
+        logged = self._timed(
+            self.client.create_logged_model,
+            experiment,
+            name=name,
+            source_run_id=self.run_id,
+            params={k: str(v) for k, v in metadata.items()},
+            model_type=schema.MODEL_TYPE,
+        )
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = save_model(model, Path(tmp) / "model", metadata)
+                self._timed(self.client.log_model_artifacts, logged.model_id, str(local))
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        self._timed(self.client.finalize_logged_model, logged.model_id, "READY")
+        self._timed(self.client.log_outputs, self.run_id, [LoggedModelOutput(logged.model_id, step)])
+        self.set_tags({schema.MODEL_IDS[name]: logged.model_id})
+        return logged.model_id
 
     def log_image_step(self, image: np.ndarray, key: str, step: int) -> None:
         """An (H, W, C) uint8 image as an MLflow image at `step` (`log_image(key=, step=)`): the UI's image view
@@ -277,14 +300,14 @@ class Run:
             self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
-        """The dataset as an MLflow input (`mlflow.log_input`), with genbench's sha256 digest."""
-        from mlflow.data.code_dataset_source import CodeDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        """The dataset as the run's MLflow input (its Datasets column), with genbench's sha256 digest: MLflow's
+        public entities (Dataset, DatasetInput) through the client's log_inputs."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
         from mlflow.exceptions import MlflowException
 
-        dataset = MetaDataset(CodeDatasetSource({"loader": source, "sha256": digest}), name=name, digest=digest[:36])
-        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        source_json = json.dumps({"loader": source, "sha256": digest}, sort_keys=True)
+        dataset = Dataset(name=name, digest=digest[:36], source_type="code", source=source_json)
+        entry = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
         try:
             self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
         except MlflowException as e:
