@@ -372,7 +372,7 @@ def test_the_own_model_check_flags_an_ais_below_the_iwae_bound():
     cfg = TrainConfig(steps=150, batch_size=64, log_every=100, sample_every=1000, checkpoint_every=1000, eval_every=0)
     train(model, ds.train_images, cfg, seed=0, logger=logger, progress=False)
     observed = model.observe(ds.test_images[:12].float() / 255, generator=torch.Generator().manual_seed(0))
-    ais_cfg = AISConfig(images=12, chains=4, steps=60, leapfrog=5)
+    ais_cfg = AISConfig(images=12, chains=4, steps=60, leapfrog=5, own_steps=60)
     good = D.own_model_check(model, observed, ais_cfg, iwae_k=200, seed=0, echo=lambda line: None)
     m = good["metrics"]
     assert good["warning"] == "" and m["ais_own/gap"] > -3 * m["ais_own/gap_stderr"]

@@ -66,6 +66,7 @@ AIS_CHANGES = {
     "validation_steps": 100,
     "bdmc_images": 0,
     "batch_images": 50,
+    "own_steps": 300,
 }
 
 

@@ -226,14 +226,14 @@ def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
     assert (vae["tags.bench.ais_check"][~violated] == "ok").all()
     own = vae["metrics.ais_own/nll"] - vae["metrics.ais_own/iwae_nll"] + vae["metrics.ais_own/gap"]
     assert own.abs().max() < 1e-6
-    assert runs["metrics.ais/sigma"].isin([0.025, 0.05, 0.1, 0.2]).all()  # the quick suite's grid
+    assert runs["metrics.ais/sigma"].isin([0.025, 0.05, 0.1, 0.2, 0.4]).all()  # the quick suite's grid
     gap = runs["metrics.ais/bdmc_upper"] - runs["metrics.ais/bdmc_lower"]
     assert (gap - runs["metrics.ais/bdmc_gap"]).abs().max() < 1e-6 and gap.gt(0).all()  # 10 distributions: loose
     assert runs["metrics.ais/accept"].between(0, 1).all() and runs["metrics.time/ais_s"].gt(0).all()
     for run_id, sigma in zip(runs["run_id"], runs["metrics.ais/sigma"], strict=True):
         details = json.loads(Path(client.download_artifacts(run_id, "ais.json")).read_text())
         scores = {float(k): v for k, v in details["validation"].items()}
-        assert set(scores) == {0.025, 0.05, 0.1, 0.2} and max(scores, key=scores.get) == sigma
+        assert set(scores) == {0.025, 0.05, 0.1, 0.2, 0.4} and max(scores, key=scores.get) == sigma
         protocol = json.loads(Path(client.download_artifacts(run_id, "protocol.json")).read_text())
         assert protocol["likelihood_ais"]["images"] == 8 and protocol["likelihood_ais"]["chains"] == 2
 

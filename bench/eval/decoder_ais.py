@@ -231,7 +231,7 @@ OWN_MODEL_TOLERANCE = 3.0  # standard errors by which AIS may fall short of the 
 
 def own_model_check(model, observed: torch.Tensor, cfg, iwae_k: int, seed: int, echo=print) -> dict:
     """AIS of a VAE under its own observation model (Bernoulli on the binarised test images, or its discretised
-    logistic), on the first cfg.images of the observed test images, beside its k-sample IWAE bound on the same
+    logistic) with cfg.own_steps distributions, on the first cfg.images of the observed test images, beside its k-sample IWAE bound on the same
     images. AIS's estimate is (stochastically) at least the IWAE bound when both are right (Wu et al. 2017, Table 2:
     AIS tighter than IWAE): the mean of AIS − IWAE over images below −OWN_MODEL_TOLERANCE standard errors means one
     of the two estimators is broken, and returns a warning. Returns {"metrics": …, "warning": str}."""
@@ -239,7 +239,7 @@ def own_model_check(model, observed: torch.Tensor, cfg, iwae_k: int, seed: int, 
     device = next(model.parameters()).device
     with frozen(model):
         start = time.perf_counter()
-        own = estimate(model, images, 1.0, cfg, cfg.steps, seed + 3, log_lik=lambda _: _observation_log_lik(model))
+        own = estimate(model, images, 1.0, cfg, cfg.own_steps, seed + 3, log_lik=lambda _: _observation_log_lik(model))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
             iwae = torch.cat([model.log_likelihood(x.to(device), iwae_k).double().cpu() for x in images.split(100)])
