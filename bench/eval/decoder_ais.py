@@ -232,9 +232,10 @@ OWN_MODEL_TOLERANCE = 3.0  # standard errors by which AIS may fall short of the 
 def own_model_check(model, observed: torch.Tensor, cfg, iwae_k: int, seed: int, echo=print) -> dict:
     """AIS of a VAE under its own observation model (Bernoulli on the binarised test images, or its discretised
     logistic) with cfg.own_steps distributions, on the first cfg.images of the observed test images, beside its
-    k-sample IWAE bound on the same images. AIS's estimate is (stochastically) at least the IWAE bound when both are right (Wu et al. 2017, Table 2:
-    AIS tighter than IWAE): the mean of AIS − IWAE over images below −OWN_MODEL_TOLERANCE standard errors means one
-    of the two estimators is broken, and returns a warning. Returns {"metrics": …, "warning": str}."""
+    k-sample IWAE bound on the same images. AIS's estimate is (stochastically) at least the IWAE bound when both
+    are right (Wu et al. 2017, Table 2: AIS tighter than IWAE): the mean of AIS − IWAE over images below
+    −OWN_MODEL_TOLERANCE standard errors means one of the two estimators is broken, and returns a warning.
+    Returns {"metrics": …, "warning": str}."""
     images = observed[: cfg.images]
     device = next(model.parameters()).device
     with frozen(model):
