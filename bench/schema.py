@@ -33,6 +33,12 @@ ERROR = "bench.error"
 AIS_CHECK = "bench.ais_check"  # a VAE's AIS under its own observation model against its IWAE bound: ok | violated: …
 EXECUTOR = "bench.executor"
 HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
+# a cell's lease: the process training it writes the time (unix seconds) every HEARTBEAT_S; a RUNNING run whose last
+# beat is older than LEASE_S has lost its holder (a dead node) and another `bench run` may take the cell over
+HEARTBEAT = "bench.heartbeat"
+HEARTBEAT_S, LEASE_S = 15.0, 90.0
+LEASE_TOKEN = "bench.lease"  # who reopened an interrupted cell's run last (host:pid:nonce), read back to claim it
+RESUME_ARTIFACT = "resume/last.pt"  # the newest resumable checkpoint, where every node can reach it (remote stores)
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption
 RESUMED_FROM = "bench.resumed_from_step"
 PERF = "bench.perf"

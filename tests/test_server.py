@@ -67,3 +67,15 @@ def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp
     )
     assert report.exit_code == 0, report.output
     assert "gan-mlp" in (tmp_path / "r" / "leaderboard.md").read_text()
+    # a remote store keeps each cell's resumable checkpoint where every node reaches it (one machine's files do not)
+    from bench import schema, tracking
+    from bench.run.train import load_checkpoint  # noqa: F401  (the checkpoint format the download must have)
+
+    cell = cells[0]
+    assert schema.RESUME_ARTIFACT in {f.path for f in client.list_artifacts(cell.info.run_id, "resume")}
+    tracker = tracking.Tracker(server, "quick", tmp_path / "artifacts")
+    client.set_terminated(cell.info.run_id, "KILLED")  # as a dead node leaves it (after its lease expired)
+    local = tmp_path / "elsewhere" / "last.pt"
+    assert tracker.shared_checkpoint(cell.data.tags["bench.cell"], local) == cell.info.run_id
+    state = __import__("torch").load(local, map_location="cpu", weights_only=False)
+    assert state["run_id"] == cell.info.run_id and state["step"] == 20

@@ -76,7 +76,7 @@ def run(
         for i, p in enumerate(plan, 1):
             estimate = f"  (~{p.seconds:.0f} s, from {p.basis} finished cell(s) of its variant)" if p.seconds else ""
             click.echo(f"  [{i}/{len(plan)}] {p.cell.name:<32} {p.key}  {p.action}{estimate}")
-        to_run = [p for p in plan if not p.action.startswith("skip")]
+        to_run = [p for p in plan if not p.action.startswith(("skip", "running elsewhere"))]
         known = [p.seconds for p in to_run if p.seconds is not None]
         if known:
             unknown = len(to_run) - len(known)

@@ -5,9 +5,12 @@ business (bench/run/executors.py); which cells run is the suite's (bench/run/sui
 from __future__ import annotations
 
 import copy
+import os
+import socket
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,21 +124,36 @@ def prepare_real(
 
 
 def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") -> Outcome | CellJob:
-    """SKIPPED when a FINISHED run of the same key exists; otherwise the cell's run (its interrupted attempt's run,
-    reopened, or a new one under the suite's parent run), ready for an executor."""
+    """SKIPPED when a FINISHED run of the same key exists; ELSEWHERE when another process holds the cell's lease (a
+    RUNNING run of it with a live heartbeat); otherwise the cell's run, ready for an executor: its interrupted
+    attempt's run reopened (from the local checkpoint, or from the one kept in a remote tracking store), or a new
+    one under the suite's parent run. A run whose holder stopped renewing its lease (a dead node) is taken over.
+    Of two processes opening one cell at once, the one whose run started first keeps it (`_claim`)."""
     dataset = ctx.datasets[cell.dataset]
     key = cell.key(dataset.digest)
     if key in suite.finished:
         ctx.echo(f"{label} {cell.name}: already FINISHED (run {suite.finished[key]}), skipped")
         return Outcome(cell, "SKIPPED", suite.finished[key])
+    tracker = suite.tracker
+    holders = tracker.holders(key)
+    live = [h for h in holders if h.live]
+    if live:
+        ctx.echo(f"{label} {cell.name}: running elsewhere ({live[0].describe()}); waiting for it after the others")
+        return Outcome(cell, ELSEWHERE, live[0].run_id, error=live[0].describe())
+    for stale in holders:
+        ctx.echo(f"{label} {cell.name}: its holder stopped renewing its lease ({stale.describe()}); taking it over")
+        tracker.release(stale.run_id, f"its holder ({stale.describe()}) stopped renewing the cell's lease")
+    checkpoint = checkpoint_path(ctx.results, key)
+    if not checkpoint.is_file() and tracking.is_remote(ctx.uri) and tracker.shared_checkpoint(key, checkpoint):
+        ctx.echo(f"{label} {cell.name}: its checkpoint came from the tracking store")
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     previous = (interrupted_attempt(ctx.results, key) or {}).get("run_id")
-    run = suite.tracker.reopen_run(previous, key) if previous else None
+    run = tracker.reopen_run(previous, key) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
     else:
         run = open_run(
-            suite.tracker,
+            tracker,
             cell.name,
             suite=cell.suite,
             model=cell.model,
@@ -146,7 +164,33 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
             variant=cell.key(dataset.digest, with_seed=False),
             parent=suite.parent,
         )
+    rival = _claim(tracker, key, run, reopened=run.run_id == previous)
+    if rival is not None:
+        ctx.echo(f"{label} {cell.name}: another bench run took it at the same moment ({rival.describe()})")
+        return Outcome(cell, ELSEWHERE, rival.run_id, error=rival.describe())
     return CellJob(cell, key, run, label)
+
+
+ELSEWHERE = "ELSEWHERE"  # an Outcome's status while another process trains the cell (run_suite waits for it)
+
+
+def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, reopened: bool):
+    """One cell, one trainer: of the cell's live runs the earliest (start time, then id) keeps the cell. A run this
+    process created and lost is deleted; returns the rival that holds the cell, or None when this run does. A
+    reopened run is claimed with a token tag, read back after a moment (two processes reopening the same run)."""
+    rivals = [h for h in tracker.holders(key) if h.live]
+    first = rivals[0] if rivals else None
+    if first is not None and first.run_id != run.run_id:
+        if not reopened:
+            tracker.withdraw(run.run_id)
+        return first
+    if reopened:
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        run.set_tags({schema.LEASE_TOKEN: token})
+        time.sleep(1.0)
+        if tracker.tag(run.run_id, schema.LEASE_TOKEN) != token:
+            return next((h for h in tracker.holders(key) if h.run_id == run.run_id), first)
+    return None
 
 
 def checkpoint_path(results: Path, key: str) -> Path:
@@ -173,7 +217,7 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
     start = time.perf_counter()
     resumed = checkpoint_path(ctx.results, key).is_file()
     try:
-        with run.system_metrics(ctx.uri, resume=resumed):
+        with run.heartbeat(), run.system_metrics(ctx.uri, resume=resumed):
             metrics = train_and_evaluate(job, ctx)
     except KeyboardInterrupt as e:
         run.set_tags({schema.ERROR: f"interrupted ({e or 'KeyboardInterrupt'}); run the same command to resume"})
@@ -268,7 +312,7 @@ def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: P
         images,
         cell.train,
         seed=cell.seed,
-        logger=CellLogger(run),
+        logger=CellLogger(run, share=tracking.is_remote(ctx.uri)),
         checkpoint=checkpoint,
         config=cell_dict,
         progress=ctx.progress,
@@ -333,9 +377,15 @@ def _model_metadata(cell: Cell, step: int) -> dict[str, str]:
 
 @dataclass
 class CellLogger:
-    """The training loop's logger: step metrics and periodic sample grids into the cell's run."""
+    """The training loop's logger: step metrics and periodic sample grids into the cell's run; with `share`, each
+    resumable checkpoint into the tracking store too, where a cell moved to another node resumes from it."""
 
     run: tracking.Run
+    share: bool = False
+
+    def on_checkpoint(self, path: Path) -> None:
+        if self.share:
+            self.run.log_resume_checkpoint(path)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.run.log_metrics(metrics, step)

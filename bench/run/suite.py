@@ -26,7 +26,7 @@ from bench.eval.encoders import weights_path
 from bench.eval.metrics import MetricError, check_counts
 from bench.eval.pipeline import evaluate_real
 from bench.eval.protocol import fingerprint, protocol
-from bench.run.cell import CellContext, Outcome, SuiteRun, interrupted_attempt, open_cell, prepare_real
+from bench.run.cell import ELSEWHERE, CellContext, Outcome, SuiteRun, interrupted_attempt, open_cell, prepare_real
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand
@@ -71,12 +71,47 @@ def run_suite(
 
             start = time.perf_counter()
             outcomes = cell_executor.map(run_numbered, enumerate(cells, 1))
+            outcomes = _wait_elsewhere(
+                outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo
+            )
             wall = time.perf_counter() - start
         except KeyboardInterrupt:
             suite_run.parent.end("KILLED")
             raise
         _close_suite(suite_run, outcomes, wall, cells_per_gpu, echo)
         return outcomes
+
+
+WAIT_POLL_S = 5.0  # how often a suite looks at cells another process is training
+
+
+def _wait_elsewhere(outcomes: list[Outcome], suite_run: SuiteRun, run_here, echo) -> list[Outcome]:
+    """Cells another process was training when this suite reached them (ELSEWHERE): waited for, so that this
+    suite's report holds them too. One the other process finished counts as SKIPPED here; one it left unfinished
+    (FAILED, KILLED, or its lease expired: the node died) is run here, resumed from its checkpoint."""
+    outcomes = list(outcomes)
+    pending = [i for i, o in enumerate(outcomes) if o.status == ELSEWHERE]
+    said = 0.0
+    while pending:
+        if time.monotonic() - said > 60:
+            echo(f"waiting for {len(pending)} cell(s) another bench run is training ...")
+            said = time.monotonic()
+        time.sleep(WAIT_POLL_S)
+        for i in list(pending):
+            o = outcomes[i]
+            holder = suite_run.tracker.holder(o.run_id)
+            if holder is not None and holder.live:
+                continue
+            status = suite_run.tracker.status(o.run_id)
+            pending.remove(i)
+            if status == "FINISHED":
+                echo(f"{o.cell.name}: FINISHED by another bench run (run {o.run_id})")
+                outcomes[i] = Outcome(o.cell, "SKIPPED", o.run_id)
+            else:  # left unfinished: run it here, from its checkpoint
+                outcomes[i] = run_here((i + 1, o.cell))
+                if outcomes[i].status == ELSEWHERE:
+                    pending.append(i)
+    return outcomes
 
 
 def _preflight(
@@ -260,10 +295,12 @@ def plan_suite(
     tracking.check_reachable(uri)
     digests = {name: load_dataset(name, validation=suite.eval.validation_images).digest for name in suite.datasets}
     finished: dict[str, str] = {}
+    elsewhere: dict[str, str] = {}  # bench.cell key → who holds its lease
     cost: dict[str, list[tuple[float, float]]] = {}  # variant → (training s, evaluation s) of its finished cells
     if tracking.store_exists(uri):  # a dry run never creates the embedded store
         runs = tracking.load_runs(uri, suite.name)
         if not runs.empty:
+            elsewhere = _held(runs)
             done = runs[runs["status"] == "FINISHED"]
             finished = dict(zip(done[schema.CELL], done["run_id"], strict=True))
             for _, run in done.iterrows():
@@ -282,6 +319,9 @@ def plan_suite(
         if key in finished:
             plan.append(Planned(cell, key, f"skip: FINISHED as run {finished[key]}"))
             continue
+        if key in elsewhere:
+            plan.append(Planned(cell, key, f"running elsewhere ({elsewhere[key]}): wait for it"))
+            continue
         if attempt is not None:
             action = f"resume from step {attempt['step']} of {cell.train.steps}"
             left = 1.0 - attempt["step"] / cell.train.steps
@@ -290,6 +330,22 @@ def plan_suite(
         seconds = sum(left * t + e for t, e in basis) / len(basis) if basis else None
         plan.append(Planned(cell, key, action, seconds, len(basis)))
     return plan
+
+
+def _held(runs: pd.DataFrame) -> dict[str, str]:
+    """bench.cell key → its holder in words, for every RUNNING cell run whose lease is live (a heartbeat younger than
+    schema.LEASE_S): what another `bench run` is training now."""
+    now = time.time()
+    out = {}
+    running = runs[runs["status"] == "RUNNING"]
+    for _, run in running.iterrows():
+        beat = run.get(schema.HEARTBEAT)
+        started = float(run["start_time"]) / 1000  # ms
+        last = float(beat) if isinstance(beat, str) and beat else started
+        if now - last < schema.LEASE_S and isinstance(run.get(schema.CELL), str):
+            since = time.strftime("%H:%M:%S", time.localtime(started))
+            out[run[schema.CELL]] = f"host {run.get(schema.HOST, '?')}, pid {run.get(schema.PID, '?')}, since {since}"
+    return out
 
 
 def _number(value) -> float:

@@ -195,6 +195,9 @@ def train(
                 losses.check()  # never checkpoint a diverged model
                 trained = before + clock.trained()
                 save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
+                if hasattr(logger, "on_checkpoint"):  # e.g. shared with other nodes through the tracking store
+                    with clock.paused():
+                        logger.on_checkpoint(checkpoint)
             if stop.requested is not None:
                 losses.check()
                 if checkpoint is not None:

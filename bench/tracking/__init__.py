@@ -10,12 +10,13 @@ The names below are the package's interface; callers write `from bench import tr
 
 from bench.tracking.models import load_model, portable_copy
 from bench.tracking.query import attach_report, download_artifact, load_runs, metric_histories, run_params
-from bench.tracking.runs import Run, Tracker, attach_run, owner_tags, provenance_tags
+from bench.tracking.runs import Holder, Run, Tracker, attach_run, owner_tags, provenance_tags
 from bench.tracking.store import (
     TrackingError,
     check_reachable,
     default_uri,
     experiment_id,
+    is_remote,
     resolve_uri,
     serve_ui,
     stop_ui,
@@ -23,6 +24,7 @@ from bench.tracking.store import (
 )
 
 __all__ = [
+    "Holder",
     "Run",
     "Tracker",
     "TrackingError",
@@ -32,6 +34,7 @@ __all__ = [
     "default_uri",
     "download_artifact",
     "experiment_id",
+    "is_remote",
     "load_model",
     "load_runs",
     "metric_histories",

@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,50 @@ class Tracker:
             closed.append((run.info.run_name, run.info.run_id))
         return closed
 
+    def holders(self, cell_key: str) -> list[Holder]:
+        """The RUNNING runs of a cell, each with its holder and whether its lease is live: a heartbeat younger than
+        schema.LEASE_S (or, before the first beat, a start as young), and on this host a process that exists."""
+        query = f"attributes.status = 'RUNNING' and tags.`{schema.CELL}` = '{cell_key}'"
+        out = [_holder(run) for run in _search(self.client, [self.experiment_id], query)]
+        return sorted(out, key=lambda h: (h.started, h.run_id))
+
+    def holder(self, run_id: str) -> Holder | None:
+        """The holder of one run while it is RUNNING; None once it ended."""
+        run = self.client.get_run(run_id)
+        return _holder(run) if run.info.status == "RUNNING" else None
+
+    def tag(self, run_id: str, key: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(key)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def release(self, run_id: str, reason: str) -> None:
+        """A RUNNING run whose holder is gone (its lease expired) marked KILLED, with why."""
+        self.client.set_tag(run_id, schema.ERROR, reason)
+        self.client.set_terminated(run_id, "KILLED")
+
+    def withdraw(self, run_id: str) -> None:
+        """A run created for a cell another process won: deleted, so the cell has one run."""
+        self.client.delete_run(run_id)
+
+    def shared_checkpoint(self, cell_key: str, local: Path) -> str | None:
+        """The newest resumable checkpoint of an unfinished run of this cell kept in the tracking store
+        (schema.RESUME_ARTIFACT), downloaded to `local`; its run id, or None when there is none."""
+        query = f"attributes.status != 'FINISHED' and tags.`{schema.CELL}` = '{cell_key}'"
+        for run in sorted(_search(self.client, [self.experiment_id], query), key=lambda r: -r.info.start_time):
+            folder = str(Path(schema.RESUME_ARTIFACT).parent)
+            if schema.RESUME_ARTIFACT in {a.path for a in self.client.list_artifacts(run.info.run_id, folder)}:
+                import shutil
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = self.client.download_artifacts(run.info.run_id, schema.RESUME_ARTIFACT, tmp)
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, local)
+                return run.info.run_id
+        return None
+
     def finished_cells(self) -> dict[str, str]:
         """bench.cell hash → run id of every FINISHED cell run in the experiment."""
         runs = _search(
@@ -122,8 +167,35 @@ class Tracker:
         if schema.ERROR in run.data.tags:
             self.client.delete_tag(run_id, schema.ERROR)  # the interruption's reason: history now
         handle = Run(self.client, run_id, run.info.artifact_uri)
-        handle.set_tags({schema.RESUMES: resumes})
+        # held from now: this process's beat and owner (the executor's worker takes them over when it starts)
+        handle.set_tags({schema.RESUMES: resumes, schema.HEARTBEAT: f"{time.time():.0f}", **owner_tags(os.getpid())})
         return handle
+
+
+def _holder(run) -> Holder:
+    tags = run.data.tags
+    beat = float(tags.get(schema.HEARTBEAT, run.info.start_time / 1000))
+    live = time.time() - beat < schema.LEASE_S
+    host, pid = tags.get(schema.HOST, "?"), tags.get(schema.PID, "?")
+    if live and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        live = False
+    return Holder(run.info.run_id, host, pid, run.info.start_time, beat, live)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A RUNNING run of a cell and the process holding it."""
+
+    run_id: str
+    host: str
+    pid: str
+    started: int  # the run's start time, ms
+    heartbeat: float  # its last beat, unix seconds (its start before the first beat)
+    live: bool
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.localtime(self.started / 1000))
+        return f"host {self.host}, pid {self.pid}, since {since}, run {self.run_id}"
 
 
 @functools.cache
@@ -256,6 +328,38 @@ class Run:
             step=step,
             synchronous=True,
         )
+
+    @contextlib.contextmanager
+    def heartbeat(self, interval: float = schema.HEARTBEAT_S):
+        """The cell's lease while the block runs: schema.HEARTBEAT set to the time now, then every `interval`
+        seconds from a background thread, so other `bench run`s see the cell as held (Tracker.holders). A beat
+        that fails (the server is briefly away) is retried at the next one."""
+        import threading
+
+        stop = threading.Event()
+
+        def beat() -> None:
+            try:
+                self.client.set_tag(self.run_id, schema.HEARTBEAT, f"{time.time():.0f}")
+            except Exception:
+                pass
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                beat()
+
+        beat()
+        thread = threading.Thread(target=loop, name="bench-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def log_resume_checkpoint(self, path: Path) -> None:
+        """The resumable checkpoint into the tracking store (schema.RESUME_ARTIFACT), where another node finds it."""
+        self._timed(self.client.log_artifact, self.run_id, str(path), str(Path(schema.RESUME_ARTIFACT).parent))
 
     @contextlib.contextmanager
     def system_metrics(self, uri: str, resume: bool = False, interval: float = SYSTEM_METRICS_INTERVAL_S):

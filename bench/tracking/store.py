@@ -32,6 +32,11 @@ def resolve_uri(uri: str | None, results: Path) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri(results)
 
 
+def is_remote(uri: str) -> bool:
+    """A tracking server (nodes other than this one reach it), not an embedded store on this machine's disk."""
+    return uri.startswith(("http://", "https://"))
+
+
 REACH_TIMEOUT_S = 5.0  # the one preflight request to a tracking server; MLflow's own calls keep their retries
 
 

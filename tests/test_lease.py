@@ -1,0 +1,67 @@
+"""One cell, one trainer: a cell's lease in the tracking store (a heartbeat on its RUNNING run), two `bench run`s of
+one suite at once, a holder that stopped beating taken over, and what `--dry-run` says about cells held elsewhere."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+from click.testing import CliRunner
+
+from bench import schema, tracking
+from bench.cli import main
+from tests.conftest import BENCH_TOML, TINY, bench_run, child_runs, seed_cache
+
+
+def test_two_bench_runs_at_once_train_every_cell_once(quick_run, tmp_path):
+    """Two `bench run --suite quick` started together on one store (and one results folder): each cell is trained
+    by exactly one of them (the training lines of both outputs and the runs in the store count four), the other
+    waits for it; both exit 0 and both say every cell is done."""
+    seed_cache(quick_run, tmp_path)  # the session's domain encoder: not what is under test
+    first, second = bench_run(tmp_path), bench_run(tmp_path)
+    outs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outs
+    trained = [line for out in outs for line in out.splitlines() if "training 20 steps" in line]
+    assert len(trained) == 4, trained
+    uri = tracking.default_uri(tmp_path)
+    runs = child_runs(uri)
+    cells = runs[runs["tags.bench.family"].isin(["gan", "vae"])]
+    assert len(cells) == 4 and (cells["status"] == "FINISHED").all() and cells["tags.bench.cell"].nunique() == 4
+    waited = [line for out in outs for line in out.splitlines() if "FINISHED by another bench run" in line]
+    elsewhere = [line for out in outs for line in out.splitlines() if "running elsewhere" in line]
+    assert (
+        len(waited) == len(elsewhere)
+        and len(trained) + len(waited) + sum(out.count("already FINISHED") for out in outs) == 8
+    )  # every cell accounted for in both processes
+    reports = [CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(tmp_path / f"r{i}")], env={
+        "BENCH_RESULTS": str(tmp_path)}) for i in (1, 2)]  # fmt: skip
+    assert all(r.exit_code == 0 for r in reports)
+    assert (tmp_path / "r1" / "leaderboard.csv").read_text() == (tmp_path / "r2" / "leaderboard.csv").read_text()
+
+
+def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_holders(quick_run, tmp_path):
+    """A RUNNING run of a cell whose heartbeat is older than the lease (its node died) is taken over: marked
+    KILLED with why, and the cell trained under a run of its own. A live holder (a fresh beat) is reported by
+    `--dry-run` as running elsewhere, with its host, pid and start."""
+    seed_cache(quick_run, tmp_path)
+    uri = tracking.default_uri(tmp_path)
+    args = ["--suite", "quick", "--config", str(BENCH_TOML)]
+    sets = [a for t in (*TINY, "models=['gan-mlp']", "seeds=[0]") for a in ("--set", t)]
+    plan = CliRunner().invoke(main, ["run", *args, "--dry-run", *sets], env={"BENCH_RESULTS": str(tmp_path)})
+    assert plan.exit_code == 0, plan.output
+    key = next(line.split()[2] for line in plan.output.splitlines() if "gan-mlp/digits/seed0" in line)
+    tracker = tracking.Tracker(uri, "quick", tmp_path / "artifacts")
+    held = tracker.start_run("gan-mlp/digits/seed0", {schema.CELL: key, schema.HOST: "node-7", schema.PID: "4242",
+                                                       schema.HEARTBEAT: f"{time.time():.0f}"})  # fmt: skip
+    plan = CliRunner().invoke(main, ["run", *args, "--dry-run", *sets], env={"BENCH_RESULTS": str(tmp_path)})
+    assert "running elsewhere (host node-7, pid 4242, since" in plan.output, plan.output
+    held.set_tags({schema.HEARTBEAT: f"{time.time() - schema.LEASE_S - 5:.0f}"})  # the node died a while ago
+    ran = CliRunner().invoke(main, ["run", *args, "--no-progress", *sets], env={"BENCH_RESULTS": str(tmp_path)})
+    assert ran.exit_code == 0, ran.output
+    assert "stopped renewing its lease (host node-7, pid 4242" in ran.output
+    client = mlflow.MlflowClient(uri)
+    old = client.get_run(held.run_id)
+    assert old.info.status == "KILLED" and "stopped renewing the cell's lease" in old.data.tags[schema.ERROR]
+    runs = child_runs(uri)
+    done = runs[(runs["tags.bench.cell"] == key) & (runs["status"] == "FINISHED")]
+    assert len(done) == 1 and done.iloc[0]["run_id"] != held.run_id
