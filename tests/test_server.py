@@ -79,3 +79,41 @@ def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp
     assert tracker.shared_checkpoint(cell.data.tags["bench.cell"], local) == cell.info.run_id
     state = __import__("torch").load(local, map_location="cpu", weights_only=False)
     assert state["run_id"] == cell.info.run_id and state["step"] == 20
+
+
+def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(server, quick_run, tmp_path, capsys):
+    """What a Ray retry on another node meets (the first node died after its last checkpoint): the driver's
+    RUNNING run and no local files at all. `run_detached_cell` finds the run's checkpoint in the server's artifact
+    store, resumes from its step instead of training again, counts the resume and finishes the run."""
+    from bench import schema
+    from bench.run.executors import run_detached_cell
+    from bench.run.matrix import expand
+    from tests.conftest import BENCH_TOML, tiny_config
+
+    settings = ("models=['vae-mlp']", "seeds=[0]", "train.steps=30", "train.checkpoint_every=10")
+    config = tiny_config(*settings)
+    (cell,) = expand(config, config.suite("quick"))
+    first = tmp_path / "node-a"
+    seed_cache(quick_run, first)
+    args = ["run", "--suite", "quick", "--tracking-uri", server, "--no-progress", "--config", str(BENCH_TOML)]
+    result = CliRunner().invoke(
+        main, [*args, *(a for t in (*TINY, *settings) for a in ("--set", t))], env={"BENCH_RESULTS": str(first)}
+    )
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(server)
+    exp = client.get_experiment_by_name("quick").experiment_id
+    (run,) = [r for r in client.search_runs([exp]) if r.data.params.get("train.steps") == "30"]
+    assert schema.RESUME_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id, "resume")}
+    client.update_run(run.info.run_id, status="RUNNING")  # as the driver holds it while Ray retries the task
+    second = tmp_path / "node-b"  # another machine: no checkpoint; the domain encoder's cache only
+    seed_cache(quick_run, second)
+    spec = {"cell": cell, "key": run.data.tags[schema.CELL], "run_id": run.info.run_id, "uri": server,
+            "results": str(second), "device": "cpu", "progress": False, "label": "[1/1]", "threads": 1}  # fmt: skip
+    capsys.readouterr()
+    out = run_detached_cell(spec)
+    assert out["status"] == "FINISHED", out
+    assert "from the checkpoint in the store" in capsys.readouterr().out
+    after = client.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED" and after.data.tags[schema.RESUMES] == "1"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == [10, 20, 30]  # trained once: the retry resumed at step 30 and only evaluated

@@ -13,9 +13,11 @@ the executor allows. The cell's own run records its outcome, so one cell's failu
 from __future__ import annotations
 
 import functools
+import json
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +30,7 @@ import torch
 from bench import schema, tracking
 from bench.config import ConfigError
 from bench.data import load as load_dataset
-from bench.run.cell import CellContext, CellJob, Outcome, execute, prepare_real
+from bench.run.cell import CellContext, CellJob, Outcome, checkpoint_path, execute, prepare_real
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell
 
@@ -228,6 +230,8 @@ class RayExecutor:
         if cells_per_gpu < 1:
             raise ConfigError(f"--cells-per-gpu must be at least 1, got {cells_per_gpu}")
         self.ray, self.cells_per_gpu = ray, cells_per_gpu
+        # custom Ray resources every cell task asks for (e.g. {"trainer": 1}: cells only on nodes started with it)
+        self.resources = json.loads(os.environ.get("BENCH_RAY_RESOURCES", "{}")) or None
         if not ray.is_initialized():
             if remote:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
@@ -241,8 +245,8 @@ class RayExecutor:
         """`fn` as a Ray task: 1/cells_per_gpu of a GPU each when the cluster has GPUs (never asked for on a cluster
         without, where such a task would never start), otherwise one CPU."""
         if self.gpus:
-            return self.ray.remote(num_gpus=1 / self.cells_per_gpu, num_cpus=1)(fn)
-        return self.ray.remote(num_cpus=1)(fn)
+            return self.ray.remote(num_gpus=1 / self.cells_per_gpu, num_cpus=1, max_retries=RAY_RETRIES)(fn)
+        return self.ray.remote(num_cpus=1, max_retries=RAY_RETRIES, resources=self.resources)(fn)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         with ThreadPoolExecutor(max_workers=self.slots) as pool:  # each thread waits on one task at a time
@@ -269,6 +273,9 @@ class RayExecutor:
             ctx.echo(f"{job.label} {cell.name}: FAILED — {message}")
             return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
         return outcome_from_report(cell, run, out)
+
+
+RAY_RETRIES = 3  # a cell's task is run again when its node or worker dies (not on an exception in the cell)
 
 
 EXECUTORS = {  # the names are bench.config.EXECUTORS (the CLI's choices, without importing torch)
@@ -320,6 +327,11 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     )
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
+    local = checkpoint_path(results, spec["key"])
+    if not local.is_file() and tracking.is_remote(spec["uri"]) and run.fetch_resume_checkpoint(local):
+        # a retry on another node (the first one died): the run's checkpoint from the tracking store
+        echo(f"{spec['label']} {cell.name}: resuming on {socket.gethostname()} from the checkpoint in the store")
+        run.count_resume()
     ctx = CellContext({cell.dataset: dataset}, real, results, device, spec["uri"], spec["progress"], echo)
     try:
         outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)

@@ -118,15 +118,7 @@ class Tracker:
         (schema.RESUME_ARTIFACT), downloaded to `local`; its run id, or None when there is none."""
         query = f"attributes.status != 'FINISHED' and tags.`{schema.CELL}` = '{cell_key}'"
         for run in sorted(_search(self.client, [self.experiment_id], query), key=lambda r: -r.info.start_time):
-            folder = str(Path(schema.RESUME_ARTIFACT).parent)
-            if schema.RESUME_ARTIFACT in {a.path for a in self.client.list_artifacts(run.info.run_id, folder)}:
-                import shutil
-                import tempfile
-
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = self.client.download_artifacts(run.info.run_id, schema.RESUME_ARTIFACT, tmp)
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, local)
+            if Run(self.client, run.info.run_id, run.info.artifact_uri).fetch_resume_checkpoint(local):
                 return run.info.run_id
         return None
 
@@ -356,6 +348,25 @@ class Run:
         finally:
             stop.set()
             thread.join(timeout=5)
+
+    def fetch_resume_checkpoint(self, local: Path) -> bool:
+        """This run's checkpoint in the tracking store (schema.RESUME_ARTIFACT) copied to `local`; False without one."""
+        import shutil
+        import tempfile
+
+        folder = str(Path(schema.RESUME_ARTIFACT).parent)
+        if schema.RESUME_ARTIFACT not in {a.path for a in self.client.list_artifacts(self.run_id, folder)}:
+            return False
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(self.run_id, schema.RESUME_ARTIFACT, tmp)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, local)
+        return True
+
+    def count_resume(self) -> None:
+        """One more resume of this run (bench.resumes), e.g. a Ray retry on another node."""
+        resumes = int(self.client.get_run(self.run_id).data.tags.get(schema.RESUMES, "0")) + 1
+        self.set_tags({schema.RESUMES: resumes})
 
     def log_resume_checkpoint(self, path: Path) -> None:
         """The resumable checkpoint into the tracking store (schema.RESUME_ARTIFACT), where another node finds it."""
