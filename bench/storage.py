@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
-def _locked(path: Path):
+def file_lock(path: Path):
     """An exclusive lock on `<path>.lock` (filelock: fcntl on POSIX, msvcrt on Windows)."""
     from filelock import FileLock
 
@@ -33,7 +33,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], shared: bool = False
     `shared`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path) if shared else contextlib.nullcontext():
+    with file_lock(path) if shared else contextlib.nullcontext():
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         os.close(fd)
         tmp = Path(name)

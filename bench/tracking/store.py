@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.storage import file_lock
+
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model-training runs
@@ -76,7 +78,14 @@ def _client(uri: str):
     from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # MLflow creates and migrates an embedded store's tables on first use, which two processes starting at once
+        # (two `bench run`s, a suite and its workers) must not do together: one at a time, under the store's lock
+        with file_lock(db):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # the first use: tables created here, not later, unlocked
+        return client
     return MlflowClient(tracking_uri=uri)
 
 
