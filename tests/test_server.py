@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.cli import main
-from tests.conftest import REPO, TINY, seed_cache
+from tests.conftest import REPO, TINY, bench_run, seed_cache, wait_until
 from tests.test_ui import free_port, wait_healthy
 
 
@@ -117,3 +118,54 @@ def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(s
     assert after.info.status == "FINISHED" and after.data.tags[schema.RESUMES] == "1"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [10, 20, 30]  # trained once: the retry resumed at step 30 and only evaluated
+
+
+def test_a_tracking_server_down_for_20_s_in_the_middle_of_a_cell_loses_nothing(quick_run, tmp_path, monkeypatch):
+    """The server stopped for 20 s while a cell trains, then started again on the same port and store: MLflow's
+    client retries with backoff (about 4 minutes by default), so the cell waits at its next logging call and goes
+    on; the suite finishes, and every metric of the cell is there: one train/loss per logging step, the final
+    evaluation, the models."""
+    root, port = tmp_path / "server", free_port()
+    root.mkdir()
+    store = ["--backend-store-uri", f"sqlite:///{root / 's.db'}", "--artifacts-destination", str(root / "art")]
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += store
+    uri = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_healthy(proc, uri)
+        return proc
+
+    server = start()
+    results = tmp_path / "results"
+    seed_cache(quick_run, results)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    suite = bench_run(results, "models=['gan-mlp']", "seeds=[0]", "train.steps=1500", "train.log_every=50")
+    try:
+        client = mlflow.MlflowClient(uri)
+
+        def training() -> bool:
+            exp = client.get_experiment_by_name("quick")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            cell = [r for r in runs if r.data.tags.get("bench.model") == "gan-mlp"]
+            return bool(cell) and bool(client.get_metric_history(cell[0].info.run_id, "train/d_loss"))
+
+        wait_until(training, 300, "the cell's first logged losses")
+        os.killpg(server.pid, signal.SIGKILL)  # down, as a crashed or restarted server is
+        server.wait(timeout=30)
+        time.sleep(20)
+        server = start()
+        out = suite.communicate(timeout=900)[0]
+        assert suite.returncode == 0, out[-3000:]
+        assert "done: 1 finished" in out
+        exp = client.get_experiment_by_name("quick")
+        (cell,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bench.model") == "gan-mlp"]
+        assert cell.info.status == "FINISHED" and cell.data.metrics["fid"] > 0
+        steps = [m.step for m in client.get_metric_history(cell.info.run_id, "train/d_loss")]
+        assert steps == list(range(50, 1501, 50))  # no logging step missing, none twice
+        assert cell.data.tags.get("bench.model_id.final")
+    finally:
+        if suite.poll() is None:
+            os.killpg(suite.pid, signal.SIGKILL)
+        os.killpg(server.pid, signal.SIGTERM)
