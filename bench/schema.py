@@ -37,6 +37,7 @@ HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (or
 # beat is older than LEASE_S has lost its holder (a dead node) and another `bench run` may take the cell over
 HEARTBEAT = "bench.heartbeat"
 HEARTBEAT_S, LEASE_S = 15.0, 90.0
+ATTEMPT = "bench.attempt"  # the dispatch a worker or Ray task runs; seen again on a run: a retry (a resume)
 LEASE_TOKEN = "bench.lease"  # who reopened an interrupted cell's run last (host:pid:nonce), read back to claim it
 RESUME_ARTIFACT = "resume/last.pt"  # the newest resumable checkpoint, where every node can reach it (remote stores)
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption

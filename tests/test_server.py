@@ -106,14 +106,17 @@ def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(s
     (run,) = [r for r in client.search_runs([exp]) if r.data.params.get("train.steps") == "30"]
     assert schema.RESUME_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id, "resume")}
     client.update_run(run.info.run_id, status="RUNNING")  # as the driver holds it while Ray retries the task
+    client.set_tag(run.info.run_id, schema.ATTEMPT, "dispatch-1")  # what the first attempt of the task wrote
     second = tmp_path / "node-b"  # another machine: no checkpoint; the domain encoder's cache only
     seed_cache(quick_run, second)
     spec = {"cell": cell, "key": run.data.tags[schema.CELL], "run_id": run.info.run_id, "uri": server,
-            "results": str(second), "device": "cpu", "progress": False, "label": "[1/1]", "threads": 1}  # fmt: skip
+            "results": str(second), "device": "cpu", "progress": False, "label": "[1/1]", "threads": 1,
+            "attempt": "dispatch-1"}  # fmt: skip
     capsys.readouterr()
     out = run_detached_cell(spec)
     assert out["status"] == "FINISHED", out
-    assert "from the checkpoint in the store" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "its checkpoint from the tracking store" in said and "retried after its node or worker died" in said
     after = client.get_run(run.info.run_id)
     assert after.info.status == "FINISHED" and after.data.tags[schema.RESUMES] == "1"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]

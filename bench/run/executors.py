@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -308,6 +309,7 @@ def detached_spec(job: CellJob, ctx: CellContext, cells_at_once: int) -> dict:
         "progress": ctx.progress and cells_at_once == 1,  # several cells' bars would garble one terminal
         "label": job.label,
         "threads": max(1, torch.get_num_threads() // cells_at_once),
+        "attempt": uuid.uuid4().hex,  # Ray runs a task again when its node dies: the retry sees this on the run
     }
 
 
@@ -329,9 +331,11 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     echo = functools.partial(print, flush=True)
     local = checkpoint_path(results, spec["key"])
     if not local.is_file() and tracking.is_remote(spec["uri"]) and run.fetch_resume_checkpoint(local):
-        # a retry on another node (the first one died): the run's checkpoint from the tracking store
-        echo(f"{spec['label']} {cell.name}: resuming on {socket.gethostname()} from the checkpoint in the store")
+        echo(f"{spec['label']} {cell.name}: on {socket.gethostname()}, its checkpoint from the tracking store")
+    if run.tag(schema.ATTEMPT) == spec["attempt"]:  # this very dispatch ran before: Ray retried it (a node died)
+        echo(f"{spec['label']} {cell.name}: retried after its node or worker died; resuming from its checkpoint")
         run.count_resume()
+    run.set_tags({schema.ATTEMPT: spec["attempt"]})
     ctx = CellContext({cell.dataset: dataset}, real, results, device, spec["uri"], spec["progress"], echo)
     try:
         outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)

@@ -363,6 +363,9 @@ class Run:
             shutil.copyfile(path, local)
         return True
 
+    def tag(self, key: str) -> str | None:
+        return self.client.get_run(self.run_id).data.tags.get(key)
+
     def count_resume(self) -> None:
         """One more resume of this run (bench.resumes), e.g. a Ray retry on another node."""
         resumes = int(self.client.get_run(self.run_id).data.tags.get(schema.RESUMES, "0")) + 1

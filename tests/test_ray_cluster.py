@@ -1,0 +1,88 @@
+"""A cell survives its node: a two-node Ray cluster started with `ray start` on this machine (a head, and a worker
+node that alone offers the `trainer` resource the cells ask for), a real `mlflow server` with proxied artifacts, and
+the worker node SIGKILLed in the middle of a cell."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import BENCH_TOML, TINY, seed_cache, wait_until
+from tests.test_server import server_process
+from tests.test_ui import free_port
+
+SETTINGS = ("models=['gan-mlp']", "seeds=[0]", "train.steps=1000", "train.log_every=50", "train.checkpoint_every=100")
+
+
+def _bench(results: Path, env: dict, *args: str) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "bench"), "run", "--config", str(BENCH_TOML), "--suite", "quick",
+               "--no-progress", *args, *(a for s in (*TINY, *SETTINGS) for a in ("--set", s))]  # fmt: skip
+    return subprocess.Popen(command, env={**env, "BENCH_RESULTS": str(results)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def _node(ray: str, *args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([ray, "start", *args, "--block", "--disable-usage-stats"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+
+def test_a_cell_whose_node_dies_is_retried_elsewhere_and_resumes(quick_run, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is installed by make test (pip install '.[ray]')")
+    ray = str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    env = {**os.environ, "BENCH_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(tmp_path / "ray")}
+    (tmp_path / "ray").mkdir()
+    nodes = [_node(ray, "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=env)]
+    worker = ["--address", f"127.0.0.1:{port}", "--num-cpus=1", '--resources={"trainer": 1}']
+    try:
+        nodes.append(_node(ray, *worker, env=env))
+        with server_process(tmp_path / "server") as uri:
+            results = tmp_path / "driver"
+            seed_cache(quick_run, results)
+            cluster = {**env, "BENCH_RAY_RESOURCES": json.dumps({"trainer": 1})}
+            suite = _bench(results, cluster, "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                           "--tracking-uri", uri)  # fmt: skip
+            client = mlflow.MlflowClient(uri)
+
+            def checkpointed():
+                exp = client.get_experiment_by_name("quick")
+                runs = client.search_runs([exp.experiment_id]) if exp else []
+                cells = [r for r in runs if r.data.tags.get("bench.model")]
+                if not cells:
+                    return None
+                stored = {a.path for a in client.list_artifacts(cells[0].info.run_id, "resume")}
+                return cells[0] if "resume/last.pt" in stored else None
+
+            cell = wait_until(checkpointed, 300, "the cell's first checkpoint in the store")
+            os.killpg(nodes[1].pid, signal.SIGKILL)  # the worker node dies, its raylet and the cell's worker with it
+            nodes[1].wait(timeout=30)
+            nodes.append(_node(ray, *worker, env=env))  # a new node with the resource: Ray retries the task there
+            out = suite.communicate(timeout=900)[0]
+            assert suite.returncode == 0, out[-4000:]
+            run = client.get_run(cell.info.run_id)
+            assert run.info.status == "FINISHED" and run.data.tags["bench.resumes"] == "1", out[-4000:]
+            exp = client.get_experiment_by_name("quick")
+            cells = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bench.model") == "gan-mlp"]
+            assert len(cells) == 1  # one run for the cell, however often it moved
+        # the same cell uninterrupted, one thread as on the Ray worker: the same numbers (CPU determinism)
+        alone = tmp_path / "alone"
+        seed_cache(quick_run, alone)
+        plain = _bench(alone, env)
+        assert plain.wait(timeout=900) == 0
+        reference = mlflow.MlflowClient(f"sqlite:///{alone / 'mlflow.db'}")
+        (ref,) = [r for r in reference.search_runs([reference.get_experiment_by_name("quick").experiment_id])
+                  if r.data.tags.get("bench.model") == "gan-mlp"]  # fmt: skip
+        for key in ("fid", "kid_mean", "precision", "nll_ais"):
+            assert run.data.metrics[key] == ref.data.metrics[key], key
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
