@@ -190,9 +190,6 @@ def improvement_matrix(
     ax.set_xlabel("model Y")
     ax.set_ylabel("model X")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="P(FID of X < FID of Y)")
-    ax.set_title(
-        f"{title}: probability of improvement on FID\n(over pairs of seeds; ties count half; [95% bootstrap interval])",
-        fontsize=9,
-    )
+    ax.set_title(f"{title}: P(improvement) on FID\n(pairs of seeds, ties half; [95% bootstrap])", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

@@ -286,10 +286,13 @@ def _metric_notes(group: pd.DataFrame) -> list[str]:
         )
     if schema.COPYING in present:
         notes.append(
-            "Copying C_T (Meehan et al. 2020): in k-means cells of the training features, a Mann-Whitney z-score of "
-            "the samples' distances to their nearest training image against the test images' distances, averaged "
-            "over cells. Far below 0 (the authors' threshold: −3) means samples sit closer to the training set than "
-            "unseen real data does: memorisation, which FID rewards; near 0 is healthy; above 0 is underfitting."
+            "Copying C_T (Meehan et al. 2020, as their code computes it): in k-means cells of the training features, "
+            "the Mann-Whitney z-score (with their continuity correction) of the samples' distances to their nearest "
+            "training image within the cell against the test images' distances, averaged over the cells holding "
+            "more than 20 samples, weighted by their share of test images; equally many samples and test images "
+            "(the larger side subsampled), so the authors' threshold of −3 means one thing in every table. Far below "
+            "0 means samples sit closer to the training set than unseen real data does: memorisation, which FID "
+            "rewards; near 0 is healthy; above 0 is underfitting."
         )
     return notes
 
