@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,9 +39,12 @@ def test_a_cell_whose_node_dies_is_retried_elsewhere_and_resumes(quick_run, tmp_
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
     env = {**os.environ, "BENCH_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(tmp_path / "ray")}
+    # Ray's token authentication: every node and the driver share one token (a local head enables it by default)
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     (tmp_path / "ray").mkdir()
-    nodes = [_node(ray, "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=env)]
-    worker = ["--address", f"127.0.0.1:{port}", "--num-cpus=1", '--resources={"trainer": 1}']
+    memory = "--object-store-memory=100000000"
+    nodes = [_node(ray, "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", memory, env=env)]
+    worker = ["--address", f"127.0.0.1:{port}", "--num-cpus=1", '--resources={"trainer": 1}', memory]
     try:
         nodes.append(_node(ray, *worker, env=env))
         with server_process(tmp_path / "server") as uri:
