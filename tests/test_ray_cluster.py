@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -38,14 +40,18 @@ def test_a_cell_whose_node_dies_is_retried_elsewhere_and_resumes(quick_run, tmp_
     pytest.importorskip("ray", reason="the ray extra is installed by make test (pip install '.[ray]')")
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    env = {**os.environ, "BENCH_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(tmp_path / "ray")}
+    # Ray's session folder holds Unix sockets, whose paths must stay under 108 bytes: a short folder, not tmp_path
+    short = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    env = {**os.environ, "BENCH_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RAY_TMPDIR": str(short)}
     # Ray's token authentication: every node and the driver share one token (a local head enables it by default)
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    (tmp_path / "ray").mkdir()
     memory = "--object-store-memory=100000000"
     nodes = [_node(ray, "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", memory, env=env)]
     worker = ["--address", f"127.0.0.1:{port}", "--num-cpus=1", '--resources={"trainer": 1}', memory]
     try:
+        status = [ray, "status", "--address", f"127.0.0.1:{port}"]
+        wait_until(lambda: subprocess.run(status, env=env, capture_output=True, timeout=60).returncode == 0, 120,
+                   "the Ray head node")  # fmt: skip
         nodes.append(_node(ray, *worker, env=env))
         with server_process(tmp_path / "server") as uri:
             results = tmp_path / "driver"
@@ -64,7 +70,11 @@ def test_a_cell_whose_node_dies_is_retried_elsewhere_and_resumes(quick_run, tmp_
                 stored = {a.path for a in client.list_artifacts(cells[0].info.run_id, "resume")}
                 return cells[0] if "resume/last.pt" in stored else None
 
-            cell = wait_until(checkpointed, 300, "the cell's first checkpoint in the store")
+            try:
+                cell = wait_until(checkpointed, 300, "the cell's first checkpoint in the store")
+            except AssertionError:
+                os.killpg(suite.pid, signal.SIGKILL)
+                raise AssertionError(suite.communicate()[0][-4000:]) from None
             os.killpg(nodes[1].pid, signal.SIGKILL)  # the worker node dies, its raylet and the cell's worker with it
             nodes[1].wait(timeout=30)
             nodes.append(_node(ray, *worker, env=env))  # a new node with the resource: Ray retries the task there
@@ -87,6 +97,7 @@ def test_a_cell_whose_node_dies_is_retried_elsewhere_and_resumes(quick_run, tmp_
             assert run.data.metrics[key] == ref.data.metrics[key], key
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)
         for node in nodes:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
