@@ -89,7 +89,7 @@ def test_ray_packs_cells_as_fractional_gpus(monkeypatch):
     executor = RayExecutor(None, "sqlite:///x.db", cells_per_gpu=4)
     assert executor.slots == 8
     executor.task(lambda spec: spec)
-    assert asked == [{"num_gpus": 0.25, "num_cpus": 1}]
+    assert asked == [{"num_gpus": 0.25, "num_cpus": 1, "max_retries": 3}]  # retried when its node dies
     assert RayExecutor(None, "sqlite:///x.db").slots == 2  # one cell per GPU by default
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from click.testing import CliRunner
 
 from bench.cli import main
@@ -113,7 +114,11 @@ def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(s
             "results": str(second), "device": "cpu", "progress": False, "label": "[1/1]", "threads": 1,
             "attempt": "dispatch-1"}  # fmt: skip
     capsys.readouterr()
-    out = run_detached_cell(spec)
+    threads = torch.get_num_threads()
+    try:
+        out = run_detached_cell(spec)  # sets this process's torch threads, as a worker does
+    finally:
+        torch.set_num_threads(threads)
     assert out["status"] == "FINISHED", out
     said = capsys.readouterr().out
     assert "its checkpoint from the tracking store" in said and "retried after its node or worker died" in said

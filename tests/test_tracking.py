@@ -115,7 +115,7 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
     import mlflow
 
     logged = mlflow.MlflowClient(tracker.uri).get_logged_model(model_id)
-    assert logged.source_run_id == run.run_id and logged.name == "final" and logged.status.to_string() == "READY"
+    assert logged.source_run_id == run.run_id and logged.name == "final" and "READY" in str(logged.status)
     expected = model.sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.sample(6, generator=torch.Generator().manual_seed(1)), expected)
     if model.family == "gan":

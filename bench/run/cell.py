@@ -131,10 +131,12 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
     Of two processes opening one cell at once, the one whose run started first keeps it (`_claim`)."""
     dataset = ctx.datasets[cell.dataset]
     key = cell.key(dataset.digest)
+    tracker = suite.tracker
+    if key not in suite.finished:  # finished since the suite started (by another bench run)?
+        suite.finished.update(tracker.finished_cells(key))
     if key in suite.finished:
         ctx.echo(f"{label} {cell.name}: already FINISHED (run {suite.finished[key]}), skipped")
         return Outcome(cell, "SKIPPED", suite.finished[key])
-    tracker = suite.tracker
     holders = tracker.holders(key)
     live = [h for h in holders if h.live]
     if live:

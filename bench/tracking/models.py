@@ -81,8 +81,8 @@ def _signature(model):
     except Exception:
         return None
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent), "z")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "images")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent))]),  # unnamed: predict takes the array itself
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
     )
 
 

@@ -122,10 +122,11 @@ class Tracker:
                 return run.info.run_id
         return None
 
-    def finished_cells(self) -> dict[str, str]:
-        """bench.cell hash → run id of every FINISHED cell run in the experiment."""
+    def finished_cells(self, cell_key: str | None = None) -> dict[str, str]:
+        """bench.cell hash → run id of every FINISHED cell run in the experiment (of one cell, with `cell_key`)."""
+        which = f"= '{cell_key}'" if cell_key else "!= ''"
         runs = _search(
-            self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{schema.CELL}` != ''"
+            self.client, [self.experiment_id], f"attributes.status = 'FINISHED' and tags.`{schema.CELL}` {which}"
         )
         return {run.data.tags[schema.CELL]: run.info.run_id for run in runs}
 
