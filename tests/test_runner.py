@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import baselines
-from bench import tracking
+from bench import schema, tracking
 from bench.cli import main
 from bench.report import files as report_files
 from bench.run.suite import run_suite
@@ -75,7 +75,7 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
         cells = runs[runs["tags.bench.model"] == model]
         train = cells["metrics.time/train_s"].mean()
         line = next(line for line in summary if line.strip().startswith(model))
-        assert "2 cell(s): training" in line and f"training {train:.1f} s" in line, line
+        assert "2 cell(s): training" in line and f"training {schema.seconds(train)}" in line, line
 
 
 def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_run):
