@@ -38,6 +38,15 @@ HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (or
 HEARTBEAT = "bench.heartbeat"
 HEARTBEAT_S, LEASE_S = 15.0, 90.0
 ATTEMPT = "bench.attempt"  # the dispatch a worker or Ray task runs; seen again on a run: a retry (a resume)
+
+
+def lease_live(heartbeat: str | None, started_s: float, now: float) -> bool:
+    """Whether a RUNNING cell run's lease holds: its last beat (unix seconds, as the tag holds it), or its start
+    before the first beat, younger than LEASE_S. The one rule for `bench run` (Tracker.holders) and --dry-run."""
+    last = float(heartbeat) if heartbeat else started_s
+    return now - last < LEASE_S
+
+
 LEASE_TOKEN = "bench.lease"  # who reopened an interrupted cell's run last (host:pid:nonce), read back to claim it
 RESUME_ARTIFACT = "resume/last.pt"  # the newest resumable checkpoint, where every node can reach it (remote stores)
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption

@@ -341,8 +341,9 @@ def _held(runs: pd.DataFrame) -> dict[str, str]:
     for _, run in running.iterrows():
         beat = run.get(schema.HEARTBEAT)
         started = float(run["start_time"]) / 1000  # ms
-        last = float(beat) if isinstance(beat, str) and beat else started
-        if now - last < schema.LEASE_S and isinstance(run.get(schema.CELL), str):
+        if schema.lease_live(beat if isinstance(beat, str) else None, started, now) and isinstance(
+            run.get(schema.CELL), str
+        ):
             since = time.strftime("%H:%M:%S", time.localtime(started))
             out[run[schema.CELL]] = f"host {run.get(schema.HOST, '?')}, pid {run.get(schema.PID, '?')}, since {since}"
     return out

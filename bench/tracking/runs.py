@@ -168,7 +168,7 @@ class Tracker:
 def _holder(run) -> Holder:
     tags = run.data.tags
     beat = float(tags.get(schema.HEARTBEAT, run.info.start_time / 1000))
-    live = time.time() - beat < schema.LEASE_S
+    live = schema.lease_live(tags.get(schema.HEARTBEAT), run.info.start_time / 1000, time.time())
     host, pid = tags.get(schema.HOST, "?"), tags.get(schema.PID, "?")
     if live and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
         live = False
