@@ -9,6 +9,8 @@ dataclass that sits beside each model in baselines/.
     [suites.NAME.eval]       EvalConfig
     [suites.NAME.eval.ais]   AISConfig
     [models.NAME]            the model's own Config dataclass
+    [models.NAME.search]     SearchDim per hyperparameter: the model's search space for `bench sweep`
+    [suites.NAME.sweep]      SweepConfig  (trials per model, the sampler's seed)
     [features.domain]        DomainConfig (the recipe of the `domain` feature encoder)
     [[published]]            Published (numbers from papers, shown beside the leaderboard, never ranked)
 
@@ -35,6 +37,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 EXECUTORS = ("local", "inline", "ray")  # bench.run.executors.EXECUTORS has one class per name
 AIS_SCHEDULES = ("sigmoid", "linear")
+SEARCH_KINDS = ("log_uniform", "uniform", "choice")  # how a [models.NAME.search] entry draws its hyperparameter
+TRIAL_SEED_BASE = 10_000  # a sweep's trial t trains with seed TRIAL_SEED_BASE + t: never one of a suite's seeds
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,86 @@ class DomainConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """`bench sweep`: equal tuning budgets (Lucic et al. 2018). Each model of the suite gets `trials` configurations
+    drawn from its search space ([models.NAME.search]) by a sampler seeded with `seed`; each trial is a cell scored
+    on the validation split; the best configuration is retrained over the suite's seeds under the full protocol."""
+
+    trials: int = 8  # the budget B: configurations tried per model
+    seed: int = 0  # the sampler's seed: the same seed draws the same configurations
+    bootstrap: int = 2000  # resamples of the trials behind the budget figure's band
+
+    def __post_init__(self) -> None:
+        positive(self, "trials", "bootstrap")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class SearchDim:
+    """One hyperparameter's search space: `log_uniform = [low, high]`, `uniform = [low, high]` or
+    `choice = [a, b, ...]` ([models.NAME.search] in bench.toml)."""
+
+    name: str
+    kind: str  # SEARCH_KINDS
+    values: tuple  # (low, high), or the choices
+
+    def contains(self, value) -> bool:
+        if self.kind == "choice":
+            return value in self.values
+        return self.values[0] <= value <= self.values[1]
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.name} ∈ {{{', '.join(map(str, self.values))}}}"
+        how = "log-uniform" if self.kind == "log_uniform" else "uniform"
+        return f"{self.name} ~ {how}[{self.values[0]:g}, {self.values[1]:g}]"
+
+    def as_dict(self) -> dict:
+        return {self.kind: list(self.values)}
+
+
+def parse_search(table: dict, model_config, origin: str, where: str) -> dict[str, SearchDim]:
+    """A [models.NAME.search] table: one entry per hyperparameter of the model's Config, each a one-key table
+    ({log_uniform = [lo, hi]}, {uniform = [lo, hi]} or {choice = [...]}). That the range holds the configured
+    (paper's) value is checked when a sweep draws from it (bench.run.sweep.sample_trials), not here: a `--set` of
+    the value for a `bench run` is not a sweep's business."""
+    fields = {f.name: f for f in dataclasses.fields(model_config)}
+    out = {}
+    for name, spec in table.items():
+        at = f"{origin}: [{where}] {name}"
+        if name not in fields:
+            raise ConfigError(f"{at}: not a hyperparameter of the model; known: {', '.join(fields)}")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SEARCH_KINDS:
+            raise ConfigError(
+                f"{at}: must be one of {{log_uniform = [low, high]}}, {{uniform = [low, high]}}, "
+                f"{{choice = [a, b, ...]}}; got {spec!r}"
+            )
+        kind, values = next(iter(spec.items()))
+        default = getattr(model_config, name)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{at}: {kind} takes a non-empty list, got {values!r}")
+        if kind == "choice":
+            if any(
+                type(v) is not type(default) and not (isinstance(default, float) and isinstance(v, int)) for v in values
+            ):
+                raise ConfigError(f"{at}: every choice must be a {type(default).__name__} like its value {default!r}")
+            values = [type(default)(v) for v in values]
+        else:
+            if isinstance(default, bool) or not isinstance(default, float):
+                raise ConfigError(
+                    f"{at}: {kind} draws real numbers but {name} is {type(default).__name__}; use choice = [...]"
+                )
+            if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+                raise ConfigError(f"{at}: {kind} takes [low, high] with low < high, got {values!r}")
+            if kind == "log_uniform" and values[0] <= 0:
+                raise ConfigError(f"{at}: log_uniform needs low > 0, got {values[0]}")
+            values = [float(v) for v in values]
+        out[name] = SearchDim(name, kind, tuple(values))
+    return out
+
+
+@dataclass(frozen=True)
 class SuiteConfig:
     """A benchmark matrix: datasets × models × seeds, with one training schedule and one evaluation protocol."""
 
@@ -217,6 +301,7 @@ class SuiteConfig:
     description: str = ""
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)  # [suites.NAME.sweep]: what `bench sweep` does
 
     def __post_init__(self) -> None:
         for key in ("datasets", "models", "seeds"):
@@ -230,6 +315,8 @@ class SuiteConfig:
                 "train.eval_every selects the best checkpoint on the validation split: set eval.validation_images > 0 "
                 "(training images carved out for it), or train.eval_every = 0 (no selection)"
             )
+        if any(seed >= TRIAL_SEED_BASE or seed < 0 for seed in self.seeds):
+            raise ValueError(f"seeds must lie in [0, {TRIAL_SEED_BASE}) (a sweep's trials train with the seeds above)")
 
 
 PUBLISHED_METRICS = ("fid", "kid_mean", "is_mean", "precision", "recall", "elbo", "nll_iwae", "bits_per_dim")
@@ -265,6 +352,7 @@ class BenchConfig:
     domain: DomainConfig
     published: tuple[Published, ...] = ()
     plugins: dict[str, str] = dataclasses.field(default_factory=dict)  # plugin name -> package.module:Class
+    search: dict[str, dict[str, SearchDim]] = dataclasses.field(default_factory=dict)  # model -> its search space
 
     def suite(self, name: str) -> SuiteConfig:
         if name not in self.suites:
@@ -324,9 +412,10 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], suite: st
                 raise ConfigError(f"--set {key} applies to a suite; choose one with --suite")
             parts = ["suites", suite, *parts]
         elif parts[0] not in ("models", "features", "suites"):
-            allowed = sorted(suite_fields - {"train", "eval"}) + [
+            allowed = sorted(suite_fields - {"train", "eval", "sweep"}) + [
                 "train.KEY",
                 "eval.KEY",
+                "sweep.KEY",
                 "models.MODEL.KEY",
                 "features.domain.KEY",
             ]
@@ -362,10 +451,14 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
     for name in model_tables:
         if name not in MODELS:
             raise ConfigError(f"{origin}: [models.{name}] unknown model; known models: {', '.join(MODELS)}")
-    models = {
-        name: build(cls.Config, subtable(model_tables, name, origin, f"models.{name}"), origin, f"models.{name}")
-        for name, cls in MODELS.items()
-    }
+    models, search = {}, {}
+    for name, cls in MODELS.items():
+        table = dict(subtable(model_tables, name, origin, f"models.{name}"))
+        space = subtable(table, "search", origin, f"models.{name}.search")
+        table.pop("search", None)
+        models[name] = build(cls.Config, table, origin, f"models.{name}")
+        if space:
+            search[name] = parse_search(space, models[name], origin, f"models.{name}.search")
     features = subtable(raw, "features", origin, "features")
     check_keys(features, {"domain"}, origin, "features")
     domain = build(DomainConfig, subtable(features, "domain", origin, "features.domain"), origin, "features.domain")
@@ -392,6 +485,9 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
             AISConfig, subtable(evaluation, "ais", origin, f"{where}.eval.ais"), origin, f"{where}.eval.ais"
         )
         table["eval"] = build(EvalConfig, evaluation, origin, f"{where}.eval")
+        table["sweep"] = build(
+            SweepConfig, subtable(table, "sweep", origin, f"{where}.sweep"), origin, f"{where}.sweep"
+        )
         suite = build(SuiteConfig, {**table, "name": name}, origin, where)
         for key, known in (("datasets", DATASETS), ("models", MODELS)):
             for value in getattr(suite, key):
@@ -413,7 +509,9 @@ def __build_config(raw: dict, path: Path, origin: str) -> BenchConfig:
             raise ConfigError(
                 f"{origin}: [published #{i + 1}] dataset: unknown dataset {ref.dataset!r}; known: {', '.join(DATASETS)}"
             )
-    return BenchConfig(path=path, suites=suites, models=models, domain=domain, published=published, plugins=plugins)
+    return BenchConfig(
+        path=path, suites=suites, models=models, domain=domain, published=published, plugins=plugins, search=search
+    )
 
 
 # keys of earlier versions: a clear error that names the new key (the protocol version changed with them)

@@ -238,6 +238,26 @@ AIS_OWN_NLL, AIS_OWN_IWAE_NLL = "ais_own/nll", "ais_own/iwae_nll"
 AIS_OWN_GAP, AIS_OWN_GAP_STDERR = "ais_own/gap", "ais_own/gap_stderr"  # mean AIS log p̂ − IWAE bound, ≥ 0 expected
 AIS_OWN_S = "time/ais_own_s"
 
+# `bench sweep` (bench.run.sweep): its trials and the retrained winners live in the experiment SWEEP_EXPERIMENT
+SWEEP = "bench.sweep"  # the suite a sweep run belongs to, on the sweep's parent, its trials and its retrained cells
+SWEEP_ROLE = "bench.sweep_role"  # trial | retrain
+TRIAL = "bench.trial"  # a trial's number, 0 … trials − 1 (its place in the seeded sampler's sequence)
+SEARCH_PARAM_PREFIX = "search."  # search.<hyperparameter>: the sampled values, as params of each trial
+SWEEP_SCORE = "sweep/val_fid"  # a trial's score: FID of its final model against the validation split
+SWEEP_ARTIFACT = "sweep.json"  # on the sweep's parent run: search spaces, sampled configurations, winners
+# how a trial is scored; part of a trial's key (a changed rule re-runs the trials)
+SWEEP_SCORE_RULE = (
+    "FID of the final model, domain features, train.eval_samples samples from latent seed eval.seed + "
+    "SELECTION_SEED_OFFSET, against the validation split (eval.validation_images training images carved out, "
+    "seeded): disjoint from every image the retrained models' reported numbers are scored on"
+)
+
+
+def sweep_experiment(suite: str) -> str:
+    """The MLflow experiment of a suite's sweep: its trials and retrained winners, apart from the suite's own runs."""
+    return f"{suite}-sweep"
+
+
 # the suite's parent run
 CELLS_FINISHED, CELLS_SKIPPED, CELLS_FAILED = "cells/finished", "cells/skipped", "cells/failed"
 SUITE_WALL_S, SUITE_CELLS_RUN = "suite/wall_s", "suite/cells_run"
@@ -365,7 +385,7 @@ LIKELIHOOD_METRICS = (
 )
 
 # the metrics a cell prints when it finishes
-SHOWN = (FID, IS_MEAN, ELBO, NLL_IWAE, NLL_AIS, AIS_BDMC_GAP)
+SHOWN = (FID, IS_MEAN, ELBO, NLL_IWAE, NLL_AIS, AIS_BDMC_GAP, SWEEP_SCORE)
 
 # -------------------------------------------------------------------------------------------------- artifacts
 

@@ -19,7 +19,7 @@ def write(tmp_path, text: str):
 
 
 ALL_MODELS = "gan-mlp, dcgan, wgan-gp, sngan, vae-mlp, conv-vae, beta-vae, iwae"
-ALL_SUITES = "quick, fashion, mnist-cifar, full"
+ALL_SUITES = "quick, tune, fashion, mnist-cifar, full"
 MINIMAL = """
 [suites.s]
 datasets = ["digits"]

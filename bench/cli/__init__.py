@@ -1,6 +1,6 @@
 """The `bench` command line. Every command turns bad input into a one-line error (exit 2) within seconds.
 
-bench run | list | report | ui | init    the suites (bench/cli/suite.py)
+bench run | sweep | list | report | ui | init    the suites (bench/cli/suite.py)
 bench perf | eval | sample | check-model  the tools (bench/cli/tools.py)
 """
 
@@ -20,6 +20,7 @@ def main() -> None:
 
 for command in (
     suite.run,
+    suite.sweep,
     suite.list_,
     suite.report,
     suite.ui,

@@ -1,4 +1,4 @@
-"""The suite commands: `bench run`, `bench list`, `bench report`, `bench ui`, `bench init`."""
+"""The suite commands: `bench run`, `bench sweep`, `bench list`, `bench report`, `bench ui`, `bench init`."""
 
 from __future__ import annotations
 
@@ -118,6 +118,95 @@ def run(
         sys.exit(EXIT_FAILED_CELLS)
 
 
+@click.command()
+@click.option("--suite", required=True, help="Suite whose models, data, schedule and protocol the sweep uses.")
+@uri_option
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set sweep.trials=16 --set train.steps=500.")  # fmt: skip
+@click.option("--executor", type=click.Choice(config.EXECUTORS), default="local", show_default=True,
+              help="As for bench run: local, inline or ray.")  # fmt: skip
+@click.option("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join (as for bench run).")
+@click.option("--cells-per-gpu", type=click.IntRange(1), default=1, show_default=True,
+              help="Trials (and retrained cells) run at once on the device.")  # fmt: skip
+@click.option("--no-progress", is_flag=True, help="No progress bars (log lines only).")
+@click.option("--dry-run", is_flag=True, help="Print each trial's drawn configuration and what would happen to it.")
+@config_option
+def sweep(
+    suite: str,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    executor: str,
+    ray_address: str | None,
+    cells_per_gpu: int,
+    no_progress: bool,
+    dry_run: bool,
+    config_path: str,
+) -> None:
+    """Tune every model of a suite with the same budget (Lucic et al. 2018), retrain the winners over the suite's
+    seeds, and write the budget figure and the leaderboard.
+
+    Each model tries sweep.trials configurations drawn from its [models.NAME.search] space (a seeded sampler: the
+    same command draws the same configurations); each trial is scored on the validation split; the best is retrained
+    over the suite's seeds under the full protocol. A killed sweep resumes: run the same command again."""
+    cfg = load_config(config_path, overrides, suite)
+    from bench.data import DataError
+    from bench.eval.encoders import EncoderError
+    from bench.run.sweep import plan_sweep, run_sweep
+    from bench.tracking import TrackingError
+
+    if dry_run:
+        try:
+            plan = plan_sweep(cfg, suite, tracking_uri=tracking_uri, results=results())
+        except (ConfigError, DataError, TrackingError) as e:
+            fail(str(e))
+        click.echo(f"sweep of suite {suite}: {len(plan)} trials (dry run: nothing is trained or logged)")
+        for i, p in enumerate(plan, 1):
+            drawn = ", ".join(
+                f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in p.trial.values.items()
+            )
+            click.echo(f"  [{i}/{len(plan)}] {p.cell.name:<30} {drawn}  {p.key}  {p.action}")
+        click.echo(f"then: the best trial of each model retrained over seeds {list(cfg.suite(suite).seeds)}")
+        return
+    try:
+        outcome = run_sweep(
+            cfg, suite, tracking_uri=tracking_uri, results=results(), overrides=overrides, executor=executor,
+            ray_address=ray_address, progress=not no_progress, echo=click.echo, cells_per_gpu=cells_per_gpu,
+        )  # fmt: skip
+    except (ConfigError, DataError, EncoderError, TrackingError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume (finished trials are kept)", err=True)
+        sys.exit(130)
+    trials, retrained = outcome.trials, outcome.retrained
+    count = {s: sum(o.status == s for o in trials) for s in ("FINISHED", "SKIPPED", "FAILED")}
+    click.echo(
+        f"trials: {count['FINISHED']} run, {count['SKIPPED']} already finished, {count['FAILED']} failed; "
+        f"retrained: {sum(o.status in ('FINISHED', 'SKIPPED') for o in retrained)} of {len(retrained)} cells "
+        f"in {outcome.wall:.0f} s"
+    )
+    _write_sweep_report(cfg, suite, tracking_uri, None)
+    if any(o.status == "FAILED" for o in retrained):
+        sys.exit(EXIT_FAILED_CELLS)
+
+
+def _write_sweep_report(cfg, suite: str, tracking_uri: str | None, out: str | None) -> None:
+    from bench import tracking
+    from bench.report.sweep import write_sweep_report
+
+    uri = tracking.resolve_uri(tracking_uri, results())
+    out_dir = Path(out) if out else results() / "reports" / schema.sweep_experiment(suite)
+    try:
+        paths = write_sweep_report(uri, suite, out_dir, cfg.published, cfg.suite(suite).sweep.bootstrap)
+        tracking.attach_report(uri, schema.sweep_experiment(suite), list(paths.values()), root=out_dir)
+    except tracking.TrackingError as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"cannot write the report to {out_dir} ({e.strerror or type(e).__name__}); choose another --out")
+    click.echo(paths["sweep"].read_text())
+    click.echo(f"wrote {paths['sweep']}, {paths['sweep_html'].name}, {paths['sweep_csv'].name}, "
+               f"{paths['protocol'].name} and the retrained leaderboard ({paths['markdown'].name})")  # fmt: skip
+
+
 @click.command(name="list")
 @config_option
 def list_(config_path: str) -> None:
@@ -157,10 +246,17 @@ def list_(config_path: str) -> None:
     show_default=True,
     help="Report the final checkpoint's metrics, or the best checkpoint's (lowest periodic FID in training).",
 )
+@click.option("--sweep", "of_sweep", is_flag=True, help="The report of the suite's sweep (bench sweep): budget "
+              "figure, chosen configurations, retrained leaderboard [results/reports/SUITE-sweep].")  # fmt: skip
 @config_option
-def report(suite: str, tracking_uri: str | None, out: str | None, checkpoint: str, config_path: str) -> None:
+def report(
+    suite: str, tracking_uri: str | None, out: str | None, checkpoint: str, of_sweep: bool, config_path: str
+) -> None:
     """Write the suite's leaderboard (markdown, HTML, CSV and figures) from the tracking store."""
     cfg = load_config(config_path, suite=suite)
+    if of_sweep:
+        _write_sweep_report(cfg, suite, tracking_uri, out)
+        return
     from bench import tracking
     from bench.report.files import write_report
 

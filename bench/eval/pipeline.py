@@ -86,18 +86,25 @@ class PeriodicFID:
             self.best_fid = torch.load(self.best_path, map_location="cpu", weights_only=True)["fid"]
 
     def __call__(self, model, step: int) -> dict[str, float]:
-        was_training = model.training
-        device = next(model.parameters()).device
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            samples = generate(model, self.n, self.batch_size, self.seed)
-        model.train(was_training)
-        value = fid(self.encoder(samples, self.batch_size)["features"], self.real)
+        value = validation_fid(model, self.encoder, self.real, self.n, self.batch_size, self.seed)
         if math.isfinite(value) and value < self.best_fid:
             self.best_fid = value
             state = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
             atomic_save({**state, "step": step, "fid": value}, self.best_path)
         return {PERIODIC_FID: value, PERIODIC_BEST_FID: self.best_fid}
+
+
+def validation_fid(model, encoder: Encoder, real: torch.Tensor, n: int, batch_size: int, seed: int) -> float:
+    """FID of `n` samples (latents from `seed`) in `encoder`'s features against `real` (the validation split's
+    features): the periodic FID of training and a sweep trial's score. Model mode and every RNG are left as they
+    were."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        samples = generate(model, n, batch_size, seed)
+    model.train(was_training)
+    return fid(encoder(samples, batch_size)["features"], real)
 
 
 def score_samples(

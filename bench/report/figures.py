@@ -193,3 +193,21 @@ def improvement_matrix(
     ax.set_title(f"{title}: P(improvement) on FID\n(pairs of seeds, ties half; [95% bootstrap])", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def budget_curves(sweeps: list, title: str, path: Path) -> Path:
+    """Lucic et al. 2018's figure: per model, the expected best validation FID against the budget k = 1…B (trials
+    drawn from its sweep), with the 95% bootstrap band over the trials. `sweeps`: bench.report.sweep.ModelSweep."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, s in enumerate(sweeps):
+        k = np.arange(1, s.budget + 1)
+        colour = f"C{i % 10}"
+        label = f"{s.model} (B = {s.budget}" + (f", {s.failed} failed)" if s.failed else ")")
+        ax.plot(k, s.curve, color=colour, marker="o", markersize=3, label=label)
+        ax.fill_between(k, s.low, s.high, color=colour, alpha=0.15, linewidth=0)
+    ax.set_xlabel("tuning budget k (trials)")
+    ax.set_ylabel("expected best validation FID ↓")
+    ax.set_title(f"{title}: best score found against the budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -10,6 +10,10 @@
 - `probability_of_improvement`: P(a random seed of A beats a random seed of B), ties counting half: the
   Mann-Whitney U statistic over nA·nB, the pairwise measure of Agarwal et al. 2021 ("Deep Reinforcement Learning at
   the Edge of the Statistical Precipice"); `improvement_interval` its percentile bootstrap interval over seeds.
+- `expected_best`: the expected best score of k trials drawn with replacement from a sweep's B trials, for every
+  k = 1…B (exact, from the order statistics; Lucic et al. 2018's budget curve, Dodge et al. 2019's "expected
+  validation performance"); failed trials count as draws that found nothing; `expected_best_band` its percentile
+  bootstrap band over the trials.
 """
 
 from __future__ import annotations
@@ -168,3 +172,38 @@ def improvement_interval(
     values = (wins + 0.5 * (diff == 0)).mean(axis=(1, 2))
     low, high = np.quantile(values, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
     return float(low), float(high)
+
+
+def expected_best(scores: Sequence[float], budgets: Sequence[int] | None = None) -> np.ndarray:
+    """E[min of k draws with replacement from `scores`] for each k in `budgets` (default 1…B), lower is better.
+    With the scores sorted x₍₁₎ ≤ … ≤ x₍B₎, the best of k draws is x₍i₎ with probability ((B−i+1)/B)ᵏ − ((B−i)/B)ᵏ.
+    A failed trial (NaN or ∞) is a draw that found nothing: the expectation is over the draws where at least one
+    trial finished (its probability 1 − (F/B)ᵏ with F failures), NaN when none did."""
+    x = np.sort(np.asarray(scores, dtype=float))
+    n = len(x)
+    budgets = np.arange(1, n + 1) if budgets is None else np.asarray(budgets)
+    finite = np.isfinite(x)
+    x = np.where(finite, x, np.inf)
+    x.sort()
+    m = int(finite.sum())
+    if m == 0:
+        return np.full(len(budgets), np.nan)
+    i = np.arange(1, n + 1)
+    out = np.empty(len(budgets))
+    for j, k in enumerate(budgets):
+        p = ((n - i + 1) / n) ** k - ((n - i) / n) ** k
+        out[j] = float(np.dot(p[:m], x[:m]) / p[:m].sum())
+    return out
+
+
+def expected_best_band(
+    scores: Sequence[float], resamples: int = 2000, confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile bootstrap band of `expected_best` over the trials: the B trials resampled with replacement
+    `resamples` times, the curve recomputed for each; (low, high) per k = 1…B."""
+    x = np.asarray(scores, dtype=float)
+    rng = np.random.default_rng(seed)
+    curves = np.array([expected_best(x[rng.integers(0, len(x), len(x))]) for _ in range(resamples)])
+    tail = (1 - confidence) / 2 * 100
+    with np.errstate(invalid="ignore"):
+        return np.nanpercentile(curves, tail, axis=0), np.nanpercentile(curves, 100 - tail, axis=0)

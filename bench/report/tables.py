@@ -42,6 +42,8 @@ def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     deleting a run replaces it)."""
     if runs.empty:
         return runs
+    if schema.SWEEP_ROLE in runs:  # a sweep's trials are scored on the validation split only: never a leaderboard row
+        runs = runs[runs[schema.SWEEP_ROLE] != "trial"]
     done = runs[(runs["status"] == "FINISHED") & _current(runs)].sort_values("start_time")
     return done.drop_duplicates(schema.CELL, keep="last")
 

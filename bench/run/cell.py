@@ -5,6 +5,7 @@ business (bench/run/executors.py); which cells run is the suite's (bench/run/sui
 from __future__ import annotations
 
 import copy
+import math
 import os
 import socket
 import tempfile
@@ -23,7 +24,7 @@ from bench.config import DomainConfig, EvalConfig
 from bench.data import Dataset
 from bench.devices import environment
 from bench.eval.encoders import Encoder, build_encoder
-from bench.eval.pipeline import Evaluation, PeriodicFID, evaluate
+from bench.eval.pipeline import Evaluation, PeriodicFID, evaluate, generate, validation_fid
 from bench.eval.protocol import SELECTION_KEY, selection_protocol
 from bench.eval.real_features import RealFeatures, real_features
 from bench.run.matrix import Cell
@@ -259,6 +260,8 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
     if not checkpoint.is_file():
         best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
     result = _train(job, ctx, model, checkpoint, best_path, cell_dict)
+    if cell.is_trial:
+        return _score_trial(job, ctx, model, result, checkpoint)
 
     ctx.echo("    evaluating the final checkpoint ...")
     real = ctx.scoring(cell.dataset, cell.eval)
@@ -284,11 +287,47 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
     if best_path.is_file():
         metrics.update(evaluate_best(model, best_path, final=ev, final_step=result.steps, cell=cell, ctx=ctx, run=run))
         best_path.unlink()
-    checkpoint.unlink(missing_ok=True)  # the finished run holds the final and best checkpoints
-    if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
-        checkpoint.parent.rmdir()
+    _remove_checkpoints(checkpoint)  # the finished run holds the final and best checkpoints
     metrics[schema.TRACKING_S] = run.seconds  # every MLflow call of the cell so far, artifacts included
     run.log_metrics({schema.TRACKING_S: metrics[schema.TRACKING_S]}, step=result.steps)
+    return metrics
+
+
+def _remove_checkpoints(checkpoint: Path) -> None:
+    checkpoint.unlink(missing_ok=True)
+    checkpoint.with_name("best.pt").unlink(missing_ok=True)
+    if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
+        checkpoint.parent.rmdir()
+
+
+class TrialDiverged(RuntimeError):
+    """A sweep trial whose final model has no finite validation FID: a failed trial, not a failed sweep."""
+
+
+def _score_trial(job: CellJob, ctx: CellContext, model, result: TrainResult, checkpoint: Path) -> dict:
+    """A sweep trial's result: its final model's FID against the validation split (schema.SWEEP_SCORE_RULE), a grid
+    of its samples; no test-split evaluation (that is the retrained winners' business) and no model kept."""
+    cell, run = job.cell, job.run
+    selection = ctx.real[(cell.dataset, schema.SELECTION_ENCODER)]
+    start = time.perf_counter()
+    seed = cell.eval.seed + schema.SELECTION_SEED_OFFSET
+    value = validation_fid(
+        model, selection.encoder, selection.validation.features["features"], cell.train.eval_samples,
+        cell.eval.batch_size, seed,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    if not math.isfinite(value):
+        raise TrialDiverged(f"the trained model's validation FID is {value}: the trial diverged")
+    metrics = {
+        schema.SWEEP_SCORE: value,
+        schema.TRAIN_S: result.seconds,
+        schema.EVAL_S: seconds,
+        schema.TRAIN_IMAGES_PER_S: result.images_per_s,
+    }
+    run.log_metrics(metrics, step=result.steps)
+    run.log_image(grid(generate(model, 64, 64, seed)), schema.SAMPLES_FINAL)
+    _remove_checkpoints(checkpoint)
+    ctx.echo(f"    validation FID {value:.4g} ({seconds:.1f} s)")
     return metrics
 
 

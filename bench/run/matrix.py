@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.config import BenchConfig, DomainConfig, EvalConfig, SuiteConfig, TrainConfig
 from bench.eval.protocol import library_versions
-from bench.schema import PROTOCOL_VERSION, SELECTION_ENCODER, SELECTION_RULE
+from bench.schema import PROTOCOL_VERSION, SELECTION_ENCODER, SELECTION_RULE, SWEEP_SCORE_RULE
 from bench.storage import json_digest
 
 
@@ -25,10 +25,17 @@ class Cell:
     eval: EvalConfig
     domain: DomainConfig
     model_source: str = ""  # a plugin's package.module:Class ("" for a baseline): workers load the class from it
+    trial: int = -1  # a sweep's trial number (bench/run/sweep.py): trained, then scored on the validation split only
 
     @property
     def name(self) -> str:
+        if self.is_trial:
+            return f"{self.model}/{self.dataset}/trial{self.trial}"
         return f"{self.model}/{self.dataset}/seed{self.seed}"
+
+    @property
+    def is_trial(self) -> bool:
+        return self.trial >= 0
 
     def encoders(self) -> tuple[str, ...]:
         """Every encoder the cell needs, in the order they are built: those that score its samples
@@ -40,8 +47,11 @@ class Cell:
 
     def as_dict(self) -> dict[str, Any]:
         """Nested plain dict of everything that defines the cell (also what `config.toml` holds)."""
+        cell = {"suite": self.suite, "model": self.model, "dataset": self.dataset, "seed": self.seed}
+        if self.is_trial:
+            cell["trial"] = self.trial
         return {
-            "cell": {"suite": self.suite, "model": self.model, "dataset": self.dataset, "seed": self.seed},
+            "cell": cell,
             "model": dataclasses.asdict(self.model_config),
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
@@ -62,6 +72,8 @@ class Cell:
         spec["protocol_version"] = PROTOCOL_VERSION
         spec["versions"] = library_versions()
         spec["selection"] = SELECTION_RULE  # how the best checkpoint is chosen
+        if self.is_trial:
+            spec["trial_score"] = SWEEP_SCORE_RULE  # a trial's result is its validation score
         return json_digest(spec)
 
 

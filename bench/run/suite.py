@@ -172,13 +172,17 @@ def _open_suite(
     overrides: tuple[str, ...],
     executor: str,
     cells_per_gpu: int,
+    experiment: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> SuiteRun:
-    """The suite's experiment and its parent run for this `bench run`; runs orphaned by a dead process closed."""
-    tracker = tracking.Tracker(ctx.uri, suite.name, ctx.results / "artifacts")
+    """The suite's experiment (or `experiment`: a sweep's) and its parent run for this `bench run` (or `bench sweep`,
+    with its `tags`); runs orphaned by a dead process closed."""
+    tracker = tracking.Tracker(ctx.uri, experiment or suite.name, ctx.results / "artifacts")
     for name, run_id in tracker.close_orphans():
         ctx.echo(f"run {name} ({run_id}) was left RUNNING by a process that no longer exists: marked KILLED")
     finished = tracker.finished_cells()
-    ctx.echo(f"suite {suite.name}: {len(cells)} cells on {ctx.device}; tracking at {ctx.uri}")
+    what = f"sweep of suite {suite.name}" if experiment else f"suite {suite.name}"
+    ctx.echo(f"{what}: {len(cells)} cells on {ctx.device}; tracking at {ctx.uri}")
     if suite.train.precision == "bf16" and (note := bf16_note(ctx.device)):
         ctx.echo(note)
     parent = tracker.start_run(
@@ -188,6 +192,7 @@ def _open_suite(
             schema.PARENT: "true",
             "mlflow.note.content": _description(suite, overrides),  # the run's description in the MLflow UI
             **tracking.owner_tags(os.getpid()),
+            **(tags or {}),
         },
     )
     parent.log_params(

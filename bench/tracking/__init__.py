@@ -9,7 +9,14 @@ The names below are the package's interface; callers write `from bench import tr
 """
 
 from bench.tracking.models import load_model, portable_copy
-from bench.tracking.query import attach_report, download_artifact, load_runs, metric_histories, run_params
+from bench.tracking.query import (
+    attach_report,
+    download_artifact,
+    latest_parent,
+    load_runs,
+    metric_histories,
+    run_params,
+)
 from bench.tracking.runs import Holder, Run, Tracker, attach_run, owner_tags, provenance_tags
 from bench.tracking.store import (
     TrackingError,
@@ -35,6 +42,7 @@ __all__ = [
     "download_artifact",
     "experiment_id",
     "is_remote",
+    "latest_parent",
     "load_model",
     "load_runs",
     "metric_histories",

@@ -71,6 +71,19 @@ def download_artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | Non
 def attach_report(uri: str, experiment: str, files: list[Path], root: Path | None = None) -> str | None:
     """Attach report files to the experiment's most recent parent run, under report/ (keeping their path relative
     to `root`, e.g. report/figures/); returns the run id (None if there is none)."""
+    parent = latest_parent(uri, experiment)
+    if parent is None:
+        return None
+    client = _client(uri)
+    for f in files:
+        sub = Path(f).parent.relative_to(root) if root is not None else Path(".")
+        folder = str(Path(schema.REPORT_DIR) / sub) if str(sub) != "." else schema.REPORT_DIR
+        client.log_artifact(parent, str(f), folder)
+    return parent
+
+
+def latest_parent(uri: str, experiment: str) -> str | None:
+    """The run id of the experiment's most recent parent run (a `bench run` or `bench sweep`); None without one."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -78,10 +91,4 @@ def attach_report(uri: str, experiment: str, files: list[Path], root: Path | Non
     parents = client.search_runs(
         [exp.experiment_id], f"tags.`{schema.PARENT}` = 'true'", max_results=1, order_by=["attributes.start_time DESC"]
     )
-    if not parents:
-        return None
-    for f in files:
-        sub = Path(f).parent.relative_to(root) if root is not None else Path(".")
-        folder = str(Path(schema.REPORT_DIR) / sub) if str(sub) != "." else schema.REPORT_DIR
-        client.log_artifact(parents[0].info.run_id, str(f), folder)
-    return parents[0].info.run_id
+    return parents[0].info.run_id if parents else None
