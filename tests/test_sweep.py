@@ -311,3 +311,30 @@ def test_the_sweep_report_has_the_budget_figure_the_table_and_the_retrained_lead
     assert "gan-mlp" in board and "vae-mlp" in board and "trial" not in board
     protocol = (folder / "protocol.json").read_text()
     assert '"search_spaces"' in protocol and '"log_uniform"' in protocol and '"encoder"' in protocol
+
+
+def test_the_report_counts_the_latest_sweeps_trials_once_each_and_failures_as_draws_that_found_nothing():
+    from bench.report.sweep import sweeps
+
+    def trial(key, n, status, score, start):
+        return {
+            schema.CELL: key, schema.TRIAL: str(n), schema.SWEEP_ROLE: "trial", schema.DATASET: "digits",
+            schema.MODEL: "gan-mlp", "status": status, "start_time": start, f"metrics.{schema.SWEEP_SCORE}": score,
+            "params.search.lr": "0.001", "run_id": f"r{start}",
+        }  # fmt: skip
+
+    runs = pd.DataFrame(
+        [
+            trial("a", 0, "KILLED", math.nan, 1),  # killed, then resumed in a later run: one trial
+            trial("a", 0, "FINISHED", 30.0, 5),
+            trial("b", 1, "FAILED", math.nan, 2),  # diverged
+            trial("c", 2, "FINISHED", 20.0, 3),
+            trial("old", 3, "FINISHED", 1.0, 0),  # an earlier sweep's trial (another schedule): not this one's
+        ]
+    )
+    (found,) = sweeps(runs, resamples=50, keys={"a", "b", "c"})
+    assert found.budget == 3 and found.failed == 1 and found.winner == 2
+    assert found.curve[0] == pytest.approx(25.0)  # one draw: the mean of the trials that found something
+    assert found.curve[-1] == pytest.approx(_brute_force([30.0, math.nan, 20.0], 3))
+    (everything,) = sweeps(runs, resamples=50)
+    assert everything.budget == 4 and everything.winner == 3  # without the keys the old trial would win

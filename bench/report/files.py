@@ -16,11 +16,20 @@ from bench.report.tables import Section, build, earlier_protocol
 
 
 def write_report(
-    uri: str, suite: str, out: Path, checkpoint: str = "final", published: tuple = (), figures: bool = True
+    uri: str,
+    suite: str,
+    out: Path,
+    checkpoint: str = "final",
+    published: tuple = (),
+    figures: bool = True,
+    cells: set[str] | None = None,
 ) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.html, leaderboard.csv and figures/ for the suite's experiment; returns
-    {"markdown", "html", "csv"} and one entry per figure ("figure:<name>")."""
+    {"markdown", "html", "csv"} and one entry per figure ("figure:<name>"). `cells`: only the model runs of these
+    bench.cell keys (a sweep's retrained winners), beside the real-data rows."""
     runs = tracking.load_runs(uri, suite)
+    if cells is not None and not runs.empty:
+        runs = runs[runs[schema.CELL].isin(cells) | (runs[schema.FAMILY] == "real")]
     sections = build(runs, checkpoint, published)
     earlier = earlier_protocol(runs)
     failed = 0

@@ -42,13 +42,16 @@ class ModelSweep:
         return len(self.scores)
 
 
-def sweeps(runs: pd.DataFrame, resamples: int = 2000) -> list[ModelSweep]:
-    """The (dataset, model) sweeps in a sweep experiment's runs: the most recent run of each trial counts (a resumed
-    or re-run trial is one trial); FINISHED trials give scores, FAILED ones are draws that found nothing, the others
-    (killed, still running) are left out of the budget until they finish."""
+def sweeps(runs: pd.DataFrame, resamples: int = 2000, keys: set[str] | None = None) -> list[ModelSweep]:
+    """The (dataset, model) sweeps in a sweep experiment's runs (only the trials of these bench.cell `keys`, when
+    given: the latest sweep's): the most recent run of each trial counts (a resumed or re-run trial is one trial);
+    FINISHED trials give scores, FAILED ones are draws that found nothing, the others (killed, still running) are
+    left out of the budget until they finish."""
     if runs.empty or schema.SWEEP_ROLE not in runs:
         return []
     trials = runs[runs[schema.SWEEP_ROLE] == "trial"].sort_values("start_time")
+    if keys is not None:
+        trials = trials[trials[schema.CELL].isin(keys)]
     trials = trials.drop_duplicates(schema.CELL, keep="last")
     out = []
     for (dataset, model), group in trials.groupby([schema.DATASET, schema.MODEL], sort=True):
@@ -200,10 +203,15 @@ def write_sweep_report(
 
     experiment = schema.sweep_experiment(suite)
     runs = tracking.load_runs(uri, experiment)
-    found = sweeps(runs, resamples)
+    record, evaluation = _definition(uri, experiment, runs)
+    # the latest sweep's trials and retrained winners; an earlier sweep in the experiment (another budget, schedule or
+    # search space) is left out. A sweep stopped before its winners were retrained has no leaderboard rows yet.
+    keys = {t["key"] for t in record["trials"]} if "trials" in record else None
+    retrained = {k for w in record.get("winners", []) for k in w["retrained"]} if keys is not None else None
+    found = sweeps(runs, resamples, keys)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = write_report(uri, experiment, out, "final", published)  # the retrained winners (trials are no rows)
+    paths = write_report(uri, experiment, out, "final", published, cells=retrained)  # trials are never rows
     drawn = []
     for dataset in sorted({s.dataset for s in found}):
         mine = [s for s in found if s.dataset == dataset]
@@ -214,7 +222,6 @@ def write_sweep_report(
         )
         drawn.append((caption, path))
         paths[f"figure:{path.name}"] = path
-    record, evaluation = _definition(uri, experiment, runs)
     spaces = record.get("search_spaces", {})
     paths["sweep"] = out / "sweep.md"
     paths["sweep"].write_text(to_markdown(suite, found, drawn, spaces))
@@ -243,6 +250,9 @@ def _definition(uri: str, experiment: str, runs: pd.DataFrame) -> tuple[dict, di
                 record = json.loads(path.read_text())
         if not runs.empty and schema.SWEEP_ROLE in runs:
             retrained = runs[(runs[schema.SWEEP_ROLE] == "retrain") & (runs["status"] == "FINISHED")]
+            keys = {k for w in record.get("winners", []) for k in w["retrained"]}
+            if keys:
+                retrained = retrained[retrained[schema.CELL].isin(keys)]
             if len(retrained):
                 run_id = retrained.iloc[0]["run_id"]
                 path = tracking.download_artifact(uri, run_id, schema.PROTOCOL_ARTIFACT, Path(tmp) / run_id)

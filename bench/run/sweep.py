@@ -31,7 +31,7 @@ from bench.run.cell import Outcome, SuiteRun, interrupted_attempt, open_cell
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, expand
-from bench.run.suite import _open_suite, _preflight, _wait_elsewhere, run_real_row
+from bench.run.suite import _open_suite, _preflight, _wait_elsewhere, run_real_row, time_per_model
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def run_sweep(
             tags={schema.SWEEP: suite.name},
         )  # fmt: skip
         suite_run.parent.log_params({"sweep.trials": suite.sweep.trials, "sweep.seed": suite.sweep.seed})
-        suite_run.parent.log_dict(sweep_record(config, suite, trials), schema.SWEEP_ARTIFACT)
+        digests = {name: d.digest for name, d in ctx.datasets.items()}
+        record = sweep_record(config, suite, trials, digests)
+        suite_run.parent.log_dict(record, schema.SWEEP_ARTIFACT)
         values = {cell.name: trial.values for cell, trial in trials}
         start = time.perf_counter()
         try:
@@ -183,12 +185,15 @@ def run_sweep(
             suite_run.parent.end("KILLED")
             raise
         wall = time.perf_counter() - start
-        suite_run.parent.log_dict(
-            {**sweep_record(config, suite, trials), "winners": [
-                {"dataset": d, "model": m, **w} for (d, m), w in winners.items()
-            ]},
-            schema.SWEEP_ARTIFACT,
-        )  # fmt: skip
+        for label, outcomes in (("trial", trial_outcomes), ("retrained cell", retrained)):
+            for line in time_per_model(outcomes):  # what a larger budget, or a sweep of more models, will cost
+                echo(line.replace("time per cell", f"time per {label}", 1))
+        record["winners"] = [
+            {"dataset": d, "model": m, **w,
+             "retrained": [c.key(digests[d]) for c in retrain if (c.dataset, c.model) == (d, m)]}
+            for (d, m), w in winners.items()
+        ]  # fmt: skip
+        suite_run.parent.log_dict(record, schema.SWEEP_ARTIFACT)
         suite_run.parent.log_metrics(
             {
                 "sweep/trials_finished": sum(o.status in ("FINISHED", "SKIPPED") for o in trial_outcomes),
@@ -252,9 +257,10 @@ def pick_winners(tracker: tracking.Tracker, trials, ctx, echo) -> dict[tuple[str
     return winners
 
 
-def sweep_record(config: BenchConfig, suite: SuiteConfig, trials) -> dict:
+def sweep_record(config: BenchConfig, suite: SuiteConfig, trials, digests: dict[str, str]) -> dict:
     """What defines the sweep (sweep.json on its parent run, and the report's protocol.json): the search spaces, the
-    sampler, the trials' configurations and seeds, how trials are scored."""
+    sampler, the trials' configurations, seeds and cell keys (the report shows these trials and no others of the
+    experiment), how trials are scored. The winners and their retrained cells' keys are added when the sweep ends."""
     return {
         "suite": suite.name,
         "trials_per_model": suite.sweep.trials,
@@ -272,7 +278,14 @@ def sweep_record(config: BenchConfig, suite: SuiteConfig, trials) -> dict:
             for m in suite.models
         },
         "trials": [
-            {"model": c.model, "dataset": c.dataset, "trial": t.number, "seed": c.seed, "values": t.values}
+            {
+                "model": c.model,
+                "dataset": c.dataset,
+                "trial": t.number,
+                "seed": c.seed,
+                "values": t.values,
+                "key": c.key(digests[c.dataset]),
+            }
             for c, t in trials
         ],
     }
