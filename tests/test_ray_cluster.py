@@ -21,7 +21,7 @@ from tests.conftest import BENCH_TOML, TINY, seed_cache, wait_until
 from tests.test_server import server_process
 from tests.test_ui import free_port
 
-SETTINGS = ("models=['gan-mlp']", "seeds=[0]", "train.steps=1000", "train.log_every=50", "train.checkpoint_every=100")
+SETTINGS = ("models=['gan-mlp']", "seeds=[0]", "train.steps=400", "train.log_every=50", "train.checkpoint_every=100")
 
 
 def _bench(results: Path, env: dict, *args: str) -> subprocess.Popen:

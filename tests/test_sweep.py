@@ -29,12 +29,12 @@ SWEEP = (  # the tune suite at a CPU-seconds budget; the domain recipe of confte
     "models=['gan-mlp', 'vae-mlp']",
     "seeds=[0]",
     "sweep.trials=3",
-    "train.steps=120",
+    "train.steps=60",
     "train.batch_size=32",
     "train.log_every=20",
-    "train.sample_every=60",
+    "train.sample_every=30",
     "train.checkpoint_every=10",
-    "train.eval_every=60",
+    "train.eval_every=30",
     "train.eval_samples=200",
     "eval.num_samples=200",
     "eval.kid_subset_size=100",
@@ -85,7 +85,7 @@ def test_bench_sweep_dry_run_draws_the_same_configurations_each_time(tmp_path, m
     second = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert first.output == second.output
-    assert first.output.count("run: train 120 steps") == 6
+    assert first.output.count("run: train 60 steps") == 6
     assert "gan-mlp/digits/trial2" in first.output and "lr = " in first.output
     reseeded = CliRunner().invoke(main, [*args, "--set", "sweep.seed=1"])
     assert reseeded.exit_code == 0 and reseeded.output != first.output
@@ -166,13 +166,14 @@ def test_the_bootstrap_band_holds_the_true_curve_about_95_percent_of_the_time():
 def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evaluation(quick_run, tmp_path, monkeypatch):
     """A trial's score comes from the validation split's features; those images are carved out of the training
     split, so no reference or test image (what the retrained cells' reported numbers are scored on) is among them,
-    and the trial does not evaluate on the test split at all."""
+    and the trial does not evaluate on the test split at all. A second trial diverges (its score is NaN): it is a
+    failed trial, and the sweep goes on to retrain the first."""
     import bench.run.cell as cell_module
     from bench.data import load
     from bench.eval.encoders import build_encoder
     from bench.run.sweep import run_sweep
 
-    cfg = tune("models=['vae-mlp']", "sweep.trials=1", "train.steps=20")
+    cfg = tune("models=['vae-mlp']", "sweep.trials=2", "train.steps=20")
     dataset = load("digits", validation=cfg.suite("tune").eval.validation_images)
     rows = lambda images: {bytes(x.numpy().tobytes()) for x in images}  # noqa: E731
     validation = rows(dataset.validation_images)
@@ -184,15 +185,19 @@ def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evalu
     real_fid = cell_module.validation_fid
 
     def spy(model, encoder, real, *args):
+        if "real" in seen:
+            return math.nan  # the second trial "diverged"
         seen["real"] = real.clone()
         return real_fid(model, encoder, real, *args)
 
     monkeypatch.setattr(cell_module, "validation_fid", spy)
     results = tmp_path / "results"
     seed_cache(quick_run, results)
-    run_sweep(cfg, "tune", results=results, executor="inline", progress=False, echo=lambda s: None)
+    done = run_sweep(cfg, "tune", results=results, executor="inline", progress=False, echo=lambda s: None)
+    assert [o.status for o in done.trials] == ["FINISHED", "FAILED"] and "diverged" in done.trials[1].error
+    assert [o.status for o in done.retrained] == ["FINISHED"] and done.winners[("digits", "vae-mlp")]["trial"] == 0
     runs = tracking.load_runs(tracking.default_uri(results), schema.sweep_experiment("tune"))
-    (trial,) = runs[runs[schema.SWEEP_ROLE] == "trial"].to_dict("records")
+    (trial,) = runs[(runs[schema.SWEEP_ROLE] == "trial") & (runs["status"] == "FINISHED")].to_dict("records")
     logged = {k[len("metrics.") :] for k, v in trial.items() if k.startswith("metrics.") and pd.notna(v)}
     scored = {k for k in logged if not k.startswith(("time/", "throughput/", "train/", "periodic/", "system/"))}
     assert scored == {schema.SWEEP_SCORE}  # nothing scored on the test or reference split
