@@ -186,7 +186,7 @@ def _open_suite(
     if suite.train.precision == "bf16" and (note := bf16_note(ctx.device)):
         ctx.echo(note)
     parent = tracker.start_run(
-        f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        f"{'sweep-' if experiment else ''}{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         {
             schema.SUITE: suite.name,
             schema.PARENT: "true",
