@@ -343,3 +343,16 @@ def test_the_report_counts_the_latest_sweeps_trials_once_each_and_failures_as_dr
     assert found.curve[-1] == pytest.approx(_brute_force([30.0, math.nan, 20.0], 3))
     (everything,) = sweeps(runs, resamples=50)
     assert everything.budget == 4 and everything.winner == 3  # without the keys the old trial would win
+
+
+def test_bench_report_sweep_writes_the_report_again_from_the_store(killed_sweep, tmp_path):
+    out = tmp_path / "again"
+    result = CliRunner().invoke(
+        main, ["report", "--config", str(BENCH_TOML), "--suite", "tune", "--sweep", "--out", str(out)],
+        env={"BENCH_RESULTS": str(killed_sweep["results"])},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first = killed_sweep["results"] / "reports" / schema.sweep_experiment("tune")
+    assert (out / "sweep.csv").read_text() == (first / "sweep.csv").read_text()  # the same seeded bootstrap
+    assert (out / "leaderboard.csv").read_text() == (first / "leaderboard.csv").read_text()
+    assert "| digits | gan-mlp | 3 | 0 |" in result.output
