@@ -167,7 +167,7 @@ def _space_text(spec: dict) -> str:
     return f"{kind.replace('_', '-')} [{values[0]:g}, {values[1]:g}]"
 
 
-def to_html(suite: str, markdown_table: pd.DataFrame, found, figures, spaces) -> str:
+def to_html(suite: str, markdown_table: pd.DataFrame, figures, spaces) -> str:
     e = html.escape
     parts = [
         "<!doctype html>",
@@ -177,7 +177,7 @@ def to_html(suite: str, markdown_table: pd.DataFrame, found, figures, spaces) ->
         f"<h1>Sweep — suite <code>{e(suite)}</code></h1>",
         f"<p>{e(INTRO).replace('*', '')}</p>",
     ]
-    if found:
+    if len(markdown_table):
         header = list(markdown_table.columns)
         parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead><tbody>")
         for _, row in markdown_table.iterrows():
@@ -226,7 +226,7 @@ def write_sweep_report(
     paths["sweep"] = out / "sweep.md"
     paths["sweep"].write_text(to_markdown(suite, found, drawn, spaces))
     paths["sweep_html"] = out / "sweep.html"
-    paths["sweep_html"].write_text(to_html(suite, summary_table(found), found, drawn, spaces))
+    paths["sweep_html"].write_text(to_html(suite, summary_table(found), drawn, spaces))
     curves = [
         {"dataset": s.dataset, "model": s.model, "budget": k + 1, "expected_best": s.curve[k], "low": s.low[k],
          "high": s.high[k]}
