@@ -26,10 +26,12 @@ def test_vae_likelihood_bounds_units_and_reproducibility():
     model = baselines.MODELS["vae-mlp"](baselines.MODELS["vae-mlp"].Config(), (1, 28, 28))
     train(model, digits.train_images, TrainConfig(steps=60, batch_size=64), seed=0, logger=Quiet(), progress=False)
     images = observe_test(digits.test_images[:100], "bernoulli", seed=0)
-    a = vae_likelihood(model, images, k=64, batch_size=50, seed=0)
-    assert a == vae_likelihood(model, images, k=64, batch_size=50, seed=0)
+    a, per_image = vae_likelihood(model, images, k=64, batch_size=50, seed=0)
+    again, again_per_image = vae_likelihood(model, images, k=64, batch_size=50, seed=0)
+    assert a == again and torch.equal(per_image, again_per_image)
+    assert per_image.shape == (len(images.images),) and a["nll_iwae"] == pytest.approx(-per_image.mean().item())
     assert -a["elbo"] >= a["nll_iwae"] > 0  # the IWAE bound is tighter than the ELBO
-    more = vae_likelihood(model, images, k=256, batch_size=50, seed=0)
+    more, _ = vae_likelihood(model, images, k=256, batch_size=50, seed=0)
     assert more["nll_iwae"] <= a["nll_iwae"] + 0.5  # more importance samples: a tighter bound (up to MC noise)
 
 
@@ -37,7 +39,7 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
     digits = load("digits")
     torch.manual_seed(0)
     model = baselines.build("conv-vae", None, (1, 28, 28), digits.observation)
-    out = vae_likelihood(model, observe_test(digits.test_images[:40], "bernoulli", 0), k=8, batch_size=20, seed=0)
+    out, _ = vae_likelihood(model, observe_test(digits.test_images[:40], "bernoulli", 0), k=8, batch_size=20, seed=0)
     assert out["elbo"] == pytest.approx(-(out["rate"] + out["distortion"]), rel=1e-9)
     assert out["rate"] >= 0 and out["distortion"] > 0
 
@@ -46,7 +48,7 @@ def test_rate_and_distortion_add_up_to_the_elbo_and_cifar_bits_per_dim_are_discr
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     model = baselines.build("iwae", None, (3, 32, 32), "discretized-logistic")
-    out = vae_likelihood(model, observe_test(images, "discretized-logistic", 0), k=8, batch_size=3, seed=0)
+    out, _ = vae_likelihood(model, observe_test(images, "discretized-logistic", 0), k=8, batch_size=3, seed=0)
     assert 0 < out["bits_per_dim"] and out["bits_per_dim"] > 6.0
     assert out["nll_iwae"] <= -out["elbo"] + 1.0
 
@@ -84,7 +86,7 @@ def test_bits_per_dim_of_a_coin_flip_model_is_one_bit_per_binary_pixel():
             layer.weight.zero_()
             layer.bias.zero_()
     images = observe_test(load("digits").test_images[:20], "bernoulli", seed=3)
-    out = vae_likelihood(model, images, k=16, batch_size=7, seed=0)
+    out, _ = vae_likelihood(model, images, k=16, batch_size=7, seed=0)
     assert out["bits_per_dim"] == pytest.approx(1.0, abs=1e-6)
     assert out["nll_iwae"] == pytest.approx(784 * math.log(2), rel=1e-6)
     assert out["rate"] == pytest.approx(0.0, abs=1e-6) and out["elbo"] == pytest.approx(-out["nll_iwae"], rel=1e-6)

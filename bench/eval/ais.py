@@ -91,12 +91,59 @@ def log_bin_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return upper + _log1mexp(lower - upper)
 
 
+_TAIL = -20.0  # a reflected bin's upper edge below this: its mass from log Φ (erfc's relative accuracy ends near −26)
+_SQRT_HALF, _LOG_SQRT_2PI = math.sqrt(0.5), 0.5 * math.log(2 * math.pi)
+
+
+def log_bin_mass_fast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log_bin_mass(a, b) at a third of its cost, for the bins AIS scores millions of times: reflected as there, so
+    that the bin lies at or left of the mean, its mass is ½(erfc(−b/√2) − erfc(−a/√2)), a difference of two numbers
+    of the same sign without cancellation beyond the bin's width; bins whose reflected upper edge lies below _TAIL
+    (where erfc nears its underflow) go through log_bin_mass's log Φ. Same value to ~1e-13 relative."""
+    right = a > 0
+    a, b = torch.where(right, -b, a), torch.where(right, -a, b)
+    tail = b < _TAIL
+    far = bool(tail.any())
+    sa, sb = (torch.where(tail, -1.0, a), torch.where(tail, 1.0, b)) if far else (a, b)  # finite stand-ins there
+    out = torch.log(torch.special.erfc(-_SQRT_HALF * sb).sub_(torch.special.erfc(-_SQRT_HALF * sa)).mul_(0.5))
+    if far:
+        out[tail] = log_bin_mass(a[tail], b[tail])
+    return out
+
+
+class _DiscretisedGaussianLogLik(torch.autograd.Function):
+    """Σ over pixels of log P(x | N(m, σ²) discretised), per row, with its gradient in m written out rather than
+    taped through a dozen float64 operations: ∂/∂m log(Φ(b) − Φ(a)) = (φ(a) − φ(b)) / (σ (Φ(b) − Φ(a))) for the
+    standardised bin edges a = (x − h − m)/σ, b = (x + h − m)/σ, evaluated in log space (exp(log φ − log mass)), so
+    it stays finite in the far tails; φ(±edge) = 0 at the end bins. AIS needs first derivatives only."""
+
+    @staticmethod
+    def forward(ctx, mean: torch.Tensor, centre: torch.Tensor, sigma) -> torch.Tensor:
+        half = 0.5 / (LEVELS - 1)
+        m = mean.double()
+        low = ((centre - half) - m).div_(sigma).masked_fill_(centre < half, -_EDGE)
+        high = ((centre + half) - m).div_(sigma).masked_fill_(centre > 1 - half, _EDGE)
+        log_mass = log_bin_mass_fast(low, high)
+        ctx.save_for_backward(
+            low, high, log_mass, sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=torch.float64)
+        )
+        ctx.dtype = mean.dtype
+        return log_mass.sum(1).to(mean.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        low, high, log_mass, sigma = ctx.saved_tensors
+        at_low = torch.exp((low * low).mul_(-0.5).sub_(log_mass).sub_(_LOG_SQRT_2PI))  # φ(a) / mass
+        at_high = torch.exp((high * high).mul_(-0.5).sub_(log_mass).sub_(_LOG_SQRT_2PI))  # φ(b) / mass
+        d_mean = at_low.sub_(at_high).div_(sigma).mul_(grad.double()[:, None])
+        return d_mean.to(ctx.dtype), None, None
+
+
 def discretized_gaussian_log_lik(mean: Callable[[torch.Tensor], torch.Tensor], sigma: float | torch.Tensor) -> LogLik:
     """log P(x|z) summed over pixels, x = k/255 (8-bit images on [0, 1]): the mass of N(mean(z), σ²) on the bin
     [x − 1/510, x + 1/510], the end bins (k = 0, 255) extended to −∞ and +∞, so the 256 masses sum to 1. Computed in
-    float64 (tail masses of a narrow Gaussian). `sigma`: one σ, or one per image (B,), rows laid out as in
-    `gaussian_log_lik`."""
-    half = 0.5 / (LEVELS - 1)
+    float64 (tail masses of a narrow Gaussian), its gradient in closed form (_DiscretisedGaussianLogLik). `sigma`:
+    one σ, or one per image (B,), rows laid out as in `gaussian_log_lik`."""
 
     def log_lik(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         mu = mean(z).flatten(1)
@@ -104,11 +151,8 @@ def discretized_gaussian_log_lik(mean: Callable[[torch.Tensor], torch.Tensor], s
         if torch.is_tensor(sigma):
             s = sigma.to(mu.device, torch.float64).repeat(len(mu) // len(sigma))[:, None]
         else:
-            s = sigma
-        m = mu.double()
-        low = torch.where(centre < half, -_EDGE, (centre - half - m) / s)
-        high = torch.where(centre > 1 - half, _EDGE, (centre + half - m) / s)
-        return log_bin_mass(low, high).sum(1).to(mu.dtype)
+            s = float(sigma)
+        return _DiscretisedGaussianLogLik.apply(mu, centre, s)
 
     return log_lik
 

@@ -43,11 +43,16 @@ def observe_test(images: torch.Tensor, observation: str, seed: int) -> Observed:
 
 
 @torch.no_grad()
-def vae_likelihood(model: LikelihoodModel, observed: Observed, k: int, batch_size: int, seed: int) -> dict[str, float]:
-    """ELBO, rate, distortion, k-sample IWAE NLL and bits/dim of `model` on the observed test images."""
+def vae_likelihood(
+    model: LikelihoodModel, observed: Observed, k: int, batch_size: int, seed: int
+) -> tuple[dict[str, float], torch.Tensor]:
+    """ELBO, rate, distortion, k-sample IWAE NLL and bits/dim of `model` on the observed test images; and each
+    image's k-sample IWAE bound of log p(x), (N,) float64 on the CPU (what AIS under the VAE's own model is checked
+    against, so that the bound is computed once)."""
     device = next(model.parameters()).device
     images = observed.images
-    log_px_sum = kl_sum = ll_sum = 0.0
+    log_px_sum = kl_sum = 0.0
+    bounds = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # the posterior samples inside elbo_terms/log_likelihood
         for chunk in images.split(batch_size):
@@ -55,16 +60,18 @@ def vae_likelihood(model: LikelihoodModel, observed: Observed, k: int, batch_siz
             log_px, kl = model.elbo_terms(x)
             log_px_sum += log_px.double().sum().item()
             kl_sum += kl.double().sum().item()
-            ll_sum += model.log_likelihood(x, k).double().sum().item()
+            bounds.append(model.log_likelihood(x, k).double().cpu())
     n, dims = len(images), math.prod(images.shape[1:])
-    nll = -ll_sum / n
-    return {
+    per_image = torch.cat(bounds)
+    nll = -per_image.sum().item() / n
+    metrics = {
         ELBO: (log_px_sum - kl_sum) / n,
         RATE: kl_sum / n,
         DISTORTION: -log_px_sum / n,
         NLL_IWAE: nll,
         BITS_PER_DIM: nll / (dims * math.log(2)),
     }
+    return metrics, per_image
 
 
 @torch.no_grad()

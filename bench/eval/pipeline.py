@@ -167,19 +167,20 @@ def evaluate(
     generate_s = time.perf_counter() - t
     metrics, details = score_samples(samples, dataset, cfg, real)
     metrics.update({EVAL_GENERATE_S: generate_s, **details.pop("seconds")})  # where the evaluation's time goes
-    observed = None
+    observed = iwae = None
     if model.family == "vae" and likelihood:
         t = time.perf_counter()
         test = dataset.test_images[: cfg.likelihood_images or None]
         observed = observe_test(test, dataset.observation, cfg.seed)
-        metrics.update(vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed))
+        bounds, iwae = vae_likelihood(model, observed, cfg.iwae_k, min(cfg.batch_size, 100), cfg.seed)
+        metrics.update(bounds)
         metrics.update(reconstruction_quality(model, test, cfg.batch_size))
         metrics[EVAL_LIKELIHOOD_S] = time.perf_counter() - t
     if cfg.ais.images and likelihood:  # GANs and VAEs alike: a code length under a discretised Gaussian decoder
         ais = decoder_likelihood(model, dataset.test_images, cfg.ais, cfg.seed, echo)
         metrics.update(ais["metrics"])
         if observed is not None and has_own_model(model):  # and a VAE under its own model, against its IWAE bound
-            own = own_model_check(model, observed.images, cfg.ais, cfg.iwae_k, cfg.seed, echo)
+            own = own_model_check(model, observed.images, iwae, cfg.ais, cfg.seed, echo)
             metrics.update(own["metrics"])
             ais["own_model_check"] = own["warning"] or "ok"
         details["ais"] = ais

@@ -124,7 +124,8 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
             "values (end bins to infinity), a probability: -log p(x) >= 0 is a code length; sigma chosen on "
             "validation images",
             "own_model_check": "VAEs: AIS under their own observation model on the first `images` observed (binarised "
-            "or 8-bit) test images, against their IWAE bound on the same images",
+            "or 8-bit) test images, against their IWAE bound on the same images (the per-image bounds nll_iwae "
+            "averages, computed once)",
             "validation": f"the last {cfg.ais.validation_images} test images",
             "step_sizes": "fixed per image by an adaptive pilot (pilot_chains chains), replayed by fresh scored chains",
             "sigma_search": "every candidate sigma in one batched pass: each validation image once per sigma, with its "
