@@ -371,8 +371,9 @@ def test_one_sigma_per_image_is_each_images_gaussian_density():
 
 
 def test_the_sigma_search_and_bdmc_cost_one_sequence_of_transitions_each(monkeypatch):
-    """Every candidate σ in one AIS pass (not one per σ), and BDMC's forward chains inside the scored images' pass:
-    for a test set that fits one batch, AIS runs pilot-then-score twice (σ search, scoring) and one reverse run."""
+    """Every candidate σ in one AIS pass (not one per σ) ranked by the adaptive pilot alone, and BDMC's forward
+    chains inside the scored images' pass: for a test set that fits one batch, one adaptive run (σ search), one
+    pilot-then-score (scoring) and one reverse run."""
     model = LinearGaussian(64, 3, seed=8, scale=0.1, offset=0.5)
     model.config = SimpleNamespace(latent_dim=3)
     x, _ = model.simulate(30, 0.1, seed=9)
@@ -394,8 +395,8 @@ def test_the_sigma_search_and_bdmc_cost_one_sequence_of_transitions_each(monkeyp
     cfg = AISConfig(images=10, chains=2, steps=10, leapfrog=2, sigmas=(0.03, 0.1, 0.3), validation_images=10,
                     validation_steps=5, bdmc_images=4)  # fmt: skip
     out = D.decoder_likelihood(model, test, cfg, seed=0, echo=lambda line: None)
-    assert calls["pilot_then_score"] == 2  # the σ search, then the scored and the simulated images together
-    assert calls["ais"] == 2 * 2 + 1  # each pilot_then_score runs ais twice (pilot, scored); BDMC's reverse run
+    assert calls["pilot_then_score"] == 1  # the scored and the simulated images together
+    assert calls["ais"] == 1 + 2 + 1  # the σ search's pilot; pilot and scored chains; BDMC's reverse run
     m = out["metrics"]
     assert m["ais/sigma"] == 0.1 and m["ais/bdmc_upper"] >= m["ais/bdmc_lower"] - 1.0
     assert set(out["validation"]) == {"0.03", "0.1", "0.3"}
