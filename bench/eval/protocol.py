@@ -128,8 +128,8 @@ def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed
             "averages, computed once)",
             "validation": f"the last {cfg.ais.validation_images} test images",
             "step_sizes": "fixed per image by an adaptive pilot (pilot_chains chains), replayed by fresh scored chains",
-            "sigma_search": "every candidate sigma in one batched pass: each validation image once per sigma, ranked by "
-            "the adaptive pilot's estimates (pilot_chains chains per image), not replayed",
+            "sigma_search": "every candidate sigma in one batched pass: each validation image once per sigma, ranked "
+            "by the adaptive pilot's estimates (pilot_chains chains per image), not replayed",
             "bdmc": "the simulated images' forward chains run in the scored images' pass; the reverse run replays "
             "their pilot's step sizes",
             **dataclasses.asdict(cfg.ais),
