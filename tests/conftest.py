@@ -38,6 +38,7 @@ TINY = (
     "eval.ais.validation_images=4",
     "eval.ais.validation_steps=5",
     "eval.ais.bdmc_images=2",
+    "eval.ais.own_steps=20",
     "features.domain.steps=150",
     "features.domain.min_test_accuracy=0.5",
 )

@@ -1,5 +1,5 @@
 """Sample-quality metrics on encoder features: FID, IS and precision/recall with torch-fidelity's metric functions, KID
-on torch-fidelity's subsets in batched float64 products, density/coverage, FID∞ and C_T.
+on torch-fidelity's subsets with every kernel value computed once, density/coverage, FID∞ and C_T.
 
 Layered as in torch-fidelity: features → statistics → metric. Inputs are the dicts an Encoder returns:
 {"features": (N, d) float64, "logits": (N, K)}; "generated" first, "real" second, as torch-fidelity expects.
@@ -91,39 +91,58 @@ def inception_score(logits: torch.Tensor, splits: int, seed: int) -> tuple[float
 
 
 KID_SUBSETS_AT_ONCE = 10  # subsets whose three kernel matrices are built in one batched product (memory, not math)
+KID_GRAM_MAX_ENTRIES = 2**25  # at most this many kernel values (256 MB of float64): every pair's kernel computed once
+
+
+def _poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """k(x, y) = (x·y / d + 1)³ between the rows of a (…, n, d) and b (…, m, d), float64."""
+    return (a @ b.transpose(-1, -2) / a.shape[-1] + 1.0) ** 3
 
 
 def kid(generated: torch.Tensor, real: torch.Tensor, subsets: int, subset_size: int, seed: int) -> tuple[float, float]:
     """Unbiased MMD² with the cubic polynomial kernel k(x, y) = (x·y / d + 1)³ (Bińkowski et al. 2018) over random
-    subsets: mean and population standard deviation over the subsets. The subsets are torch-fidelity's (a numpy
-    RandomState(seed), each subset drawing `subset_size` generated then real indices without replacement), so the
-    numbers are its numbers; the kernels of KID_SUBSETS_AT_ONCE subsets are computed in one batched float64 product
-    instead of one subset at a time. For m images per side: (Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j)) / (m(m − 1))
-    − 2 Σ_{i,j} k(x_i, y_j) / m²."""
+    subsets: mean and population standard deviation over the subsets. For m images per side:
+    (Σ_{i≠j} k(x_i, x_j) + Σ_{i≠j} k(y_i, y_j)) / (m(m − 1)) − 2 Σ_{i,j} k(x_i, y_j) / m².
+
+    The subsets are torch-fidelity's (a numpy RandomState(seed), each subset drawing `subset_size` generated then
+    real indices without replacement), so the numbers are its numbers up to float64 summation order. The kernel
+    sums are computed once per pair: when all kernel values fit KID_GRAM_MAX_ENTRIES (the subsets overlap, so
+    computing them per subset repeats most of them), each subset's block sum is 1ₛᵀ K 1ₛ of the full kernel
+    matrices with the subsets' indicator vectors; otherwise the subsets' kernels are built KID_SUBSETS_AT_ONCE at a
+    time in batched products."""
     import numpy as np
 
-    n_gen, n_real, dim = len(generated), len(real), generated.shape[1]
+    n_gen, n_real = len(generated), len(real)
     if min(n_gen, n_real) < subset_size:
         raise MetricError(f"KID subsets of {subset_size} need as many images: {n_gen} generated, {n_real} real")
     rng = np.random.RandomState(seed)
     picks = [(rng.choice(n_gen, subset_size, replace=False), rng.choice(n_real, subset_size, replace=False))
              for _ in range(subsets)]  # fmt: skip
     x_all, y_all = generated.double().cpu(), real.double().cpu()
+    gen_idx = torch.from_numpy(np.stack([p[0] for p in picks]))  # (S, m)
+    real_idx = torch.from_numpy(np.stack([p[1] for p in picks]))
     m = subset_size
-    values = []
-    for start in range(0, subsets, KID_SUBSETS_AT_ONCE):
-        block = picks[start : start + KID_SUBSETS_AT_ONCE]
-        x = x_all[torch.from_numpy(np.stack([p[0] for p in block]))]  # (S, m, d)
-        y = y_all[torch.from_numpy(np.stack([p[1] for p in block]))]
+    if n_gen * n_gen + n_real * n_real + n_gen * n_real <= KID_GRAM_MAX_ENTRIES:
+        in_gen = torch.zeros(subsets, n_gen, dtype=torch.float64).scatter_(1, gen_idx, 1.0)  # (S, n) indicators
+        in_real = torch.zeros(subsets, n_real, dtype=torch.float64).scatter_(1, real_idx, 1.0)
 
-        def kernel_sum(a, b, off_diagonal: bool):
-            k = (torch.bmm(a, b.transpose(1, 2)) / dim + 1.0) ** 3  # (S, m, m)
-            total = k.sum((1, 2))
-            return total - k.diagonal(dim1=1, dim2=2).sum(1) if off_diagonal else total
+        def block_sums(k: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            return ((left @ k) * right).sum(1)  # (S,): Σ_{i ∈ left's subset, j ∈ right's} k_ij
 
-        xx, yy, xy = kernel_sum(x, x, True), kernel_sum(y, y, True), kernel_sum(x, y, False)
-        values.append((xx + yy) / (m * (m - 1)) - 2 * xy / (m * m))
-    mmd = torch.cat(values)
+        k_xx, k_yy, k_xy = _poly_kernel(x_all, x_all), _poly_kernel(y_all, y_all), _poly_kernel(x_all, y_all)
+        xx = block_sums(k_xx, in_gen, in_gen) - in_gen @ k_xx.diagonal()
+        yy = block_sums(k_yy, in_real, in_real) - in_real @ k_yy.diagonal()
+        mmd = (xx + yy) / (m * (m - 1)) - 2 * block_sums(k_xy, in_gen, in_real) / (m * m)
+    else:
+        values = []
+        for start in range(0, subsets, KID_SUBSETS_AT_ONCE):
+            x = x_all[gen_idx[start : start + KID_SUBSETS_AT_ONCE]]  # (s, m, d)
+            y = y_all[real_idx[start : start + KID_SUBSETS_AT_ONCE]]
+            k_xx, k_yy, k_xy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+            xx = k_xx.sum((1, 2)) - k_xx.diagonal(dim1=1, dim2=2).sum(1)
+            yy = k_yy.sum((1, 2)) - k_yy.diagonal(dim1=1, dim2=2).sum(1)
+            values.append((xx + yy) / (m * (m - 1)) - 2 * k_xy.sum((1, 2)) / (m * m))
+        mmd = torch.cat(values)
     return mmd.mean().item(), mmd.std(correction=0).item()
 
 
