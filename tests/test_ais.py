@@ -331,6 +331,7 @@ def test_the_fast_bin_mass_and_its_closed_form_gradient_equal_the_log_ndtr_forms
         fast, slow = A.log_bin_mass_fast(a, b), A.log_bin_mass(a, b)
         assert torch.isfinite(fast).all()
         assert torch.allclose(fast, slow, rtol=1e-12, atol=0), width
+        assert torch.equal(A.log_bin_mass_fast(a, b, sync_free=True), fast)  # the GPU's form, without host syncs
     low, high = torch.tensor([-A._EDGE, 3.0], dtype=torch.float64), torch.tensor([-3.0, A._EDGE], dtype=torch.float64)
     assert torch.allclose(A.log_bin_mass_fast(low, high), A.log_bin_mass(low, high), rtol=1e-12)  # the end bins
 
