@@ -1,5 +1,6 @@
 # `make run`: set up .venv, run the offline quick suite and write its report.
-# `make test`: set up .venv (with the dev extra) and run the tests.
+# `make test`: set up .venv (with the dev extra) and run every test, two at a time (pytest-xdist, one per core).
+# `make check`: lint and the fast tier (no server, cluster, browser or subprocess suite), for every edit.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,11 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test lint clean browser gpu-check
+.PHONY: run test check lint clean browser gpu-check
+
+# Two xdist workers (the machines have 2 cores); tests that share a module fixture or a Ray run in one worker, in
+# the order tests/conftest.py gives them (the longest first).
+PYTEST := $(BIN)/python -m pytest -q
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +28,10 @@ run: $(STAMP)
 	$(BIN)/bench report --suite quick
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
+
+check: lint
+	$(PYTEST) -m "not integration"
 
 # The browser tests drive Debian's headless Chromium through its chromedriver; install both when missing.
 browser:

@@ -1,5 +1,10 @@
-"""Shared fixtures: the repository's bench.toml shrunk with --set overrides to a CPU-seconds budget, and one
-session-wide run of that tiny quick suite into a temporary MLflow store."""
+"""Shared fixtures: the repository's bench.toml shrunk with --set overrides to a CPU-seconds budget, one
+session-wide run of that tiny quick suite into a temporary MLflow store, and the real components the tests share
+(one `mlflow server`; tests/components.py makes each once per session across pytest-xdist workers).
+
+Also two session rules: every test phase (set-up, call, tear-down) stays within TEST_BUDGET_S, or the session
+fails naming it; and `make check` deselects the tests marked `integration` (those that need a server, a cluster, a
+browser, a subprocess suite or the session's trained suite; marked here by the fixtures they use)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import pytest
 import torch
 
 from bench import config
+from tests import components
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TOML = REPO / "bench.toml"
@@ -43,7 +49,82 @@ TINY = (
     "features.domain.min_test_accuracy=0.5",
 )
 
-torch.set_num_threads(2)
+# Both cores: make test runs two xdist workers, each with one thread (two each would oversubscribe the machine).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
+
+TEST_BUDGET_S = 180  # no single test phase may take longer: split it or share a fixture instead
+INTEGRATION_FIXTURES = {  # a test that uses one of these is `integration` (not in `make check`)
+    "domain_cache", "quick_run", "killed_and_resumed", "uninterrupted", "mlflow_server", "local_ray", "vit_run",
+    "browser", "killed_sweep",
+}  # fmt: skip
+_over_budget: list[str] = []
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "integration: needs a server, cluster, browser, subprocess suite or the session's trained suite"
+    )
+
+
+# Modules whose tests share a module-scoped fixture (a trained model, a browser, a killed sweep): one xdist worker
+# each, so the fixture is made once. (test_ray and test_ray_cluster share the group "ray" in their own files.)
+MODULE_GROUPS = ("test_ais", "test_browser", "test_evaluate", "test_features", "test_inception", "test_sweep")
+# The longest tests (and groups) start first, so that no worker is left alone with one of them at the end; the rest
+# keep their order after these. Measured with `pytest --durations`: each of these takes 30-240 s of one worker.
+LONG_FIRST = (
+    "tests/test_ray_cluster.py",
+    "tests/test_ray.py",
+    "tests/test_server.py::test_a_tracking_server_down",
+    "tests/test_encoders.py::test_a_suite_with_two_encoders",
+    "tests/test_lease.py::test_two_bench_runs",
+    "tests/test_sweep.py",
+    "tests/test_package.py",
+    "tests/test_browser.py",
+    "tests/test_isolation.py",
+    "tests/test_plugins.py::test_the_readme_plugin",
+    "tests/test_server.py",
+    "tests/test_executors.py::test_two_cells_per_gpu",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        module = item.path.stem
+        if module in MODULE_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: within a rank, the collection's order
+
+
+def pytest_runtest_logreport(report):
+    """Runs in the process that reports (the controller under xdist): remember phases over the budget."""
+    if report.duration > TEST_BUDGET_S:
+        _over_budget.append(f"{report.nodeid} ({report.when}): {report.duration:.0f} s")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _over_budget:
+        terminalreporter.section(f"tests over the {TEST_BUDGET_S} s budget")
+        for line in _over_budget:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("split them, or share a session fixture (tests/components.py)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the controller ends the shared components once every worker is done
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        components.end_registered(factory.getbasetemp() / components.SHARED)
+    if _over_budget and exitstatus == 0:
+        session.exitstatus = 1
 
 
 @pytest.fixture(autouse=True)
@@ -62,26 +143,75 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(0.5)
 
 
-def tiny_config(*extra: str) -> config.BenchConfig:
-    return config.load(BENCH_TOML, TINY + extra, "quick")
+def tiny_config(*extra: str, path: Path = BENCH_TOML, suite: str = "quick") -> config.BenchConfig:
+    return config.load(path, TINY + extra, suite)
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """The quick suite (digits × gan-mlp, vae-mlp × seeds 0, 1), tiny budget, into a fresh sqlite store."""
-    from bench.run.suite import run_suite
-    from bench.tracking import default_uri
+def domain_cache(tmp_path_factory) -> Path:
+    """A results folder whose cache holds the tiny recipe's digits domain encoder, trained once per session: every
+    suite the tests run starts from a copy (`seed_cache`), since training it is not what they test (tests/
+    test_features.py does). Only the encoder: each suite still computes its real features and copying cells."""
 
-    results = tmp_path_factory.mktemp("results")
-    cfg = tiny_config()
-    lines: list[str] = []
-    outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
-    return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines}
+    def build(folder: Path) -> Path:
+        from bench.data import load
+        from bench.eval.encoders import build_encoder
+
+        cfg = tiny_config()
+        digits = load("digits", validation=cfg.suite("quick").eval.validation_images)  # the suite's carve
+        build_encoder("domain", digits, cfg.domain, folder / "cache", torch.device("cpu"))
+        return folder
+
+    return components.once_per_session(tmp_path_factory, "domain-cache", build)
 
 
-def seed_cache(quick_run, results: Path) -> None:
-    """The tiny recipe's domain encoder, already trained by the session's quick run (saves ~10 s per store)."""
-    shutil.copytree(quick_run["results"] / "cache", results / "cache", dirs_exist_ok=True)
+@pytest.fixture(scope="session")
+def quick_run(domain_cache, tmp_path_factory):
+    """The quick suite (digits × gan-mlp, vae-mlp × seeds 0, 1), tiny budget, into a fresh sqlite store: one trained
+    cell per family and seed, once per test session, read by every test that looks at runs, metrics, models,
+    reports and the UI (none writes into it but test_runner's re-run, which only adds a parent run)."""
+
+    def build(results: Path) -> dict:
+        from bench.run.suite import run_suite
+        from bench.tracking import default_uri
+
+        seed_cache(domain_cache, results)
+        cfg = tiny_config()
+        lines: list[str] = []
+        outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
+        return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines}
+
+    return components.once_per_session(tmp_path_factory, "quick-run", build)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """The session's one `mlflow server` (sqlite backend, proxied artifacts) over HTTP. Tests that share it keep
+    their runs apart by suite name (`suite_config`), so no test sees, skips or waits for another's cells."""
+    return components.shared_server(tmp_path_factory)
+
+
+def suite_config(folder: Path, name: str) -> Path:
+    """The repository's bench.toml with the quick suite renamed `name` (its own MLflow experiment on a shared
+    server); cells keep their hashes (the suite's name is not part of a cell's key)."""
+    text = (
+        BENCH_TOML.read_text()
+        .replace("[suites.quick]", f"[suites.{name}]")
+        .replace("[suites.quick.", f"[suites.{name}.")
+    )
+    path = folder / f"bench-{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def seed_cache(domain_cache: Path, results: Path) -> None:
+    """The tiny recipe's domain encoder, trained once per session (`domain_cache`), copied into `results`."""
+    shutil.copytree(domain_cache / "cache", results / "cache", dirs_exist_ok=True)
+
+
+# A subprocess suite of the tests trains on one thread: two xdist workers share the two cores (and a resumed run
+# equals an uninterrupted one only on the same number of threads).
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def bench_run(results: Path, *extra: str) -> subprocess.Popen:
@@ -91,7 +221,7 @@ def bench_run(results: Path, *extra: str) -> subprocess.Popen:
     args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
     for setting in TINY + extra:
         args += ["--set", setting]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1"}
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **ONE_THREAD}
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -101,23 +231,99 @@ RESUME = ("models=['gan-mlp']", "seeds=[0]", "train.steps=300", "train.checkpoin
 
 
 @pytest.fixture(scope="session")
-def killed_and_resumed(quick_run, tmp_path_factory):
+def killed_and_resumed(domain_cache, tmp_path_factory):
     """Issue 15's scenario, run once for the tests that look at it (tests/test_isolation.py checks the numbers,
     tests/test_browser.py the MLflow UI; neither writes into it): `bench run` of gan-mlp seed 0 for 300 steps is
     SIGKILLed as a whole (parent and worker) after its first checkpoint, then run again to the end."""
-    results = tmp_path_factory.mktemp("killed")
-    seed_cache(quick_run, results)
-    proc = bench_run(results, *RESUME)
-    checkpoints = results / "checkpoints"
-    wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
-    proc.wait(timeout=30)
-    (last,) = checkpoints.glob("*/last.pt")
-    step = torch.load(last, weights_only=False)["step"]
-    again = bench_run(results, *RESUME)
-    out, _ = again.communicate(timeout=300)
-    return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}
+
+    def build(results: Path) -> dict:
+        seed_cache(domain_cache, results)
+        proc = bench_run(results, *RESUME)
+        checkpoints = results / "checkpoints"
+        wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
+        proc.wait(timeout=30)
+        (last,) = checkpoints.glob("*/last.pt")
+        step = torch.load(last, weights_only=False)["step"]
+        again = bench_run(results, *RESUME)
+        out, _ = again.communicate(timeout=300)
+        return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}
+
+    return components.once_per_session(tmp_path_factory, "killed-and-resumed", build)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(domain_cache, tmp_path_factory) -> Path:
+    """`bench run` of the RESUME cell from start to end without a stop: the numbers an interrupted and resumed run
+    of it must reproduce (tests/test_isolation.py after a SIGKILL, tests/test_ray_cluster.py after its node died).
+    One thread, as every subprocess suite of the tests (`bench_run`) and as Ray's workers: CPU determinism."""
+
+    def build(results: Path) -> Path:
+        seed_cache(domain_cache, results)
+        proc = bench_run(results, *RESUME)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        return results
+
+    return components.once_per_session(tmp_path_factory, "uninterrupted", build)
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory, dinov2_s_weights):
+    """A local Ray instance in this process (tests in the xdist group "ray" only), started as a user starts it:
+    with the encoder weights' variable already set (Ray's worker processes take the environment of the moment Ray
+    starts)."""
+    ray = pytest.importorskip("ray", reason="the ray extra is installed by make test (pip install '.[ray]')")
+    from bench.schema import ENCODERS
+
+    weights = ENCODERS["dinov2"].weights.env
+    previous = os.environ.get(weights)
+    os.environ[weights] = str(dinov2_s_weights)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=80 * 1024 * 1024,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        log_to_driver=False,
+        # this one-node instance shares two cores with the other xdist worker: Ray's default health check (5 missed
+        # 3-s checks) declared its own raylet dead under that load; no node ever dies here, so give it 60 missed
+        _system_config={"health_check_failure_threshold": 60},
+    )
+    yield ray
+    ray.shutdown()
+    if previous is None:
+        os.environ.pop(weights, None)
+    else:
+        os.environ[weights] = previous
+
+
+VIT = ("seeds=[0]", "models=['vae-mlp']", "eval.num_samples=400", 'eval.extra_encoders=["dinov2-vits14"]')
+
+
+@pytest.fixture(scope="session")
+def vit_run(domain_cache, local_ray, mlflow_server, dinov2_s_weights, tmp_path_factory):
+    """One cell scored in two encoders, its 400 samples through the real DINOv2 ViT-S/14 (random weights) once for
+    the session (~45-80 s of a 2-core CPU): vae-mlp seed 0 with `dinov2-vits14` as an extra encoder, as a Ray task
+    logging to the session's `mlflow server` under the suite name "vit". Read by tests/test_ray.py (the Ray task
+    builds every encoder the cell needs) and tests/test_encoders.py (both encoders' metrics under distinct names).
+    The ViT's real-data features are seeded (`seed_vit_features`); the samples go through the real ViT."""
+    from bench.run.suite import run_suite
+    from bench.schema import ENCODERS
+
+    results, suite = tmp_path_factory.mktemp("vit"), "vit"
+    seed_cache(domain_cache, results)
+    seed_vit_features(results)
+    config = suite_config(results, suite)
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENCODERS["dinov2"].weights.env, str(dinov2_s_weights))  # the driver's preflight finds them
+        outcomes = run_suite(
+            tiny_config(*VIT, path=config, suite=suite), suite, tracking_uri=mlflow_server, results=results,
+            overrides=TINY + VIT, executor="ray", progress=False, echo=lines.append,
+        )  # fmt: skip
+    return {"uri": mlflow_server, "suite": suite, "config": config, "results": results, "log": lines,
+            "statuses": [o.status for o in outcomes]}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

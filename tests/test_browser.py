@@ -12,14 +12,14 @@ import pytest
 from bench import tracking
 from bench.config import Published
 from bench.report import files as report_files
+from tests.components import free_port, wait_healthy
 from tests.conftest import REPO, wait_until
-from tests.test_ui import free_port, wait_healthy
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "results" / "screenshots"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
     if missing:

@@ -22,7 +22,7 @@ from bench.eval.encoders import build_encoder, weights_path
 from bench.eval.pipeline import evaluate_samples
 from bench.eval.real_features import real_features
 from bench.schema import ENCODERS
-from tests.conftest import child_runs, seed_cache, seed_vit_features, tiny_config
+from tests.conftest import VIT, tiny_config
 
 DINOV2_ENV = ENCODERS["dinov2"].weights.env
 
@@ -154,12 +154,12 @@ def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):
         evaluate.copying_cells(*refs, EvalConfig(copying_cells=8, seed=1), tmp_path)
 
 
-def test_memorisation_is_flagged_for_copied_training_images_only(quick_run):
+def test_memorisation_is_flagged_for_copied_training_images_only(domain_cache):
     """The check through the real pipeline (digits, domain features, `bench eval`'s scoring): a "model" that returns
     training images verbatim is flagged; one that returns held-out test images is not; a noisy one is not."""
     cfg = dataclasses.replace(tiny_config().suite("quick").eval, num_samples=300, kid_subset_size=100)
     digits = load("digits", validation=cfg.validation_images)  # the suite's data: its domain encoder is cached
-    cache = quick_run["results"] / "cache"
+    cache = domain_cache / "cache"
     domain = build_encoder("domain", digits, tiny_config().domain, cache, torch.device("cpu"))
     real = (real_features(domain, digits, cfg, cache),)
     g = torch.Generator().manual_seed(0)
@@ -266,48 +266,41 @@ def test_dinov2_without_weights_offline_is_a_one_line_error_in_seconds(tmp_path,
     assert not (tmp_path / "results" / "checkpoints").exists()  # nothing trained
 
 
-def test_a_suite_with_two_encoders_logs_both_under_distinct_names(quick_run, dinov2_s_weights, tmp_path, monkeypatch):
-    """An extra encoder under the default executor: the worker process builds every encoder the cell needs
-    (`Cell.encoders`) and scores the same samples in each. The real split features of the ViT are seeded into the
-    cache under their real key (the suite's preflight would compute them for minutes on a CPU); the samples go
-    through the real ViT in the worker. A worker that built only the first encoder fails the cell (KeyError)."""
+@pytest.mark.xdist_group("ray")  # the session's `vit_run` is a Ray run: made in the worker that holds Ray
+def test_a_suite_with_two_encoders_logs_both_under_distinct_names(vit_run, tmp_path):
+    """An extra encoder, away from the driver: the worker (here the session's `vit_run`, a Ray task; a local worker
+    process runs the same `run_detached_cell`) builds every encoder the cell needs (`Cell.encoders`) and scores the
+    same samples in each. The real split features of the ViT are seeded into the cache under their real key (the
+    suite's preflight would compute them for minutes on a CPU); the samples go through the real ViT in the worker. A
+    worker that built only the first encoder fails the cell (KeyError)."""
+    from bench import tracking
     from bench.report import files as report_files
     from bench.run import suite as runner
 
-    monkeypatch.setenv(DINOV2_ENV, str(dinov2_s_weights))  # the worker process inherits it, as a user's would
-    seed_cache(quick_run, tmp_path)
-    seed_vit_features(tmp_path)
-    extra = (
-        "models=['gan-mlp']",
-        "seeds=[0]",
-        "eval.num_samples=400",  # more than the 384 ViT-S features
-        "eval.kid_subset_size=100",
-        "eval.ais.images=0",
-        "train.eval_samples=100",
-        'eval.extra_encoders=["dinov2-vits14"]',
-    )
-    lines: list[str] = []
-    cfg = tiny_config(*extra)
-    runner.run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lines.append)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = child_runs(uri).iloc[0]
-    assert run["status"] == "FINISHED", (run.get("tags.bench.error"), lines[-6:])
-    assert int(run["tags.bench.pid"]) != __import__("os").getpid()  # a worker process scored it
-    # (no fid_inf in 384-d features from 400 samples: its smallest subset must exceed 2 x 384)
+    uri, suite = vit_run["uri"], vit_run["suite"]
+    runs = tracking.load_runs(uri, suite)
+    run = runs[runs["bench.family"] == "vae"].iloc[0]
+    assert run["status"] == "FINISHED", (run.get("bench.error"), vit_run["log"][-6:])
+    assert run["bench.executor"] == "ray"  # a Ray worker process scored it, not the driver
     for base in ("fid", "kid_mean", "precision", "recall", "density", "coverage"):
         assert np.isfinite(run[f"metrics.{base}"]) and np.isfinite(run[f"metrics.{base}_dinov2_vits14"]), base
     for base in ("fid", "kid_mean"):
         assert run[f"metrics.{base}"] != run[f"metrics.{base}_dinov2_vits14"], base
     assert "metrics.is_mean_dinov2_vits14" not in run  # DINOv2 has no classifier: no Inception Score
     client = mlflow.MlflowClient(uri)
-    proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json")).read_text())
+    proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json", str(tmp_path))).read_text())
     (part,) = proto["extra_encoders"]
     assert part["encoder"] == "dinov2-vits14" and len(part["weights_digest"]) == 64 and part["features_digest"]
-    # one encoder alone is another protocol: another leaderboard table
-    single = tiny_config(*extra[:-1])
-    runner.run_suite(single, "quick", results=tmp_path, progress=False, echo=lines.append)
-    assert len(set(child_runs(uri)["tags.bench.protocol"])) == 2
-    md = report_files.write_report(uri, "quick", tmp_path / "r")["markdown"].read_text()
+    # one encoder alone is another protocol: another leaderboard table (this run under the default executor)
+    single = tiny_config(*VIT[:-1], path=vit_run["config"], suite=suite)
+    lines: list[str] = []
+    results = vit_run["results"]
+    runner.run_suite(single, suite, tracking_uri=uri, results=results, progress=False, echo=lines.append)
+    cells = tracking.load_runs(uri, suite)
+    cells = cells[cells["bench.family"] == "vae"]
+    assert len(cells) == 2 and set(cells["status"]) == {"FINISHED"}, lines[-6:]
+    assert len(set(cells["bench.protocol"])) == 2
+    md = report_files.write_report(uri, suite, tmp_path / "r")["markdown"].read_text()
     assert "FD ↓ [dinov2-vits14]" in md and "coverage ↑ [dinov2-vits14]" in md
     assert "Encoders: every sample metric is computed in each encoder's features" in md
     assert "nearest training images" in md

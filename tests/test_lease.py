@@ -13,11 +13,11 @@ from bench.cli import main
 from tests.conftest import BENCH_TOML, TINY, bench_run, child_runs, seed_cache
 
 
-def test_two_bench_runs_at_once_train_every_cell_once(quick_run, tmp_path):
+def test_two_bench_runs_at_once_train_every_cell_once(domain_cache, tmp_path):
     """Two `bench run --suite quick` started together on one store (and one results folder): each cell is trained
     by exactly one of them (the training lines of both outputs and the runs in the store count four), the other
     waits for it; both exit 0 and both say every cell is done."""
-    seed_cache(quick_run, tmp_path)  # the session's domain encoder: not what is under test
+    seed_cache(domain_cache, tmp_path)  # the session's domain encoder: not what is under test
     first, second = bench_run(tmp_path), bench_run(tmp_path)
     outs = [p.communicate(timeout=900)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs
@@ -44,11 +44,11 @@ def test_two_bench_runs_at_once_train_every_cell_once(quick_run, tmp_path):
     assert (tmp_path / "r1" / "leaderboard.csv").read_text() == (tmp_path / "r2" / "leaderboard.csv").read_text()
 
 
-def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_holders(quick_run, tmp_path):
+def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_holders(domain_cache, tmp_path):
     """A RUNNING run of a cell whose heartbeat is older than the lease (its node died) is taken over: marked
     KILLED with why, and the cell trained under a run of its own. A live holder (a fresh beat) is reported by
     `--dry-run` as running elsewhere, with its host, pid and start."""
-    seed_cache(quick_run, tmp_path)
+    seed_cache(domain_cache, tmp_path)
     uri = tracking.default_uri(tmp_path)
     args = ["--suite", "quick", "--config", str(BENCH_TOML)]
     sets = [a for t in (*TINY, "models=['gan-mlp']", "seeds=[0]") for a in ("--set", t)]

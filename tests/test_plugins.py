@@ -22,7 +22,7 @@ from click.testing import CliRunner
 import baselines
 from baselines.contract import GenerativeModel, LikelihoodModel, class_problems
 from bench.cli import main
-from tests.conftest import BENCH_TOML, REPO, TINY, child_runs, search, seed_cache, tiny_config
+from tests.conftest import BENCH_TOML, ONE_THREAD, REPO, TINY, child_runs, search, seed_cache, tiny_config
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 
@@ -143,7 +143,7 @@ def _readme_files() -> dict[str, str]:
     return {name: body for name, body in blocks}
 
 
-def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_run, tmp_path):
+def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(domain_cache, tmp_path):
     """docs/own-model.md, followed as written: its two files in a folder of their own, installed with pip (into a
     target folder, to leave the test environment as it was, and without build isolation: no network here),
     then `bench list`, `check-model`, a tiny quick suite with gan-mlp beside it and `bench report`; finally its
@@ -156,8 +156,8 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(quick_
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--target", str(site), str(tmp_path / "my_models")], check=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results")}
-    seed_cache(quick_run, tmp_path / "results")  # the session's domain encoder: not what is under test
+    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results"), **ONE_THREAD}
+    seed_cache(domain_cache, tmp_path / "results")  # the session's domain encoder: not what is under test
 
     def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         cmd = [BENCH, *args]

@@ -4,68 +4,39 @@ there before every value was made a string in bench/tracking.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import mlflow
-import pytest
 import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from tests.conftest import REPO, TINY, bench_run, seed_cache, wait_until
-from tests.test_ui import free_port, wait_healthy
+from tests.components import SERVER_ENV, free_port, server_command, wait_healthy
+from tests.conftest import REPO, TINY, bench_run, seed_cache, suite_config, wait_until
 
 
-@contextlib.contextmanager
-def server_process(root: Path):
-    """`mlflow server` on a free loopback port, in its own process group (ended with it on exit); yields its URI."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 's.db'}", "--artifacts-destination", str(root / "art")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(proc, uri)
-        yield uri
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with server_process(tmp_path_factory.mktemp("server")) as uri:
-        yield uri
-
-
-def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp_path, monkeypatch):
+def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_cache, tmp_path, monkeypatch):
+    server, suite = mlflow_server, "server-quick"  # the quick suite under its own experiment on the shared server
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
-    seed_cache(quick_run, tmp_path)  # the domain encoder is not what is under test here
-    args = ["run", "--suite", "quick", "--tracking-uri", server, "--no-progress"]
+    seed_cache(domain_cache, tmp_path)  # the domain encoder is not what is under test here
+    config = str(suite_config(tmp_path, suite))
+    args = ["run", "--suite", suite, "--config", config, "--tracking-uri", server, "--no-progress"]
     result = CliRunner().invoke(main, [*args, *(a for t in TINY for a in ("--set", t))])
     assert result.exit_code == 0, result.output
     assert "done: 4 finished, 0 skipped (already finished), 0 failed" in result.output
     client = mlflow.MlflowClient(server)
-    exp = client.get_experiment_by_name("quick")
+    exp = client.get_experiment_by_name(suite)
     cells = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bench.family") in ("gan", "vae")]
     assert sorted(r.data.tags["bench.seed"] for r in cells) == ["0", "0", "1", "1"]
     assert all(r.info.status == "FINISHED" and r.data.metrics["fid"] > 0 for r in cells)
     # the artifacts went through the server's proxy
     assert "samples/final.png" in {f.path for f in client.list_artifacts(cells[0].info.run_id, "samples")}
     report = CliRunner().invoke(
-        main, ["report", "--suite", "quick", "--tracking-uri", server, "--out", str(tmp_path / "r")]
+        main, ["report", "--suite", suite, "--config", config, "--tracking-uri", server, "--out", str(tmp_path / "r")]
     )
     assert report.exit_code == 0, report.output
     assert "gan-mlp" in (tmp_path / "r" / "leaderboard.md").read_text()
@@ -75,7 +46,7 @@ def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp
 
     cell = cells[0]
     assert schema.RESUME_ARTIFACT in {f.path for f in client.list_artifacts(cell.info.run_id, "resume")}
-    tracker = tracking.Tracker(server, "quick", tmp_path / "artifacts")
+    tracker = tracking.Tracker(server, suite, tmp_path / "artifacts")
     client.set_terminated(cell.info.run_id, "KILLED")  # as a dead node leaves it (after its lease expired)
     local = tmp_path / "elsewhere" / "last.pt"
     assert tracker.shared_checkpoint(cell.data.tags["bench.cell"], local) == cell.info.run_id
@@ -83,33 +54,37 @@ def test_quick_suite_and_report_against_a_tracking_server(server, quick_run, tmp
     assert state["run_id"] == cell.info.run_id and state["step"] == 20
 
 
-def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(server, quick_run, tmp_path, capsys):
+def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(
+    mlflow_server, domain_cache, tmp_path, capsys
+):
     """What a Ray retry on another node meets (the first node died after its last checkpoint): the driver's
     RUNNING run and no local files at all. `run_detached_cell` finds the run's checkpoint in the server's artifact
     store, resumes from its step instead of training again, counts the resume and finishes the run."""
     from bench import schema
     from bench.run.executors import run_detached_cell
     from bench.run.matrix import expand
-    from tests.conftest import BENCH_TOML, tiny_config
+    from tests.conftest import tiny_config
 
+    server, suite = mlflow_server, "server-moved"  # its own experiment on the shared server
+    path = suite_config(tmp_path, suite)
     settings = ("models=['vae-mlp']", "seeds=[0]", "train.steps=30", "train.checkpoint_every=10")
-    config = tiny_config(*settings)
-    (cell,) = expand(config, config.suite("quick"))
+    config = tiny_config(*settings, path=path, suite=suite)
+    (cell,) = expand(config, config.suite(suite))
     first = tmp_path / "node-a"
-    seed_cache(quick_run, first)
-    args = ["run", "--suite", "quick", "--tracking-uri", server, "--no-progress", "--config", str(BENCH_TOML)]
+    seed_cache(domain_cache, first)
+    args = ["run", "--suite", suite, "--tracking-uri", server, "--no-progress", "--config", str(path)]
     result = CliRunner().invoke(
         main, [*args, *(a for t in (*TINY, *settings) for a in ("--set", t))], env={"BENCH_RESULTS": str(first)}
     )
     assert result.exit_code == 0, result.output
     client = mlflow.MlflowClient(server)
-    exp = client.get_experiment_by_name("quick").experiment_id
-    (run,) = [r for r in client.search_runs([exp]) if r.data.params.get("train.steps") == "30"]
+    exp = client.get_experiment_by_name(suite).experiment_id
+    (run,) = [r for r in client.search_runs([exp]) if r.data.tags.get("bench.family") == "vae"]
     assert schema.RESUME_ARTIFACT in {a.path for a in client.list_artifacts(run.info.run_id, "resume")}
     client.update_run(run.info.run_id, status="RUNNING")  # as the driver holds it while Ray retries the task
     client.set_tag(run.info.run_id, schema.ATTEMPT, "dispatch-1")  # what the first attempt of the task wrote
     second = tmp_path / "node-b"  # another machine: no checkpoint; the domain encoder's cache only
-    seed_cache(quick_run, second)
+    seed_cache(domain_cache, second)
     spec = {"cell": cell, "key": run.data.tags[schema.CELL], "run_id": run.info.run_id, "uri": server,
             "results": str(second), "device": "cpu", "progress": False, "label": "[1/1]", "threads": 1,
             "attempt": "dispatch-1"}  # fmt: skip
@@ -128,26 +103,25 @@ def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(s
     assert steps == [10, 20, 30]  # trained once: the retry resumed at step 30 and only evaluated
 
 
-def test_a_tracking_server_down_for_20_s_in_the_middle_of_a_cell_loses_nothing(quick_run, tmp_path, monkeypatch):
+def test_a_tracking_server_down_for_20_s_in_the_middle_of_a_cell_loses_nothing(domain_cache, tmp_path, monkeypatch):
     """The server stopped for 20 s while a cell trains, then started again on the same port and store: MLflow's
     client retries with backoff (about 4 minutes by default), so the cell waits at its next logging call and goes
     on; the suite finishes, and every metric of the cell is there: one train/loss per logging step, the final
     evaluation, the models."""
-    root, port = tmp_path / "server", free_port()
+    root, port = tmp_path / "server", free_port()  # its own server: this test stops it (the only private one)
     root.mkdir()
-    store = ["--backend-store-uri", f"sqlite:///{root / 's.db'}", "--artifacts-destination", str(root / "art")]
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += store
+    command = server_command(root, port)
     uri = f"http://127.0.0.1:{port}"
 
     def start() -> subprocess.Popen:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(command, env=SERVER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
         wait_healthy(proc, uri)
         return proc
 
     server = start()
     results = tmp_path / "results"
-    seed_cache(quick_run, results)
+    seed_cache(domain_cache, results)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     suite = bench_run(results, "models=['gan-mlp']", "seeds=[0]", "train.steps=400", "train.log_every=50")
     try:

@@ -4,6 +4,7 @@ SIGKILLed in the middle and completed by the same command."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -23,7 +24,8 @@ from bench.cli import main
 from bench.config import ConfigError
 from bench.report.stats import expected_best, expected_best_band
 from bench.run.sweep import sample_trials, trial_cells
-from tests.conftest import BENCH_TOML, REPO, seed_cache, wait_until
+from tests import components
+from tests.conftest import BENCH_TOML, ONE_THREAD, REPO, seed_cache, wait_until
 
 SWEEP = (  # the tune suite at a CPU-seconds budget; the domain recipe of conftest.TINY (its cache is reused)
     "models=['gan-mlp', 'vae-mlp']",
@@ -163,7 +165,9 @@ def test_the_bootstrap_band_holds_the_true_curve_about_95_percent_of_the_time():
 # ------------------------------------------------------------------------------------------- disjoint data
 
 
-def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evaluation(quick_run, tmp_path, monkeypatch):
+def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evaluation(
+    domain_cache, tmp_path, monkeypatch
+):
     """A trial's score comes from the validation split's features; those images are carved out of the training
     split, so no reference or test image (what the retrained cells' reported numbers are scored on) is among them,
     and the trial does not evaluate on the test split at all. A second trial diverges (its score is NaN): it is a
@@ -192,7 +196,7 @@ def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evalu
 
     monkeypatch.setattr(cell_module, "validation_fid", spy)
     results = tmp_path / "results"
-    seed_cache(quick_run, results)
+    seed_cache(domain_cache, results)
     done = run_sweep(cfg, "tune", results=results, executor="inline", progress=False, echo=lambda s: None)
     assert [o.status for o in done.trials] == ["FINISHED", "FAILED"] and "diverged" in done.trials[1].error
     assert [o.status for o in done.retrained] == ["FINISHED"] and done.winners[("digits", "vae-mlp")]["trial"] == 0
@@ -215,18 +219,21 @@ def bench_sweep(results: Path) -> subprocess.Popen:
     args = [str(bench), "sweep", "--config", str(BENCH_TOML), "--suite", "tune", "--no-progress"]
     for setting in SWEEP:
         args += ["--set", setting]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1"}
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **ONE_THREAD}
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
 
 
-@pytest.fixture(scope="module")
-def killed_sweep(quick_run, tmp_path_factory):
+@pytest.fixture(scope="session")
+def killed_sweep(domain_cache, tmp_path_factory):
     """`bench sweep` SIGKILLed (parent and worker) once a trial has finished and another has checkpointed, then the
-    same command run to the end."""
-    results = tmp_path_factory.mktemp("sweep")
-    seed_cache(quick_run, results)
+    same command run to the end. Once per test session (whichever xdist worker asks first)."""
+    return components.once_per_session(tmp_path_factory, "killed-sweep", functools.partial(_killed_sweep, domain_cache))
+
+
+def _killed_sweep(domain_cache, results: Path) -> dict:
+    seed_cache(domain_cache, results)
     uri = tracking.default_uri(results)
     experiment = schema.sweep_experiment("tune")
     proc = bench_sweep(results)

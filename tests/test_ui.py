@@ -5,38 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import time
-import urllib.request
 
 from bench import tracking
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, data: dict | None = None) -> bytes:
-    request = urllib.request.Request(
-        url, data=json.dumps(data).encode() if data else None, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.read()
-
-
-def wait_healthy(proc, base: str, timeout: float = 90) -> None:
-    """Until the MLflow server at `base` answers /health (about 15 s here); fails if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if get(f"{base}/health") == b"OK":
-                return
-        except OSError:
-            pass
-        assert proc.poll() is None, "the MLflow server exited"
-        assert time.monotonic() < deadline, f"the MLflow UI did not come up in {timeout} s"
-        time.sleep(0.5)
+from tests.components import free_port, get, wait_healthy
 
 
 def test_ui_serves_the_suite_runs(quick_run):
