@@ -11,8 +11,8 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 .PHONY: run test check lint clean browser gpu-check
 
-# Two xdist workers (the machines have 2 cores); tests that share a module fixture or a Ray run in one worker, in
-# the order tests/conftest.py gives them (the longest first).
+# One process: with two xdist workers (-n 2 --dist loadgroup --no-loadscope-reorder) the suite ran in about the
+# same time (CPU-bound) and a local Ray node was once declared dead under the load.
 PYTEST := $(BIN)/python -m pytest -q
 
 $(BIN)/python:
