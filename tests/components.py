@@ -26,6 +26,8 @@ from typing import TypeVar
 
 from filelock import FileLock
 
+from bench.tracking import stop_ui  # ends a server's whole process group
+
 T = TypeVar("T")
 SHARED = "shared-components"  # under the session's base temporary folder (the controller's, under xdist)
 
@@ -144,19 +146,9 @@ def start_server(root: Path) -> tuple[subprocess.Popen, str]:
     try:
         wait_healthy(proc, uri)
     except BaseException:
-        stop(proc)
+        stop_ui(proc)
         raise
     return proc, uri
-
-
-def stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -166,7 +158,7 @@ def server_process(root: Path) -> Iterator[str]:
     try:
         yield uri
     finally:
-        stop(proc)
+        stop_ui(proc)
 
 
 def shared_server(tmp_path_factory) -> str:
@@ -178,8 +170,3 @@ def shared_server(tmp_path_factory) -> str:
         return uri
 
     return once_per_session(tmp_path_factory, "mlflow-server", build)
-
-
-def unique_experiment(prefix: str) -> str:
-    """A name no other test uses on the shared server."""
-    return f"{prefix}-{os.getpid()}-{time.monotonic_ns()}"
