@@ -42,7 +42,7 @@ def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_
     assert "gan-mlp" in (tmp_path / "r" / "leaderboard.md").read_text()
     # a remote store keeps each cell's resumable checkpoint where every node reaches it (one machine's files do not)
     from bench import schema, tracking
-    from bench.run.train import load_checkpoint  # noqa: F401  (the checkpoint format the download must have)
+    from bench.run import checkpoints
 
     cell = cells[0]
     assert schema.RESUME_ARTIFACT in {f.path for f in client.list_artifacts(cell.info.run_id, "resume")}
@@ -50,8 +50,35 @@ def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_
     client.set_terminated(cell.info.run_id, "KILLED")  # as a dead node leaves it (after its lease expired)
     local = tmp_path / "elsewhere" / "last.pt"
     assert tracker.shared_checkpoint(cell.data.tags["bench.cell"], local) == cell.info.run_id
-    state = __import__("torch").load(local, map_location="cpu", weights_only=False)
+    state = checkpoints.read(local)  # weights-only: the format genbench writes loads without unpickling code
     assert state["run_id"] == cell.info.run_id and state["step"] == 20
+    # anyone who reaches the server can replace that file: one that would run code is refused, never loaded, and
+    # the cell trains again from step 0 on the next `bench run` (another node: no local files)
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted" / "last.pt"
+    planted.parent.mkdir()
+    torch.save({**state, "hook": RunsCode(marker)}, planted)
+    client.log_artifact(cell.info.run_id, str(planted), "resume")
+    node = tmp_path / "node-c"
+    seed_cache(domain_cache, node)
+    again = CliRunner().invoke(
+        main, [*args, *(a for t in TINY for a in ("--set", t))], env={"BENCH_RESULTS": str(node)}
+    )
+    assert again.exit_code == 0, again.output
+    assert "done: 1 finished, 3 skipped (already finished), 0 failed" in again.output
+    refused = f"run {cell.info.run_id}'s resume/last.pt in the tracking store: refused: loading it would run code"
+    assert refused in again.output and "the cell starts from step 0" in again.output
+    assert not marker.exists()
+
+
+class RunsCode:
+    """What a planted checkpoint can hold: an object whose unpickling calls a function (here: creates `marker`)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
 
 
 def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(

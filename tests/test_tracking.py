@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import mlflow
+import mlflow.pytorch
 import pytest
 
 from bench import tracking
@@ -111,8 +112,11 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
     run = tracker.start_run("cell", {"bench.cell": name})
     model_id = run.log_model(model, "final", {"bench.model": name}, step=7)
     run.end()
-    loaded = tracking.load_model(tracker.uri, run.run_id, "final")
-    import mlflow
+    mlflow.set_tracking_uri(tracker.uri)  # MLflow's own loader, as an MLflow user loads the logged model
+    try:
+        loaded = mlflow.pytorch.load_model(f"models:/{model_id}", map_location="cpu")
+    finally:
+        mlflow.set_tracking_uri(None)
 
     logged = mlflow.MlflowClient(tracker.uri).get_logged_model(model_id)
     assert logged.source_run_id == run.run_id and logged.name == "final" and "READY" in str(logged.status)
@@ -127,3 +131,50 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
         assert not any(parametrize.is_parametrized(m) for m in loaded.modules())
         model.train()
         model.discriminator(x)  # and still trains: its class still has the parametrised weight
+
+
+def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_that_would_run_code(tracker, tmp_path):
+    """`bench sample` never unpickles the run's MLflow model: it rebuilds the model from the registry and the run's
+    weights-only checkpoints/final.pt (the same samples as the trained model). A final.pt planted in the store that
+    would run code when unpickled (here: create a file) is refused with one line naming it, and runs nothing."""
+    import builtins
+
+    import numpy as np
+    import torch
+    from click.testing import CliRunner
+
+    import baselines
+    from bench import schema
+    from bench.cli import main
+    from bench.eval.pipeline import generate
+    from bench.run import checkpoints
+
+    torch.manual_seed(0)
+    model = baselines.build("sngan", None, (1, 28, 28)).eval()  # a parametrised model: spectral norm
+    cell = {"cell": {"suite": "quick", "model": "sngan", "dataset": "digits", "seed": 0}, "model": {}}
+    good = tracker.start_run("cell", {"bench.cell": "good"})
+    checkpoints.log(good, checkpoints.final_state(model, cell, 7, (1, 28, 28), "bernoulli", ""), "final.pt")
+    good.end()
+    uri = ["--tracking-uri", tracker.uri]
+    out = tmp_path / "s.npy"
+    result = CliRunner().invoke(main, ["sample", good.run_id, "-n", "16", "--seed", "3", "--out", str(out), *uri])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.load(out), generate(model, 16, 500, 3).numpy())
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return builtins.open, (str(marker), "w")
+
+    planted = tmp_path / "final.pt"
+    torch.save({"model": {}, "config": cell, "hook": Payload()}, planted)
+    evil = tracker.start_run("cell", {"bench.cell": "evil"})
+    evil.log_file(planted, schema.CHECKPOINTS_DIR)
+    evil.end()
+    result = CliRunner().invoke(main, ["sample", evil.run_id, "--out", str(tmp_path / "e.png"), *uri])
+    assert result.exit_code == 2  # bench's usage error: what was given cannot be used
+    (line,) = result.output.strip().splitlines()
+    assert f"run {evil.run_id}'s checkpoints/final.pt: refused: loading it would run code" in line, line
+    assert "it imports io.open" in line
+    assert not marker.exists() and not (tmp_path / "e.png").exists()

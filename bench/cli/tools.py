@@ -227,6 +227,7 @@ def sample(
     """Draw samples from the model a `bench run` cell logged to MLflow (run RUN_ID)."""
     from bench import tracking
     from bench.devices import resolve_device
+    from bench.run.checkpoints import CheckpointError
     from bench.tools.external import SampleError, draw, write_samples
 
     if out.suffix not in (".png", ".npz", ".npy"):
@@ -236,7 +237,7 @@ def sample(
         tracking.check_reachable(uri)
         samples = draw(uri, run_id, n, seed, checkpoint, batch_size, resolve_device(device))
         what = write_samples(samples, out)
-    except (SampleError, tracking.TrackingError) as e:
+    except (SampleError, CheckpointError, tracking.TrackingError) as e:
         fail(str(e))
     click.echo(f"{out}: {what} from run {run_id} ({checkpoint} model, seed {seed})")
 

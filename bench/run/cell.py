@@ -8,7 +8,6 @@ import copy
 import math
 import os
 import socket
-import tempfile
 import time
 import traceback
 import uuid
@@ -27,6 +26,7 @@ from bench.eval.encoders import Encoder, build_encoder
 from bench.eval.pipeline import Evaluation, PeriodicFID, evaluate, generate, validation_fid
 from bench.eval.protocol import SELECTION_KEY, selection_protocol
 from bench.eval.real_features import RealFeatures, real_features
+from bench.run import checkpoints
 from bench.run.matrix import Cell
 from bench.run.record import flatten, grid, open_run, record
 from bench.run.train import TrainResult, train
@@ -146,11 +146,15 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
     for stale in holders:
         ctx.echo(f"{label} {cell.name}: its holder stopped renewing its lease ({stale.describe()}); taking it over")
         tracker.release(stale.run_id, f"its holder ({stale.describe()}) stopped renewing the cell's lease")
-    checkpoint = checkpoint_path(ctx.results, key)
-    if not checkpoint.is_file() and tracking.is_remote(ctx.uri) and tracker.shared_checkpoint(key, checkpoint):
-        ctx.echo(f"{label} {cell.name}: its checkpoint came from the tracking store")
+    checkpoint, where = checkpoints.checkpoint_path(ctx.results, key), None
+    if not checkpoint.is_file() and tracking.is_remote(ctx.uri):
+        if source := tracker.shared_checkpoint(key, checkpoint):
+            where = f"run {source}'s {schema.RESUME_ARTIFACT} in the tracking store"
+            ctx.echo(f"{label} {cell.name}: its checkpoint came from the tracking store")
+    if checkpoint.is_file() and (why := checkpoints.set_aside_if_unusable(checkpoint, where or str(checkpoint))):
+        ctx.echo(f"{label} {cell.name}: warning: {why}; the cell starts from step 0")
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
-    previous = (interrupted_attempt(ctx.results, key) or {}).get("run_id")
+    previous = (checkpoints.interrupted_attempt(ctx.results, key) or {}).get("run_id")
     run = tracker.reopen_run(previous, key) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
@@ -196,29 +200,12 @@ def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, reopened: boo
     return None
 
 
-def checkpoint_path(results: Path, key: str) -> Path:
-    return results / "checkpoints" / key / "last.pt"
-
-
-def interrupted_attempt(results: Path, key: str) -> dict | None:
-    """The step and MLflow run id an interrupted attempt of this cell saved in its checkpoint; None without one (or
-    with an unreadable one: train() says so, and the cell gets a new run)."""
-    path = checkpoint_path(results, key)
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
-        return None
-    return {"step": state["step"], "run_id": state.get("run_id")}
-
-
 def execute(job: CellJob, ctx: CellContext) -> Outcome:
     """Train and evaluate one cell into its run, with MLflow's system metrics sampled meanwhile; an exception marks
     the run FAILED (KILLED on an interrupt)."""
     cell, key, run, label = job.cell, job.key, job.run, job.label
     start = time.perf_counter()
-    resumed = checkpoint_path(ctx.results, key).is_file()
+    resumed = checkpoints.checkpoint_path(ctx.results, key).is_file()
     try:
         with run.heartbeat(), run.system_metrics(ctx.uri, resume=resumed):
             metrics = train_and_evaluate(job, ctx)
@@ -255,7 +242,7 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
     model = baselines.build(
         cell.model, cell.model_config, dataset.image_shape, dataset.observation, cell.model_source
     ).to(ctx.device)
-    checkpoint = checkpoint_path(ctx.results, key)
+    checkpoint = checkpoints.checkpoint_path(ctx.results, key)
     best_path = checkpoint.with_name("best.pt")
     if not checkpoint.is_file():
         best_path.unlink(missing_ok=True)  # a fresh start: no best from an earlier attempt without a checkpoint
@@ -283,21 +270,17 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
         recon = model.reconstruct(x).cpu()
         pairs = torch.stack([dataset.test_images[:32], recon], dim=1).flatten(0, 1)  # original, reconstruction, ...
         run.log_image(grid(pairs), schema.RECONSTRUCTIONS)
-    _log_checkpoint(run, {"model": model.state_dict(), "config": cell_dict, "step": result.steps}, "final.pt")
+    final = checkpoints.final_state(
+        model, cell_dict, result.steps, dataset.image_shape, dataset.observation, cell.model_source
+    )
+    checkpoints.log(run, final, "final.pt")
     if best_path.is_file():
         metrics.update(evaluate_best(model, best_path, final=ev, final_step=result.steps, cell=cell, ctx=ctx, run=run))
         best_path.unlink()
-    _remove_checkpoints(checkpoint)  # the finished run holds the final and best checkpoints
+    checkpoints.remove(checkpoint)  # the finished run holds the final and best checkpoints
     metrics[schema.TRACKING_S] = run.seconds  # every MLflow call of the cell so far, artifacts included
     run.log_metrics({schema.TRACKING_S: metrics[schema.TRACKING_S]}, step=result.steps)
     return metrics
-
-
-def _remove_checkpoints(checkpoint: Path) -> None:
-    checkpoint.unlink(missing_ok=True)
-    checkpoint.with_name("best.pt").unlink(missing_ok=True)
-    if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
-        checkpoint.parent.rmdir()
 
 
 class TrialDiverged(RuntimeError):
@@ -326,7 +309,7 @@ def _score_trial(job: CellJob, ctx: CellContext, model, result: TrainResult, che
     }
     run.log_metrics(metrics, step=result.steps)
     run.log_image(grid(generate(model, 64, 64, seed)), schema.SAMPLES_FINAL)
-    _remove_checkpoints(checkpoint)
+    checkpoints.remove(checkpoint)
     ctx.echo(f"    validation FID {value:.4g} ({seconds:.1f} s)")
     return metrics
 
@@ -372,7 +355,7 @@ def evaluate_best(
     """Evaluation of the checkpoint with the lowest periodic FID, logged as best/<metric> with best/step: its sample
     metrics, and its likelihoods only when eval.best_metrics = "all" (IWAE and AIS again cost more than the rest of
     an evaluation). When the best is the final step, the final evaluation is reused rather than repeated."""
-    state = torch.load(best_path, map_location="cpu", weights_only=True)
+    state = checkpoints.read(best_path)
     likelihood = cell.eval.best_metrics == "all"
     best_model = model
     if state["step"] == final_step:
@@ -397,13 +380,6 @@ def evaluate_best(
     run.log_image(grid(ev.samples[:64]), schema.SAMPLES_BEST)
     run.log_file(best_path, schema.CHECKPOINTS_DIR)
     return metrics
-
-
-def _log_checkpoint(run: tracking.Run, state: dict, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        torch.save(state, path)
-        run.log_file(path, schema.CHECKPOINTS_DIR)
 
 
 def _model_metadata(cell: Cell, step: int) -> dict[str, str]:

@@ -31,7 +31,8 @@ import torch
 from bench import schema, tracking
 from bench.config import ConfigError
 from bench.data import load as load_dataset
-from bench.run.cell import CellContext, CellJob, Outcome, checkpoint_path, execute, prepare_real
+from bench.run import checkpoints
+from bench.run.cell import CellContext, CellJob, Outcome, execute, prepare_real
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell
 
@@ -329,7 +330,7 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     )
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
-    local = checkpoint_path(results, spec["key"])
+    local = checkpoints.checkpoint_path(results, spec["key"])
     if not local.is_file() and tracking.is_remote(spec["uri"]) and run.fetch_resume_checkpoint(local):
         echo(f"{spec['label']} {cell.name}: on {socket.gethostname()}, its checkpoint from the tracking store")
     if run.tag(schema.ATTEMPT) == spec["attempt"]:  # this very dispatch ran before: Ray retried it (a node died)

@@ -26,7 +26,8 @@ from bench.eval.encoders import weights_path
 from bench.eval.metrics import MetricError, check_counts
 from bench.eval.pipeline import evaluate_real
 from bench.eval.protocol import fingerprint, protocol
-from bench.run.cell import ELSEWHERE, CellContext, Outcome, SuiteRun, interrupted_attempt, open_cell, prepare_real
+from bench.run import checkpoints
+from bench.run.cell import ELSEWHERE, CellContext, Outcome, SuiteRun, open_cell, prepare_real
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand
@@ -318,7 +319,7 @@ def plan_suite(
     plan = []
     for cell in cells:
         key = cell.key(digests[cell.dataset])
-        attempt = interrupted_attempt(Path(results), key)
+        attempt = checkpoints.interrupted_attempt(Path(results), key)
         basis = cost.get(cell.key(digests[cell.dataset], with_seed=False), [])
         left = 1.0  # the share of training still to do
         if key in finished:

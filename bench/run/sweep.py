@@ -27,7 +27,8 @@ from pathlib import Path
 
 from bench import schema, tracking
 from bench.config import TRIAL_SEED_BASE, BenchConfig, ConfigError, SearchDim, SuiteConfig
-from bench.run.cell import Outcome, SuiteRun, interrupted_attempt, open_cell
+from bench.run import checkpoints
+from bench.run.cell import Outcome, SuiteRun, open_cell
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, expand
@@ -321,7 +322,7 @@ def plan_sweep(
     plan = []
     for cell, trial in trials:
         key = cell.key(digests[cell.dataset])
-        attempt = interrupted_attempt(Path(results), key)
+        attempt = checkpoints.interrupted_attempt(Path(results), key)
         if key in finished:
             action = f"skip: FINISHED as run {finished[key]}"
         elif attempt is not None:

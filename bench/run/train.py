@@ -16,9 +16,9 @@ from tqdm import tqdm
 from baselines.contract import GenerativeModel
 from bench.config import TrainConfig
 from bench.devices import training_precision
+from bench.run import checkpoints
 from bench.run.interrupts import StopRequest
 from bench.schema import PERIODIC_TRAIN_S, TRAIN_PREFIX
-from bench.storage import atomic_save
 
 GRID_SIZE = 64  # images in each periodic sample grid (8 × 8)
 
@@ -67,53 +67,6 @@ class TrainResult:
     steady_images_per_s: float | None = None  # with a CUDA graph: images/s after its warm-up and capture
 
 
-def save_checkpoint(
-    path: Path,
-    model,
-    optimizers: dict,
-    step: int,
-    batch_rng: torch.Generator,
-    config: dict,
-    train_seconds: float = 0.0,
-    run_id: str | None = None,
-) -> None:
-    """A plain dict {model, optimizers, config, step, rng, train_seconds, run_id}, written atomically. `run_id` is
-    the MLflow run the cell logs into: a resume continues that run."""
-    device = next(model.parameters()).device
-    state = {
-        "run_id": run_id,
-        "train_seconds": train_seconds,  # training wall time up to this step, over every resume
-        "model": model.state_dict(),
-        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "config": config,
-        "step": step,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "batches": batch_rng.get_state(),
-            # the training device's CUDA generator only: a checkpoint resumes on a machine with other GPUs, or none
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        },
-    }
-    atomic_save(state, path)
-
-
-def load_checkpoint(path: Path, model, optimizers: dict, batch_rng: torch.Generator, device: torch.device):
-    """Resume from a `save_checkpoint` file: weights, optimiser state and every RNG as they were at its step.
-    Returns (step, training seconds before it)."""
-    # on the CPU: the RNG states must stay CPU ByteTensors (map_location=cuda would move them and break
-    # set_rng_state); load_state_dict copies the weights and optimiser moments onto the model's device
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
-    for name, opt in optimizers.items():
-        opt.load_state_dict(state["optimizers"][name])
-    torch.set_rng_state(state["rng"]["torch"])
-    batch_rng.set_state(state["rng"]["batches"])
-    cuda_rng = state["rng"].get("cuda")
-    if device.type == "cuda" and torch.is_tensor(cuda_rng):  # none from a CPU run: keep the fresh seed's
-        torch.cuda.set_rng_state(cuda_rng, device)
-    return state["step"], state.get("train_seconds", 0.0)
-
-
 def train(
     model: GenerativeModel,
     images: torch.Tensor,
@@ -145,7 +98,7 @@ def train(
     torch.manual_seed(seed)  # the models' own noise (latents, reparameterisation, dropout); a resume restores it
     step, before = 0, 0.0  # before: training seconds of earlier processes (resumes)
     if checkpoint is not None and checkpoint.is_file():
-        step, before = load_checkpoint(checkpoint, model, optimizers, batch_rng, device)
+        step, before = checkpoints.restore(checkpoint, model, optimizers, batch_rng, device)
     resumed_from = step
 
     model.train()
@@ -194,7 +147,7 @@ def train(
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
                 losses.check()  # never checkpoint a diverged model
                 trained = before + clock.trained()
-                save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
+                checkpoints.save(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
                 if hasattr(logger, "on_checkpoint"):  # e.g. shared with other nodes through the tracking store
                     with clock.paused():
                         logger.on_checkpoint(checkpoint)
@@ -202,7 +155,7 @@ def train(
                 losses.check()
                 if checkpoint is not None:
                     trained = before + clock.trained()
-                    save_checkpoint(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
+                    checkpoints.save(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
                 bar.close()
                 raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
     losses.check()

@@ -189,8 +189,9 @@ def draw(uri: str, run_id: str, n: int, seed: int, checkpoint: str, batch_size: 
     them: latents from `seed` in chunks of the run's eval.batch_size, so `--seed` = the run's eval.seed and `-n` =
     its eval.num_samples reproduce the evaluated samples exactly (on the same kind of device)."""
     from bench.eval.pipeline import generate
+    from bench.run.checkpoints import load_logged
 
-    model = tracking.load_model(uri, run_id, schema.MODEL_FINAL if checkpoint == "final" else schema.MODEL_BEST, device)
+    model = load_logged(uri, run_id, schema.MODEL_FINAL if checkpoint == "final" else schema.MODEL_BEST, device)
     if batch_size is None:
         batch_size = int(tracking.run_params(uri, run_id).get("eval.batch_size", 500))
     return generate(model, n, batch_size, seed)

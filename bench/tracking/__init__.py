@@ -8,7 +8,7 @@
 The names below are the package's interface; callers write `from bench import tracking` and `tracking.Tracker`.
 """
 
-from bench.tracking.models import load_model, portable_copy
+from bench.tracking.models import download_checkpoint, portable_copy
 from bench.tracking.query import (
     attach_report,
     download_artifact,
@@ -43,7 +43,7 @@ __all__ = [
     "experiment_id",
     "is_remote",
     "latest_parent",
-    "load_model",
+    "download_checkpoint",
     "load_runs",
     "metric_histories",
     "owner_tags",

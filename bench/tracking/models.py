@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from bench import schema
-from bench.tracking.store import TrackingError, _client, _quiet_logger
+from bench.tracking.store import TrackingError, _client
 
 
 def portable_copy(model):
@@ -39,7 +39,9 @@ def _baked(model):
 
 def save_model(model, local: Path, metadata: dict[str, str]) -> Path:
     """`model` as an MLflow PyTorch model in the folder `local` (what `Run.log_model` uploads as a LoggedModel), so
-    that `mlflow.pytorch.load_model("models:/<model id>")` returns it in a fresh process. Pickled whole (the class is
+    that `mlflow.pytorch.load_model("models:/<model id>")` returns it in a fresh process, for MLflow's users (MLflow
+    warns that loading a pickled model runs code: genbench itself never loads it, see
+    bench.run.checkpoints.load_logged). Pickled whole (the class is
     importable from the installed genbench; a plugin's module travels with it as code); on the CPU, so any machine
     loads it. Its signature is latents (N, latent_dim) float32 → images (N, C, H, W) float32 in [0, 1]: the pyfunc
     flavour's `predict(z)` calls the model's `forward(z)` (the baselines' decoder mean)."""
@@ -54,16 +56,15 @@ def save_model(model, local: Path, metadata: dict[str, str]) -> Path:
         file = Path(top.__file__)
         code = [str(file.parent if file.name == "__init__.py" else file)]
     portable = portable_copy(model)
-    with _quiet_logger("mlflow.pytorch"):
-        mlflow.pytorch.save_model(
-            portable,
-            str(local),
-            serialization_format="pickle",
-            pip_requirements=[f"torch=={version('torch')}", f"genbench=={version('genbench')}"],
-            code_paths=code or None,
-            metadata=metadata,
-            signature=_signature(portable),
-        )
+    mlflow.pytorch.save_model(
+        portable,
+        str(local),
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={version('torch')}", f"genbench=={version('genbench')}"],
+        code_paths=code or None,
+        metadata=metadata,
+        signature=_signature(portable),
+    )
     return local
 
 
@@ -86,36 +87,22 @@ def _signature(model):
     )
 
 
-def load_model(uri: str, run_id: str, name: str, device: str = "cpu"):
-    """The model a cell logged as `name` (schema.MODEL_FINAL / MODEL_BEST), on `device`: its LoggedModel (the id in
-    the run's tags), or for runs logged before LoggedModels the run artifact model/<name>. TrackingError when the run
-    or the model does not exist."""
+def download_checkpoint(uri: str, run_id: str, name: str, folder: Path) -> Path:
+    """The run's checkpoints/`name`.pt (schema.MODEL_FINAL / MODEL_BEST) downloaded into `folder`: the weights a
+    cell's run keeps beside its logged models. Only the file is fetched; reading it is bench.run.checkpoints.read
+    (weights-only). TrackingError when the run or the file does not exist."""
     client = _client(uri)
     try:
-        run = client.get_run(run_id)
+        client.get_run(run_id)
     except Exception as e:
         raise TrackingError(
             f"no run {run_id!r} in {uri} ({type(e).__name__}); copy a run id from the MLflow UI"
         ) from None
-    model_id = run.data.tags.get(schema.MODEL_IDS.get(name, ""))
-    if model_id:
-        target = f"models:/{model_id}"
-    else:
-        legacy = f"{schema.LEGACY_MODEL_DIR}/{name}"
-        if f"{legacy}/MLmodel" not in {a.path for a in client.list_artifacts(run_id, legacy)}:
-            raise TrackingError(
-                f"run {run_id} has no logged model {name!r}: real-data and external runs have none, nor runs that "
-                "finished before genbench logged models; use a cell run of `bench run`"
-            )
-        target = f"runs:/{run_id}/{legacy}"
-    import mlflow
-    import mlflow.pytorch
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model: the bar only adds noise
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        with _quiet_logger("mlflow.pytorch"):
-            return mlflow.pytorch.load_model(target, map_location=device)
-    finally:
-        mlflow.set_tracking_uri(previous)
+    artifact = f"{schema.CHECKPOINTS_DIR}/{name}.pt"
+    if artifact not in {a.path for a in client.list_artifacts(run_id, schema.CHECKPOINTS_DIR)}:
+        raise TrackingError(
+            f"run {run_id} has no {artifact}: real-data and external runs have none, nor cells that did not finish "
+            "(a best checkpoint needs train.eval_every); use a finished cell run of `bench run`"
+        )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: the bar only adds noise
+    return Path(client.download_artifacts(run_id, artifact, str(folder)))

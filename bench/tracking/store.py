@@ -6,7 +6,6 @@ suite's runs), models (logged models), query (the read side the report and `benc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import subprocess
@@ -97,18 +96,6 @@ def _search(client, experiment_ids: list[str], filter_string: str = "") -> list:
         token = page.token
         if not token:
             return runs
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str, level: int = logging.ERROR):
-    """MLflow warns on every pickled model that pickles run code on load: genbench's own, by design."""
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 def store_exists(uri: str) -> bool:
