@@ -245,7 +245,7 @@ def killed_and_resumed(domain_cache, tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
         proc.wait(timeout=30)
         (last,) = checkpoints.glob("*/last.pt")
-        step = torch.load(last, weights_only=False)["step"]
+        step = torch.load(last, weights_only=True)["step"]
         again = bench_run(results, *RESUME)
         out, _ = again.communicate(timeout=300)
         return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}

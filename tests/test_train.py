@@ -51,7 +51,7 @@ def test_logs_samples_and_checkpoints_on_schedule(tmp_path):
     assert [s for s, _ in rec.metrics] == [2, 4, 5] and [s for s, _ in rec.samples] == [3, 5]
     assert set(rec.metrics[0][1]) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert rec.samples[0][1].shape == (64, 1, 28, 28) and rec.samples[0][1].dtype == torch.uint8
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["step"] == 5 and set(state) == {
         "model",
         "optimizers",
@@ -241,7 +241,7 @@ def test_divergence_between_log_steps_names_its_step_and_is_never_checkpointed(t
     cfg = TrainConfig(steps=20, batch_size=4, log_every=10, sample_every=100, checkpoint_every=5)
     with pytest.raises(DivergenceError, match=r"training diverged at step 7: non-finite loss \{'loss': nan"):
         train(_LateNaN(at=7), IMAGES, cfg, seed=0, logger=Recorder(), progress=False, checkpoint=ck)
-    assert torch.load(ck, weights_only=False)["step"] == 5  # the last checkpoint before the divergence
+    assert torch.load(ck, weights_only=True)["step"] == 5  # the last checkpoint before the divergence
 
 
 def test_loss_log_means_over_the_interval():
@@ -271,7 +271,7 @@ def test_a_cuda_graph_checkpoint_resumes_without_one(tmp_path):
     model = fresh("dcgan")
     cfg = TrainConfig(steps=2, batch_size=8, log_every=1, checkpoint_every=1)
     train(model, IMAGES, cfg, seed=0, logger=Recorder(), progress=False, checkpoint=ck)
-    state = torch.load(ck, weights_only=False)
+    state = torch.load(ck, weights_only=True)
     for opt in state["optimizers"].values():  # as a CUDA-graph run writes it (the step counts as float tensors)
         for group in opt["param_groups"]:
             group["capturable"] = True

@@ -27,7 +27,8 @@ from bench.eval.metrics import MetricError, check_counts
 from bench.eval.pipeline import evaluate_real
 from bench.eval.protocol import fingerprint, protocol
 from bench.run import checkpoints
-from bench.run.cell import ELSEWHERE, CellContext, Outcome, SuiteRun, open_cell, prepare_real
+from bench.run.cell import CellContext, Outcome, SuiteRun, prepare_real
+from bench.run.claim import ELSEWHERE, open_cell
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand

@@ -28,7 +28,8 @@ from pathlib import Path
 from bench import schema, tracking
 from bench.config import TRIAL_SEED_BASE, BenchConfig, ConfigError, SearchDim, SuiteConfig
 from bench.run import checkpoints
-from bench.run.cell import Outcome, SuiteRun, open_cell
+from bench.run.cell import Outcome, SuiteRun
+from bench.run.claim import open_cell
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, expand
