@@ -31,7 +31,7 @@ test: $(STAMP) browser
 	$(PYTEST)
 
 check: lint
-	$(PYTEST) -m "not integration"
+	$(PYTEST) -n 2 -m "not integration and not slow"
 
 # The browser tests drive Debian's headless Chromium through its chromedriver; install both when missing.
 browser:

@@ -12,6 +12,7 @@ from bench.cli import main
 from tests.conftest import REPO, TINY, child_runs
 
 
+@pytest.mark.integration  # a suite through the CLI, its cells in worker processes
 def test_cli_run_exit_code_and_report(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))

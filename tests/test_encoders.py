@@ -22,7 +22,8 @@ from bench.eval.encoders import build_encoder, weights_path
 from bench.eval.pipeline import evaluate_samples
 from bench.eval.real_features import real_features
 from bench.schema import ENCODERS
-from tests.conftest import VIT, tiny_config
+from tests.conftest import tiny_config
+from tests.encoder_fixtures import VIT
 
 DINOV2_ENV = ENCODERS["dinov2"].weights.env
 

@@ -50,6 +50,7 @@ def test_encoder_records_weights_digest_and_resize(encoder, inception_weights):
         encoder(torch.zeros(2, 1, 28, 28))
 
 
+@pytest.mark.integration  # torch-fidelity's whole pipeline, its DataLoader worker processes included
 def test_inception_metrics_equal_torch_fidelity(encoder, inception_weights):
     digits = load("digits")
     real = digits.test_images[:N]  # (N, 1, 28, 28) uint8: grayscale, expanded inside the encoder

@@ -8,9 +8,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ONE_THREAD, REPO, TINY
 
 
+@pytest.mark.integration  # pip, and bench in subprocesses
 def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
     wheels, site, empty, source = (tmp_path / name for name in ("wheels", "site", "empty", "source"))
     empty.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -22,6 +23,7 @@ def test_reference_dataset_yields_what_torchvision_datasets_yield():
     assert x.shape == (3, 32, 32) and torch.allclose(x, images[3].float() / 255)
 
 
+@pytest.mark.integration  # bench perf trains and logs to a store
 def test_bench_perf_cli_prints_and_logs(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
@@ -44,6 +46,7 @@ def test_bench_perf_cli_prints_and_logs(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "unknown model(s) ['nope']" in bad.output
 
 
+@pytest.mark.integration  # a suite, its cells in worker processes
 def test_speed_options_reach_genbench_loop_and_are_logged(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path))
@@ -100,6 +103,7 @@ def test_nvidia_smi_output_and_table_with_gpu_column():
     assert "| sngan | 1x28x28 | 30 | 30 | 1.00 | 50 | n/a / 99% |" in text and "too short for NVML" in text
 
 
+@pytest.mark.integration  # scripts/gpu-check in a subprocess
 def test_gpu_check_script_runs_its_phases_and_writes_the_summary(tmp_path):
     """scripts/gpu-check is the one prepared command for a lent GPU machine: tried here on the CPU with --tiny, two
     cheap phases end to end (environment; encoder, Inception and AIS throughput)."""

@@ -130,6 +130,7 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     assert proto["best_checkpoint_selection"]["latent_seed"] == suite.eval.seed + schema.SELECTION_SEED_OFFSET
 
 
+@pytest.mark.integration  # a suite, its cells in worker processes
 def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     """Periodic FIDs 5, 2, 3, 4 at steps 5, 10, 15, 20: the step-10 checkpoint is the best one. Its best/* metrics
     must equal a full evaluation of the logged best.pt, and differ from the final ones."""
@@ -262,6 +263,7 @@ def test_second_run_skips_finished_cells(quick_run):
     assert any("already FINISHED" in line for line in lines)
 
 
+@pytest.mark.integration  # a suite, its cells in worker processes
 def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     def explode(self, x, optimizers):
         raise RuntimeError("boom in train_step")
@@ -289,6 +291,7 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     assert "1 cell run(s) FAILED" in md
 
 
+@pytest.mark.integration  # a suite, its cells in worker processes
 def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path, monkeypatch):
     """A 3×32×32 dataset (CIFAR-10's pickles, random content) through the runner: a conv GAN and a conv VAE, the
     VAE scored with the discretised-logistic decoder the dataset prescribes."""

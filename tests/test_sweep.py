@@ -147,6 +147,7 @@ def test_expected_best_equals_the_brute_force_mean_over_every_draw(scores):
     assert np.isnan(expected_best([math.nan, math.inf])).all()
 
 
+@pytest.mark.slow  # 150 bootstrap bands against a 200,000-draw truth: a coverage check
 def test_the_bootstrap_band_holds_the_true_curve_about_95_percent_of_the_time():
     """Trials drawn from a known distribution (FID-like, log-normal): the true expected best at k is known by a large
     simulation; the 95% band from 12 trials should cover it most of the time (the percentile bootstrap of a

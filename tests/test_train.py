@@ -35,7 +35,11 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
 
 
-@pytest.mark.parametrize("name", list(baselines.MODELS))
+# sngan: a few seconds per step on a CPU, so only in `make test`
+EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n == "sngan" else n for n in baselines.MODELS]
+
+
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_same_seed_same_model(name):
     a, b = fresh(name), fresh(name)
     cfg = TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=2, checkpoint_every=2)
@@ -64,7 +68,7 @@ def test_logs_samples_and_checkpoints_on_schedule(tmp_path):
     assert result.steps == 5 and result.images_per_s > 0
 
 
-@pytest.mark.parametrize("name", list(baselines.MODELS))
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_resume_from_checkpoint_equals_uninterrupted_training(tmp_path, name):
     cfg = TrainConfig(steps=8, batch_size=8, log_every=2, sample_every=4, checkpoint_every=2)
     straight = fresh(name)
