@@ -33,6 +33,7 @@ ERROR = "bench.error"
 AIS_CHECK = "bench.ais_check"  # a VAE's AIS under its own observation model against its IWAE bound: ok | violated: …
 EXECUTOR = "bench.executor"
 HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
+PROCESS_SPACE = "bench.process_space"  # the boot and pid namespace its PID is valid in (containers share hostnames)
 # a cell's lease: the process training it writes the time (unix seconds) every HEARTBEAT_S; a RUNNING run whose last
 # beat is older than LEASE_S has lost its holder (a dead node) and another `bench run` may take the cell over
 HEARTBEAT = "bench.heartbeat"

@@ -70,3 +70,26 @@ def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_hol
     runs = child_runs(uri)
     done = runs[(runs["tags.bench.cell"] == key) & (runs["status"] == "FINISHED")]
     assert len(done) == 1 and done.iloc[0]["run_id"] != held.run_id
+
+
+def test_a_pid_is_looked_up_only_in_the_process_space_it_belongs_to(tmp_path):
+    """Two containers with host networking share a hostname, not their PIDs: a RUNNING run whose owner PID is not a
+    live process here is closed as orphaned only when it was written in this boot and PID namespace; one from
+    another PID namespace (same hostname) is left to its heartbeat."""
+    import socket
+    import subprocess
+    import sys
+
+    from bench.tracking.lease import process_space
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a PID that no longer exists
+    here = {schema.HOST: socket.gethostname(), schema.PID: str(gone.pid)}
+    ours = tracker.start_run("ours", {**here, schema.PROCESS_SPACE: process_space()})
+    other = tracker.start_run("other", {**here, schema.PROCESS_SPACE: "another-boot/pid:[1]"})
+    unmarked = tracker.start_run("unmarked", here)  # no record of where its PID is valid
+    closed = {name for name, _ in tracker.close_orphans()}
+    assert closed == {"ours"}
+    assert ours.status() == "KILLED" and other.status() == "RUNNING" and unmarked.status() == "RUNNING"
+    assert set(tracking.owner_tags(1)) == {schema.HOST, schema.PID, schema.PROCESS_SPACE}

@@ -1,8 +1,9 @@
 """Everything that talks to MLflow; the only package that imports it.
 
 - store: where the store is, whether it answers (in seconds), the MLflow client, the UI on it
-- runs: writing a suite's runs (`Tracker`, `Run`), owner tags for orphaned runs
-- models: the models a cell logs, and loading them back
+- runs: writing a suite's runs (`Tracker`, `Run`)
+- lease: who holds a run (owner tags, heartbeat liveness), for orphaned runs and taken-over cells
+- models: the models a cell logs, and fetching a run's weights-only checkpoints
 - query: the read side (the report's table of runs, metric histories, artifacts)
 
 The names below are the package's interface; callers write `from bench import tracking` and `tracking.Tracker`.

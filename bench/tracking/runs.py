@@ -1,10 +1,7 @@
-"""Writing a suite's runs: the experiment (`Tracker`), one handle per run (`Run`: batched metrics, params, tags,
-artifacts, images, the dataset input, system metrics) and the owner tags that let a later `bench run` close runs
-orphaned by a kill.
-
-Layout (DESIGN.md, Tracking): experiment = suite name; one parent run per `bench run`; one child run per cell with
-the tags of bench.schema, the cell's flattened config as params, step metrics, final metrics by name, artifacts.
-"""
+"""Writing a suite's runs: the experiment (`Tracker`) and one handle per run (`Run`: batched metrics, params, tags,
+artifacts, images, the dataset input, system metrics). Layout: experiment = suite name; one parent run per
+`bench run`; one child run per cell with the tags of bench.schema, the cell's flattened config as params, step
+metrics, final metrics by name, artifacts. Who holds a run: bench/tracking/lease.py."""
 
 from __future__ import annotations
 
@@ -13,10 +10,8 @@ import functools
 import io
 import json
 import os
-import socket
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +19,7 @@ import numpy as np
 
 from bench import schema
 from bench.storage import source_commit
+from bench.tracking.lease import Holder, holder_of, owner_tags, pid_alive, pid_checkable_here
 from bench.tracking.store import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -73,9 +69,9 @@ class Tracker:
         closed = []
         for run in _search(self.client, [self.experiment_id], "attributes.status = 'RUNNING'"):
             tags = run.data.tags
-            if tags.get(schema.HOST) != socket.gethostname() or not tags.get(schema.PID, "").isdigit():
+            if not pid_checkable_here(tags):
                 continue
-            if _alive(int(tags[schema.PID])):
+            if pid_alive(int(tags[schema.PID])):
                 continue
             self.client.set_tag(
                 run.info.run_id,
@@ -90,13 +86,13 @@ class Tracker:
         """The RUNNING runs of a cell, each with its holder and whether its lease is live: a heartbeat younger than
         schema.LEASE_S (or, before the first beat, a start as young), and on this host a process that exists."""
         query = f"attributes.status = 'RUNNING' and tags.`{schema.CELL}` = '{cell_key}'"
-        out = [_holder(run) for run in _search(self.client, [self.experiment_id], query)]
+        out = [holder_of(run) for run in _search(self.client, [self.experiment_id], query)]
         return sorted(out, key=lambda h: (h.started, h.run_id))
 
     def holder(self, run_id: str) -> Holder | None:
         """The holder of one run while it is RUNNING; None once it ended."""
         run = self.client.get_run(run_id)
-        return _holder(run) if run.info.status == "RUNNING" else None
+        return holder_of(run) if run.info.status == "RUNNING" else None
 
     def tag(self, run_id: str, key: str) -> str | None:
         return self.client.get_run(run_id).data.tags.get(key)
@@ -165,32 +161,6 @@ class Tracker:
         return handle
 
 
-def _holder(run) -> Holder:
-    tags = run.data.tags
-    beat = float(tags.get(schema.HEARTBEAT, run.info.start_time / 1000))
-    live = schema.lease_live(tags.get(schema.HEARTBEAT), run.info.start_time / 1000, time.time())
-    host, pid = tags.get(schema.HOST, "?"), tags.get(schema.PID, "?")
-    if live and host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-        live = False
-    return Holder(run.info.run_id, host, pid, run.info.start_time, beat, live)
-
-
-@dataclass(frozen=True)
-class Holder:
-    """A RUNNING run of a cell and the process holding it."""
-
-    run_id: str
-    host: str
-    pid: str
-    started: int  # the run's start time, ms
-    heartbeat: float  # its last beat, unix seconds (its start before the first beat)
-    live: bool
-
-    def describe(self) -> str:
-        since = time.strftime("%H:%M:%S", time.localtime(self.started / 1000))
-        return f"host {self.host}, pid {self.pid}, since {since}, run {self.run_id}"
-
-
 @functools.cache
 def provenance_tags() -> dict[str, str]:
     """MLflow's own provenance tags, which its UI shows by itself (the fluent API sets them; MlflowClient does not):
@@ -209,21 +179,6 @@ def provenance_tags() -> dict[str, str]:
 
 
 SYSTEM_METRICS_INTERVAL_S = 10.0  # one psutil/NVML sample and one logged batch per 10 s: well under 1% of a cell
-
-
-def owner_tags(pid: int) -> dict[str, str]:
-    """Which process on which host runs a run: how a later `bench run` recognises runs orphaned by a kill."""
-    return {schema.HOST: socket.gethostname(), schema.PID: str(pid)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def attach_run(uri: str, run_id: str) -> Run:
