@@ -48,7 +48,7 @@ def lease_live(heartbeat: str | None, started_s: float, now: float) -> bool:
     return now - last < LEASE_S
 
 
-LEASE_TOKEN = "bench.lease"  # who reopened an interrupted cell's run last (host:pid:nonce), read back to claim it
+HOLDER = "bench.holder"  # the random id of the process that claimed the cell's run last: the lease's fence
 RESUME_ARTIFACT = "resume/last.pt"  # the newest resumable checkpoint, where every node can reach it (remote stores)
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption
 RESUMED_FROM = "bench.resumed_from_step"

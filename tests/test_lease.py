@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import mlflow
+import pytest
 from click.testing import CliRunner
 
 from bench import schema, tracking
@@ -93,3 +94,68 @@ def test_a_pid_is_looked_up_only_in_the_process_space_it_belongs_to(tmp_path):
     assert closed == {"ours"}
     assert ours.status() == "KILLED" and other.status() == "RUNNING" and unmarked.status() == "RUNNING"
     assert set(tracking.owner_tags(1)) == {schema.HOST, schema.PID, schema.PROCESS_SPACE}
+
+
+def test_a_holder_loses_its_lease_to_a_takeover_or_a_pause_and_training_stops_without_writing(tmp_path, monkeypatch):
+    """Fencing, scripted (no sleeps): the holder's lease reads its run back at every beat. Another claim's id on the
+    run (a takeover), the run marked KILLED (released by a taker), or no beat through for the lease's length by the
+    holder's own clock (SIGSTOP, a suspended VM, a store away) each lose the lease; the training loop then stops
+    before its next step or checkpoint, and the checkpoint on disk is the last one written while it held the cell."""
+    import torch
+
+    import baselines
+    from bench.config import TrainConfig
+    from bench.run import checkpoints
+    from bench.run.train import train
+    from bench.tracking import lease as lease_module
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")
+    client = mlflow.MlflowClient(tracker.uri)
+
+    def held(name: str) -> tracking.Run:
+        return tracker.start_run(name, {schema.CELL: name, schema.HOLDER: "claim-a"})
+
+    run = held("taken")
+    with run.heartbeat("claim-a", interval=3600) as lease:  # the test beats by hand
+        assert lease.lost() is None and client.get_run(run.run_id).data.tags.get(schema.HEARTBEAT)
+        client.set_tag(run.run_id, schema.HOLDER, "claim-b")  # another process reopened the run under its claim
+        lease.beat()
+        assert lease.lost() == "another process took the cell over"
+        with pytest.raises(tracking.LeaseLost):
+            lease.check()
+
+    run = held("released")
+    with run.heartbeat("claim-a", interval=3600) as lease:
+        client.set_terminated(run.run_id, "KILLED")  # what a taker does to a stale holder's run first
+        lease.beat()
+        assert lease.lost() == "its run was marked KILLED by another process"
+
+    run = held("paused")
+    with run.heartbeat("claim-a", interval=3600) as lease:
+        clock = time.monotonic() + schema.LEASE_S + 10  # the process was stopped for longer than the lease
+        monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock)
+        assert lease.lost().startswith(f"no heartbeat got through for {schema.LEASE_S + 10:.0f} s")
+    monkeypatch.undo()
+
+    # the training loop: the lease is lost when step 5 is logged, before step 5's checkpoint
+    class Logger:
+        lost = False
+
+        def log_metrics(self, metrics, step=None):
+            Logger.lost = Logger.lost or step == 5
+
+        def log_samples(self, images, step):
+            pass
+
+    def fence():
+        if Logger.lost:
+            raise tracking.LeaseLost("another process took the cell over")
+
+    torch.manual_seed(0)
+    model = baselines.build("gan-mlp", None, (1, 28, 28))
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    cfg = TrainConfig(steps=10, batch_size=8, log_every=1, sample_every=100, checkpoint_every=1, eval_every=0)
+    last = tmp_path / "ck" / "last.pt"
+    with pytest.raises(tracking.LeaseLost):
+        train(model, images, cfg, seed=0, logger=Logger(), checkpoint=last, progress=False, fence=fence)
+    assert checkpoints.read(last)["step"] == 4  # step 5's checkpoint was never written

@@ -79,9 +79,41 @@ def _consistent(samples, r, alpha=0.05):
     for position, index in enumerate(order):
         running = max(running, min(1.0, (len(raw) - position) * raw[index]))
         holm_p[index] = running
+    means = [np.mean(x) for x in samples]
+    sep = np.zeros((k, k), dtype=bool)  # sep[i, j]: i separated from j and better (lower)
     for (i, j), p in zip(pairs, holm_p, strict=True):
+        if p < alpha:
+            a, b = (i, j) if means[i] < means[j] else (j, i)
+            sep[a, b] = True
+    closed = sep.copy()
+    for _ in range(k):  # the orders the separations imply: boolean matrix products until nothing changes
+        closed = closed | ((closed.astype(int) @ closed.astype(int)) > 0)
+    for i, j in pairs:
         shares = bool(set(r.letters[i]) & set(r.letters[j]))
-        assert shares == (p >= alpha), (i, j, p, r.letters)
+        assert shares == (not closed[i, j] and not closed[j, i]), (i, j, r.letters)
+    for i in range(k):  # places: 1 + rows above in the closure .. k − rows below
+        high, low = 1 + closed[:, i].sum(), k - closed[i, :].sum()
+        assert r.rank[i] == (str(high) if high == low else f"{high}–{low}"), (i, r.rank)
+
+
+def test_ranks_follow_the_closure_of_the_separations_and_a_nan_seed_spoils_only_its_row():
+    """The review's example (lower is better): r1 > r2 and r2 > r4 are separated, r1 vs r4 (p = 0.10) is not; r1 is
+    still above r4. Places from direct separations only gave r1 "1–4" and r4 "3–5"."""
+    rows = [
+        [-2.761, -2.822],
+        [-3.231, -3.553],
+        [-0.459, -0.038, -0.983, -0.565, -1.093],
+        [-0.402, 1.341, -1.075],
+        [1.653, 1.749, 1.675, 1.765],
+    ]
+    r = ranking(rows)
+    assert r.better[1][2] and r.better[2][4] and not r.better[1][4]  # the direct tests, as the review found them
+    assert r.rank[1] == "1–3" and r.rank[4] == "4–5", r.rank
+    _consistent(rows, r)
+    apart = [[1.0, 1.1, 0.9], [5.0, 5.1, 4.9], [9.0, 9.2, 8.8]]
+    for diverged in (float("inf"), float("nan")):  # one diverged seed in a fourth row
+        spoiled = ranking([*apart, [2.0, diverged, 3.0]])
+        assert spoiled.rank == ["1", "2", "3", UNRANKED] and spoiled.letters[:3] == ["a", "b", "c"], diverged
 
 
 def test_the_issues_non_transitive_examples_get_consistent_groups():

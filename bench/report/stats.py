@@ -91,15 +91,17 @@ def ranking(samples: Sequence[Sequence[float]], lower_is_better: bool = True, al
 
     All pairs of testable rows (n ≥ 2) are compared by Welch's two-sided test and the p-values Holm-adjusted over the
     family, so that the chance of separating any two equal models is at most α, whatever the number of models. A
-    row's rank is the interval from 1 + (rows significantly better) to k − (rows significantly worse), k the
-    testable rows: "1–2" reads "first or second: the seeds cannot say which". Groups: a compact letter display
-    (Piepho 2004, insert-and-absorb), letters ordered by mean, in which two rows share a letter exactly when they
-    are not separated, so the groups cannot contradict the tests. A row with n < 2 (external samples, one seed)
-    cannot be tested: it is shown, never ranked or grouped."""
+    row's rank is the interval from 1 + (rows above it) to k − (rows below it) in the transitive closure of the
+    separations, k the testable rows: "1–2" reads "first or second: the seeds cannot say which". Groups: a compact
+    letter display (Piepho 2004, insert-and-absorb), letters ordered by mean, in which two rows share a letter
+    exactly when they are not separated (in the closure), so the groups cannot contradict the tests. A row with
+    n < 2 (external samples, one seed) cannot be tested, nor one with a non-finite seed value: it is shown, never
+    ranked or grouped."""
     k = len(samples)
     sign = 1.0 if lower_is_better else -1.0
     means = [sum(s) / len(s) if len(s) else math.nan for s in samples]
-    testable = [i for i in range(k) if len(samples[i]) >= 2 and not math.isnan(means[i])]
+    # a row with a non-finite seed (a diverged run) cannot be tested in this column; the others still can
+    testable = [i for i in range(k) if len(samples[i]) >= 2 and all(math.isfinite(v) for v in samples[i])]
     pairs = list(combinations(testable, 2))
     adjusted = holm([welch_p(samples[i], samples[j]) for i, j in pairs])
     better = [[False] * k for _ in range(k)]
@@ -107,17 +109,31 @@ def ranking(samples: Sequence[Sequence[float]], lower_is_better: bool = True, al
         if p < alpha:
             a, b = (i, j) if sign * means[i] < sign * means[j] else (j, i)
             better[a][b] = True
+    above = _closure(better, testable)  # i > j and j > l separated: i > l is implied, whatever i vs l's own test
     rank, letters, tied = [UNRANKED] * k, [""] * k, [False] * k
     order = sorted(testable, key=lambda i: sign * means[i])
     for i in testable:
-        high = 1 + sum(better[j][i] for j in testable)
-        low = len(testable) - sum(better[i][j] for j in testable)
+        high = 1 + sum(above[j][i] for j in testable)
+        low = len(testable) - sum(above[i][j] for j in testable)
         rank[i] = str(high) if high == low else f"{high}–{low}"
         tied[i] = high == 1
-    separated = {(i, j) for i in testable for j in testable if better[i][j] or better[j][i]}
+    separated = {(i, j) for i in testable for j in testable if above[i][j] or above[j][i]}
     for i, text in zip(order, compact_letters(order, separated), strict=True):
         letters[i] = text
     return Ranking(rank, letters, tied, better, len(pairs))
+
+
+def _closure(better: list[list[bool]], rows: Sequence[int]) -> list[list[bool]]:
+    """The transitive closure of the separations (Warshall): if every separation is right, as the family-wise error
+    control claims with probability ≥ 1 − α, so is every order they imply. Separations with unequal seed counts are
+    not transitive by themselves (1 > 2 and 2 > 4 separated, 1 vs 4 not)."""
+    closed = [row[:] for row in better]
+    for m in rows:
+        for i in rows:
+            if closed[i][m]:
+                for j in rows:
+                    closed[i][j] = closed[i][j] or closed[m][j]
+    return closed
 
 
 def compact_letters(order: Sequence[int], separated: set[tuple[int, int]]) -> list[str]:

@@ -76,6 +76,11 @@ class CellJob:
     key: str
     run: tracking.Run
     label: str = ""  # "[3/8]": where it stands in the suite
+    holder: str = ""  # the random id of the claim (schema.HOLDER): the lease's fence
+    lease: tracking.Lease | None = None  # while the cell runs (execute)
+
+
+ELSEWHERE = "ELSEWHERE"  # an Outcome's status while another process trains the cell (run_suite waits for it)
 
 
 def prepare_real(
@@ -128,8 +133,12 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
     start = time.perf_counter()
     resumed = checkpoints.checkpoint_path(ctx.results, key).is_file()
     try:
-        with run.heartbeat(), run.system_metrics(ctx.uri, resume=resumed):
+        with run.heartbeat(job.holder) as job.lease, run.system_metrics(ctx.uri, resume=resumed):
             metrics = train_and_evaluate(job, ctx)
+            job.lease.check()  # FINISHED only while this process holds the cell
+    except tracking.LeaseLost as e:  # another process holds the cell now: write nothing more to its run
+        ctx.echo(f"{label} {cell.name}: stopped, writing nothing more: {e}; its holder finishes it")
+        return Outcome(cell, ELSEWHERE, run.run_id, str(e), seconds=time.perf_counter() - start)
     except KeyboardInterrupt as e:
         run.set_tags({schema.ERROR: f"interrupted ({e or 'KeyboardInterrupt'}); run the same command to resume"})
         run.end("KILLED")
@@ -184,6 +193,8 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
         schema.ENCODER_ACCURACY: real[0].encoder.info.get("test_accuracy", float("nan")),
     }
     proto = {**ev.protocol, SELECTION_KEY: selection_protocol(cell.train, cell.eval)} if cell.train.eval_every else None
+    if job.lease is not None:
+        job.lease.check()  # the final evaluation took minutes: still this process's cell?
     model_id = run.log_model(model, schema.MODEL_FINAL, _model_metadata(cell, result.steps), step=result.steps)
     record(run, ev, metrics=metrics, step=result.steps, protocol=proto, model_id=model_id)
     if model.family == "vae":
@@ -263,6 +274,7 @@ def _train(job: CellJob, ctx: CellContext, model, checkpoint: Path, best_path: P
         progress=ctx.progress,
         evaluator=selector,
         run_id=run.run_id,
+        fence=job.lease.check if job.lease is not None else None,
     )
     if result.resumed_from:
         run.set_tags({schema.RESUMED_FROM: result.resumed_from})

@@ -5,15 +5,13 @@ it (`_claim`). The lease itself (the heartbeat tag, when a holder counts as live
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 
 import baselines
 from bench import schema, tracking
 from bench.run import checkpoints
-from bench.run.cell import CellContext, CellJob, Outcome, SuiteRun
+from bench.run.cell import ELSEWHERE, CellContext, CellJob, Outcome, SuiteRun
 from bench.run.matrix import Cell
 from bench.run.record import open_run
 
@@ -49,7 +47,8 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
         ctx.echo(f"{label} {cell.name}: warning: {why}; the cell starts from step 0")
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     previous = (checkpoints.interrupted_attempt(ctx.results, key) or {}).get("run_id")
-    run = tracker.reopen_run(previous, key) if previous else None
+    holder = uuid.uuid4().hex  # this claim: a process that lost the cell to another sees another id on the run
+    run = tracker.reopen_run(previous, key, holder) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
     else:
@@ -64,21 +63,20 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
             key=key,
             variant=cell.key(dataset.digest, with_seed=False),
             parent=suite.parent,
+            holder=holder,
         )
-    rival = _claim(tracker, key, run, reopened=run.run_id == previous)
+    rival = _claim(tracker, key, run, holder, reopened=run.run_id == previous)
     if rival is not None:
         ctx.echo(f"{label} {cell.name}: another bench run took it at the same moment ({rival.describe()})")
         return Outcome(cell, ELSEWHERE, rival.run_id, error=rival.describe())
-    return CellJob(cell, key, run, label)
+    return CellJob(cell, key, run, label, holder)
 
 
-ELSEWHERE = "ELSEWHERE"  # an Outcome's status while another process trains the cell (run_suite waits for it)
-
-
-def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, reopened: bool):
+def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, holder: str, reopened: bool):
     """One cell, one trainer: of the cell's live runs the earliest (start time, then id) keeps the cell. A run this
     process created and lost is deleted; returns the rival that holds the cell, or None when this run does. A
-    reopened run is claimed with a token tag, read back after a moment (two processes reopening the same run)."""
+    reopened run carries the holder id its last reopener wrote (schema.HOLDER), read back after a moment: of two
+    processes reopening the same run, the one whose id stayed holds it, the same id its lease checks at every beat."""
     rivals = [h for h in tracker.holders(key) if h.live]
     first = rivals[0] if rivals else None
     if first is not None and first.run_id != run.run_id:
@@ -86,9 +84,39 @@ def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, reopened: boo
             tracker.withdraw(run.run_id)
         return first
     if reopened:
-        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        run.set_tags({schema.LEASE_TOKEN: token})
         time.sleep(1.0)
-        if tracker.tag(run.run_id, schema.LEASE_TOKEN) != token:
+        if tracker.tag(run.run_id, schema.HOLDER) != holder:
             return next((h for h in tracker.holders(key) if h.run_id == run.run_id), first)
     return None
+
+
+WAIT_POLL_S = 5.0  # how often a suite looks at cells another process is training
+
+
+def wait_elsewhere(outcomes: list[Outcome], suite_run: SuiteRun, run_here, echo) -> list[Outcome]:
+    """Cells another process was training when this suite reached them (ELSEWHERE): waited for, so that this
+    suite's report holds them too. One the other process finished counts as SKIPPED here; one it left unfinished
+    (FAILED, KILLED, or its lease expired: the node died) is run here, resumed from its checkpoint."""
+    outcomes = list(outcomes)
+    pending = [i for i, o in enumerate(outcomes) if o.status == ELSEWHERE]
+    said = 0.0
+    while pending:
+        if time.monotonic() - said > 60:
+            echo(f"waiting for {len(pending)} cell(s) another bench run is training ...")
+            said = time.monotonic()
+        time.sleep(WAIT_POLL_S)
+        for i in list(pending):
+            o = outcomes[i]
+            holder = suite_run.tracker.holder(o.run_id)
+            if holder is not None and holder.live:
+                continue
+            status = suite_run.tracker.status(o.run_id)
+            pending.remove(i)
+            if status == "FINISHED":
+                echo(f"{o.cell.name}: FINISHED by another bench run (run {o.run_id})")
+                outcomes[i] = Outcome(o.cell, "SKIPPED", o.run_id)
+            else:  # left unfinished: run it here, from its checkpoint
+                outcomes[i] = run_here((i + 1, o.cell))
+                if outcomes[i].status == ELSEWHERE:
+                    pending.append(i)
+    return outcomes

@@ -311,6 +311,7 @@ def detached_spec(job: CellJob, ctx: CellContext, cells_at_once: int) -> dict:
         "label": job.label,
         "threads": max(1, torch.get_num_threads() // cells_at_once),
         "attempt": uuid.uuid4().hex,  # Ray runs a task again when its node dies: the retry sees this on the run
+        "holder": job.holder,  # the claim the worker's lease checks (a Ray retry is the same claim)
     }
 
 
@@ -339,7 +340,7 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     run.set_tags({schema.ATTEMPT: spec["attempt"]})
     ctx = CellContext({cell.dataset: dataset}, real, results, device, spec["uri"], spec["progress"], echo)
     try:
-        outcome = execute(CellJob(cell, spec["key"], run, spec["label"]), ctx)
+        outcome = execute(CellJob(cell, spec["key"], run, spec["label"], spec.get("holder", "")), ctx)
     except KeyboardInterrupt:
         return {"status": "KILLED", "error": "interrupted", "metrics": {}, "seconds": 0.0}
     finally:

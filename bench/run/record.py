@@ -27,6 +27,7 @@ def open_run(
     key: str,
     variant: str,
     parent: tracking.Run | None = None,
+    holder: str = "",
 ) -> tracking.Run:
     """A new run with the tags every leaderboard row is built from (schema: bench.suite, .model, .family, .dataset,
     .observation, .seed, .cell, .variant, .protocol_version); `dataset` is a bench.data.Dataset."""
@@ -40,6 +41,7 @@ def open_run(
         schema.CELL: key,
         schema.VARIANT: variant,
         schema.PROTOCOL_VERSION_TAG: schema.PROTOCOL_VERSION,
+        **({schema.HOLDER: holder} if holder else {}),  # who claims it (the lease's fence)
     }
     return tracker.start_run(name, tags, parent=parent)
 

@@ -28,7 +28,7 @@ from bench.eval.pipeline import evaluate_real
 from bench.eval.protocol import fingerprint, protocol
 from bench.run import checkpoints
 from bench.run.cell import CellContext, Outcome, SuiteRun, prepare_real
-from bench.run.claim import ELSEWHERE, open_cell
+from bench.run.claim import open_cell, wait_elsewhere
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand
@@ -69,11 +69,14 @@ def run_suite(
             def run_numbered(numbered: tuple[int, Cell]) -> Outcome:
                 index, cell = numbered
                 opened = open_cell(cell, suite_run, ctx, f"[{index}/{len(cells)}]")
-                return opened if isinstance(opened, Outcome) else cell_executor.run(opened, ctx)
+                if isinstance(opened, Outcome):
+                    return opened
+                with opened.run.heartbeat(opened.holder):  # held from the claim: queued, starting, or running
+                    return cell_executor.run(opened, ctx)
 
             start = time.perf_counter()
             outcomes = cell_executor.map(run_numbered, enumerate(cells, 1))
-            outcomes = _wait_elsewhere(
+            outcomes = wait_elsewhere(
                 outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo
             )
             wall = time.perf_counter() - start
@@ -82,38 +85,6 @@ def run_suite(
             raise
         _close_suite(suite_run, outcomes, wall, cells_per_gpu, echo)
         return outcomes
-
-
-WAIT_POLL_S = 5.0  # how often a suite looks at cells another process is training
-
-
-def _wait_elsewhere(outcomes: list[Outcome], suite_run: SuiteRun, run_here, echo) -> list[Outcome]:
-    """Cells another process was training when this suite reached them (ELSEWHERE): waited for, so that this
-    suite's report holds them too. One the other process finished counts as SKIPPED here; one it left unfinished
-    (FAILED, KILLED, or its lease expired: the node died) is run here, resumed from its checkpoint."""
-    outcomes = list(outcomes)
-    pending = [i for i, o in enumerate(outcomes) if o.status == ELSEWHERE]
-    said = 0.0
-    while pending:
-        if time.monotonic() - said > 60:
-            echo(f"waiting for {len(pending)} cell(s) another bench run is training ...")
-            said = time.monotonic()
-        time.sleep(WAIT_POLL_S)
-        for i in list(pending):
-            o = outcomes[i]
-            holder = suite_run.tracker.holder(o.run_id)
-            if holder is not None and holder.live:
-                continue
-            status = suite_run.tracker.status(o.run_id)
-            pending.remove(i)
-            if status == "FINISHED":
-                echo(f"{o.cell.name}: FINISHED by another bench run (run {o.run_id})")
-                outcomes[i] = Outcome(o.cell, "SKIPPED", o.run_id)
-            else:  # left unfinished: run it here, from its checkpoint
-                outcomes[i] = run_here((i + 1, o.cell))
-                if outcomes[i].status == ELSEWHERE:
-                    pending.append(i)
-    return outcomes
 
 
 def _preflight(

@@ -29,11 +29,11 @@ from bench import schema, tracking
 from bench.config import TRIAL_SEED_BASE, BenchConfig, ConfigError, SearchDim, SuiteConfig
 from bench.run import checkpoints
 from bench.run.cell import Outcome, SuiteRun
-from bench.run.claim import open_cell
+from bench.run.claim import open_cell, wait_elsewhere
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, expand
-from bench.run.suite import _open_suite, _preflight, _wait_elsewhere, run_real_row, time_per_model
+from bench.run.suite import _open_suite, _preflight, run_real_row, time_per_model
 
 
 @dataclass(frozen=True)
@@ -220,10 +220,11 @@ def _run_cells(cells, suite_run: SuiteRun, ctx, cell_executor, echo, tags_of) ->
         tags, values = tags_of(cell)
         opened.run.set_tags({schema.SWEEP: cell.suite, **tags})
         opened.run.log_params({f"{schema.SEARCH_PARAM_PREFIX}{k}": v for k, v in values.items()})
-        return cell_executor.run(opened, ctx)
+        with opened.run.heartbeat(opened.holder):  # held from the claim: queued, starting, or running
+            return cell_executor.run(opened, ctx)
 
     outcomes = cell_executor.map(run_numbered, enumerate(cells, 1))
-    return _wait_elsewhere(outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo)
+    return wait_elsewhere(outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo)
 
 
 def pick_winners(tracker: tracking.Tracker, trials, ctx, echo) -> dict[tuple[str, str], dict]:

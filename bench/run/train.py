@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,7 @@ def train(
     progress: bool = True,
     evaluator: PeriodicEvaluator | None = None,
     run_id: str | None = None,
+    fence: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train `model` for cfg.steps on uint8 `images` (N, C, H, W), already on the model's device.
 
@@ -91,6 +93,9 @@ def train(
     back once per log interval (and before a sample grid, an evaluation or a checkpoint), where a non-finite loss
     raises DivergenceError naming its step. With cfg.cuda_graph on a CUDA device, the whole step (batch gather,
     forward, backward, optimiser updates) is captured once as a CUDA graph and replayed (`GraphStep`).
+
+    `fence` (the cell's lease check) runs before every step and every checkpoint; it raises when this process no
+    longer holds the cell, and training stops there without writing anything more.
     """
     device = images.device
     optimizers = _prepare(model, cfg)
@@ -117,6 +122,8 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, disable=off, unit="step", dynamic_ncols=True, leave=False)
     with StopRequest() as stop:
         while step < cfg.steps:
+            if fence is not None:
+                fence()  # raises when this process no longer holds the cell: nothing more is written
             idx = torch.randint(len(images), (reals_per_step,), generator=batch_rng)
             if graph is not None:
                 logs = graph(idx)
@@ -146,6 +153,8 @@ def train(
                 logger.log_metrics({**logs, PERIODIC_TRAIN_S: before + trained}, step)
             if checkpoint is not None and (step % cfg.checkpoint_every == 0 or final):
                 losses.check()  # never checkpoint a diverged model
+                if fence is not None:
+                    fence()  # nor one of a cell another process holds now
                 trained = before + clock.trained()
                 checkpoints.save(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
                 if hasattr(logger, "on_checkpoint"):  # e.g. shared with other nodes through the tracking store

@@ -9,6 +9,7 @@
 The names below are the package's interface; callers write `from bench import tracking` and `tracking.Tracker`.
 """
 
+from bench.tracking.lease import Lease, LeaseLost
 from bench.tracking.models import download_checkpoint, portable_copy
 from bench.tracking.query import (
     attach_report,
@@ -33,6 +34,8 @@ from bench.tracking.store import (
 
 __all__ = [
     "Holder",
+    "Lease",
+    "LeaseLost",
     "Run",
     "Tracker",
     "TrackingError",

@@ -19,7 +19,7 @@ import numpy as np
 
 from bench import schema
 from bench.storage import source_commit
-from bench.tracking.lease import Holder, holder_of, owner_tags, pid_alive, pid_checkable_here
+from bench.tracking.lease import Holder, Lease, holder_of, owner_tags, pid_alive, pid_checkable_here
 from bench.tracking.store import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -134,10 +134,11 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return Run(self.client, run.info.run_id, run.info.artifact_uri)
 
-    def reopen_run(self, run_id: str, cell_key: str) -> Run | None:
+    def reopen_run(self, run_id: str, cell_key: str, holder: str = "") -> Run | None:
         """The run an interrupted cell was logging into (its id kept in the cell's checkpoint), RUNNING again with
         `bench.resumes` counted up, so a cell is one run with continuous curves however often it was interrupted;
-        None when that run is gone, finished, in another experiment or of another cell."""
+        None when that run is gone, finished, in another experiment or of another cell. `holder` (schema.HOLDER) is
+        written before the run is RUNNING again, so a former holder never sees it RUNNING under its own id."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -152,6 +153,8 @@ class Tracker:
         ):
             return None
         resumes = int(run.data.tags.get(schema.RESUMES, "0")) + 1
+        if holder:
+            self.client.set_tag(run_id, schema.HOLDER, holder)
         self.client.update_run(run_id, status="RUNNING")
         if schema.ERROR in run.data.tags:
             self.client.delete_tag(run_id, schema.ERROR)  # the interruption's reason: history now
@@ -277,33 +280,10 @@ class Run:
             synchronous=True,
         )
 
-    @contextlib.contextmanager
-    def heartbeat(self, interval: float = schema.HEARTBEAT_S):
-        """The cell's lease while the block runs: schema.HEARTBEAT set to the time now, then every `interval`
-        seconds from a background thread, so other `bench run`s see the cell as held (Tracker.holders). A beat
-        that fails (the server is briefly away) is retried at the next one."""
-        import threading
-
-        stop = threading.Event()
-
-        def beat() -> None:
-            try:
-                self.client.set_tag(self.run_id, schema.HEARTBEAT, f"{time.time():.0f}")
-            except Exception:
-                pass
-
-        def loop() -> None:
-            while not stop.wait(interval):
-                beat()
-
-        beat()
-        thread = threading.Thread(target=loop, name="bench-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+    def heartbeat(self, holder: str = "", interval: float = schema.HEARTBEAT_S) -> Lease:
+        """The cell's lease while a `with` block runs (bench.tracking.lease.Lease): beats every `interval` s, and
+        says (`lost`, `check`) when `holder` no longer holds the run."""
+        return Lease(self.client, self.run_id, holder, interval)
 
     def fetch_resume_checkpoint(self, local: Path) -> bool:
         """This run's checkpoint in the tracking store (schema.RESUME_ARTIFACT) copied to `local`; False without one."""
