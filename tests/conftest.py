@@ -212,9 +212,9 @@ def seed_cache(domain_cache: Path, results: Path) -> None:
     shutil.copytree(domain_cache / "cache", results / "cache", dirs_exist_ok=True)
 
 
-# A subprocess suite of the tests trains on one thread: two xdist workers share the two cores (and a resumed run
-# equals an uninterrupted one only on the same number of threads).
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+# A subprocess suite of the tests gets this xdist worker's share of the cores (all of them in one process), as the
+# tests in this process do; every subprocess suite gets the same, so a resumed run can equal an uninterrupted one.
+WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // WORKERS))}
 
 
 def bench_run(results: Path, *extra: str) -> subprocess.Popen:
@@ -224,7 +224,7 @@ def bench_run(results: Path, *extra: str) -> subprocess.Popen:
     args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
     for setting in TINY + extra:
         args += ["--set", setting]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **ONE_THREAD}
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **WORKER_THREADS}
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

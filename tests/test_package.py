@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ONE_THREAD, REPO, TINY
+from tests.conftest import REPO, TINY, WORKER_THREADS
 
 
 @pytest.mark.integration  # pip, and bench in subprocesses
@@ -25,7 +25,7 @@ def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
                    timeout=300, cwd=tmp_path)  # fmt: skip
     (wheel,) = wheels.glob("genbench-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_OFFLINE": "1", **ONE_THREAD}  # the package, not this tree
+    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_OFFLINE": "1", **WORKER_THREADS}  # the package, not this tree
 
     def bench(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "bench", *args], cwd=empty, env=env, capture_output=True,

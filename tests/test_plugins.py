@@ -22,7 +22,7 @@ from click.testing import CliRunner
 import baselines
 from baselines.contract import GenerativeModel, LikelihoodModel, class_problems
 from bench.cli import main
-from tests.conftest import BENCH_TOML, ONE_THREAD, REPO, TINY, child_runs, search, seed_cache, tiny_config
+from tests.conftest import BENCH_TOML, REPO, TINY, WORKER_THREADS, child_runs, search, seed_cache, tiny_config
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 
@@ -156,7 +156,7 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(domain
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--target", str(site), str(tmp_path / "my_models")], check=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results"), **ONE_THREAD}
+    env = {**os.environ, "PYTHONPATH": str(site), "BENCH_RESULTS": str(tmp_path / "results"), **WORKER_THREADS}
     seed_cache(domain_cache, tmp_path / "results")  # the session's domain encoder: not what is under test
 
     def bench(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -25,7 +25,7 @@ from bench.config import ConfigError
 from bench.report.stats import expected_best, expected_best_band
 from bench.run.sweep import sample_trials, trial_cells
 from tests import components
-from tests.conftest import BENCH_TOML, ONE_THREAD, REPO, seed_cache, wait_until
+from tests.conftest import BENCH_TOML, REPO, WORKER_THREADS, seed_cache, wait_until
 
 SWEEP = (  # the tune suite at a CPU-seconds budget; the domain recipe of conftest.TINY (its cache is reused)
     "models=['gan-mlp', 'vae-mlp']",
@@ -220,7 +220,7 @@ def bench_sweep(results: Path) -> subprocess.Popen:
     args = [str(bench), "sweep", "--config", str(BENCH_TOML), "--suite", "tune", "--no-progress"]
     for setting in SWEEP:
         args += ["--set", setting]
-    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **ONE_THREAD}
+    env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **WORKER_THREADS}
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
