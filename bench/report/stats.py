@@ -10,7 +10,7 @@
 - `probability_of_improvement`: P(a random seed of A beats a random seed of B), ties counting half: the
   Mann-Whitney U statistic over nA·nB, the pairwise measure of Agarwal et al. 2021 ("Deep Reinforcement Learning at
   the Edge of the Statistical Precipice"); `improvement_interval` its percentile bootstrap interval over seeds.
-- `expected_best`: the expected best score of k trials drawn with replacement from a sweep's B trials, for every
+- `expected_best`: the expected best score of k trials drawn without replacement from a sweep's B trials, for every
   k = 1…B (exact, from the order statistics; Lucic et al. 2018's budget curve, Dodge et al. 2019's "expected
   validation performance"); failed trials count as draws that found nothing; `expected_best_band` its percentile
   bootstrap band over the trials.
@@ -191,10 +191,12 @@ def improvement_interval(
 
 
 def expected_best(scores: Sequence[float], budgets: Sequence[int] | None = None) -> np.ndarray:
-    """E[min of k draws with replacement from `scores`] for each k in `budgets` (default 1…B), lower is better.
-    With the scores sorted x₍₁₎ ≤ … ≤ x₍B₎, the best of k draws is x₍i₎ with probability ((B−i+1)/B)ᵏ − ((B−i)/B)ᵏ.
-    A failed trial (NaN or ∞) is a draw that found nothing: the expectation is over the draws where at least one
-    trial finished (its probability 1 − (F/B)ᵏ with F failures), NaN when none did."""
+    """E[min of k of the B trials drawn without replacement] for each k in `budgets` (default 1…B), lower is better:
+    what k fresh trials of the same search would find, unbiased for k ≤ B (draws with replacement would count a
+    trial twice and overstate the best). With the scores sorted x₍₁₎ ≤ … ≤ x₍B₎, the best of a random k-subset is
+    x₍i₎ with probability C(B−i, k−1) / C(B, k). A failed trial (NaN or ∞) is a trial that found nothing: the
+    expectation is over the subsets where at least one trial finished (all k fail with probability C(F, k) / C(B, k),
+    F failures), NaN when none did."""
     x = np.sort(np.asarray(scores, dtype=float))
     n = len(x)
     budgets = np.arange(1, n + 1) if budgets is None else np.asarray(budgets)
@@ -204,11 +206,12 @@ def expected_best(scores: Sequence[float], budgets: Sequence[int] | None = None)
     m = int(finite.sum())
     if m == 0:
         return np.full(len(budgets), np.nan)
-    i = np.arange(1, n + 1)
+    i = np.arange(1, m + 1)
     out = np.empty(len(budgets))
     for j, k in enumerate(budgets):
-        p = ((n - i + 1) / n) ** k - ((n - i) / n) ** k
-        out[j] = float(np.dot(p[:m], x[:m]) / p[:m].sum())
+        k = int(min(k, n))
+        p = special.comb(n - i, k - 1) / special.comb(n, k)
+        out[j] = float(np.dot(p, x[:m]) / p.sum())
     return out
 
 
