@@ -217,20 +217,24 @@ def seed_cache(domain_cache: Path, results: Path) -> None:
 WORKER_THREADS = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // WORKERS))}
 
 
-def bench_run(results: Path, *extra: str) -> subprocess.Popen:
+def bench_run(results: Path, *extra: str, threads: int | None = None) -> subprocess.Popen:
     """`bench run` of the tiny quick suite with `extra` settings, as a user runs it (the console script), into
-    `results`, in its own process group (so a test can kill the suite as a whole)."""
+    `results`, in its own process group (so a test can kill the suite as a whole); on `threads` torch threads (default:
+    WORKER_THREADS)."""
     bench = Path(sys.executable).parent / "bench"
     args = [str(bench), "run", "--config", str(BENCH_TOML), "--suite", "quick", "--no-progress"]
     for setting in TINY + extra:
         args += ["--set", setting]
     env = {**os.environ, "BENCH_RESULTS": str(results), "BENCH_OFFLINE": "1", **WORKER_THREADS}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
 
 
 RESUME = ("models=['gan-mlp']", "seeds=[0]", "train.steps=300", "train.checkpoint_every=50", "train.eval_every=100")
+RESUME_THREADS = 1  # the RESUME runs compared number for number: one thread, as a Ray task (num_cpus=1) trains
 
 
 @pytest.fixture(scope="session")
@@ -241,7 +245,7 @@ def killed_and_resumed(domain_cache, tmp_path_factory):
 
     def build(results: Path) -> dict:
         seed_cache(domain_cache, results)
-        proc = bench_run(results, *RESUME)
+        proc = bench_run(results, *RESUME, threads=RESUME_THREADS)
         checkpoints = results / "checkpoints"
         wait_until(lambda: any(checkpoints.glob("*/last.pt")), 120, "the first checkpoint")
         time.sleep(1.0)
@@ -249,7 +253,7 @@ def killed_and_resumed(domain_cache, tmp_path_factory):
         proc.wait(timeout=30)
         (last,) = checkpoints.glob("*/last.pt")
         step = torch.load(last, weights_only=True)["step"]
-        again = bench_run(results, *RESUME)
+        again = bench_run(results, *RESUME, threads=RESUME_THREADS)
         out, _ = again.communicate(timeout=300)
         return {"results": results, "killed_at": step, "returncode": again.returncode, "out": out}
 
@@ -260,11 +264,12 @@ def killed_and_resumed(domain_cache, tmp_path_factory):
 def uninterrupted(domain_cache, tmp_path_factory) -> Path:
     """`bench run` of the RESUME cell from start to end without a stop: the numbers an interrupted and resumed run
     of it must reproduce (tests/test_isolation.py after a SIGKILL, tests/test_ray_cluster.py after its node died).
-    One thread, as every subprocess suite of the tests (`bench_run`) and as Ray's workers: CPU determinism."""
+    On one thread, as a Ray task trains (tests/test_ray_cluster.py) and as `killed_and_resumed`: a CPU run equals
+    another only on the same number of threads."""
 
     def build(results: Path) -> Path:
         seed_cache(domain_cache, results)
-        proc = bench_run(results, *RESUME)
+        proc = bench_run(results, *RESUME, threads=RESUME_THREADS)
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
         return results

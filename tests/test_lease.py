@@ -19,7 +19,7 @@ def test_two_bench_runs_at_once_train_every_cell_once(domain_cache, tmp_path):
     by exactly one of them (the training lines of both outputs and the runs in the store count four), the other
     waits for it; both exit 0 and both say every cell is done."""
     seed_cache(domain_cache, tmp_path)  # the session's domain encoder: not what is under test
-    first, second = bench_run(tmp_path), bench_run(tmp_path)
+    first, second = bench_run(tmp_path, threads=1), bench_run(tmp_path, threads=1)  # side by side: a core each
     outs = [p.communicate(timeout=900)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs
     trained = [line for out in outs for line in out.splitlines() if "training 20 steps" in line]
