@@ -170,3 +170,14 @@ def shared_server(tmp_path_factory) -> str:
         return uri
 
     return once_per_session(tmp_path_factory, "mlflow-server", build)
+
+
+class RunsCode:
+    """What a planted checkpoint can hold: an object whose unpickling calls a function (it creates `marker`). Loaded
+    weights-only, it must be refused and `marker` must not exist."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from bench.cli import main
-from tests.components import SERVER_ENV, free_port, server_command, wait_healthy
+from tests.components import SERVER_ENV, RunsCode, free_port, server_command, wait_healthy
 from tests.conftest import REPO, TINY, bench_run, seed_cache, suite_config, wait_until
 
 
@@ -69,16 +69,6 @@ def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_
     refused = f"run {cell.info.run_id}'s resume/last.pt in the tracking store: refused: loading it would run code"
     assert refused in again.output and "the cell starts from step 0" in again.output
     assert not marker.exists()
-
-
-class RunsCode:
-    """What a planted checkpoint can hold: an object whose unpickling calls a function (here: creates `marker`)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
 
 
 def test_a_cell_moved_to_another_node_resumes_from_the_checkpoint_in_the_store(

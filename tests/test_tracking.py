@@ -137,8 +137,6 @@ def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_t
     """`bench sample` never unpickles the run's MLflow model: it rebuilds the model from the registry and the run's
     weights-only checkpoints/final.pt (the same samples as the trained model). A final.pt planted in the store that
     would run code when unpickled (here: create a file) is refused with one line naming it, and runs nothing."""
-    import builtins
-
     import numpy as np
     import torch
     from click.testing import CliRunner
@@ -148,6 +146,7 @@ def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_t
     from bench.cli import main
     from bench.eval.pipeline import generate
     from bench.run import checkpoints
+    from tests.components import RunsCode
 
     torch.manual_seed(0)
     model = baselines.build("sngan", None, (1, 28, 28)).eval()  # a parametrised model: spectral norm
@@ -162,13 +161,8 @@ def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_t
     assert np.array_equal(np.load(out), generate(model, 16, 500, 3).numpy())
 
     marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return builtins.open, (str(marker), "w")
-
     planted = tmp_path / "final.pt"
-    torch.save({"model": {}, "config": cell, "hook": Payload()}, planted)
+    torch.save({"model": {}, "config": cell, "hook": RunsCode(marker)}, planted)
     evil = tracker.start_run("cell", {"bench.cell": "evil"})
     evil.log_file(planted, schema.CHECKPOINTS_DIR)
     evil.end()

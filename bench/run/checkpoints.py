@@ -99,7 +99,7 @@ def restore(path: Path, model, optimizers: dict, batch_rng: torch.Generator, dev
 
 def interrupted_attempt(results: Path, key: str) -> dict | None:
     """The step and MLflow run id an interrupted attempt of this cell saved in its checkpoint; None without one (or
-    with an unreadable one: train() says so, and the cell gets a new run)."""
+    with an unreadable one, which `set_aside_if_unusable` has moved aside before: the cell gets a new run)."""
     path = checkpoint_path(results, key)
     if not path.is_file():
         return None

@@ -3,6 +3,7 @@ valid in), the heartbeat that keeps its lease, and whether a RUNNING run's holde
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -44,6 +45,7 @@ def owner_tags(pid: int) -> dict[str, str]:
     return {schema.HOST: socket.gethostname(), schema.PID: str(pid), schema.PROCESS_SPACE: process_space()}
 
 
+@functools.cache  # the same for the whole life of a process
 def process_space() -> str:
     """The machine boot and PID namespace this process's PIDs mean something in. Two containers with host
     networking share a hostname but not their PIDs: a PID is looked up only where this matches."""
