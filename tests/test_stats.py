@@ -11,8 +11,10 @@ from bench.report.stats import (
     UNRANKED,
     holm,
     improvement_interval,
+    pair_p,
     probability_of_improvement,
     ranking,
+    student_p,
     t_interval,
     welch_p,
 )
@@ -144,6 +146,32 @@ def test_identical_models_are_falsely_separated_in_at_most_alpha_of_tables(k):
     false = sum(any(map(any, ranking(rng.normal(10.0, 1.0, (k, 3)).tolist()).better)) for _ in range(tables))
     # family-wise: ≤ 5% of tables (the leader-only unadjusted tests separated equal models in 13% at k = 4)
     assert false / tables <= 0.05
+
+
+def test_student_and_pair_p_match_scipy():
+    a, b = [1.0, 2.5, 2.0], [3.0, 4.2, 3.3, 5.0, 4.1]
+    assert student_p(a, b) == pytest.approx(sps.ttest_ind(a, b, equal_var=True).pvalue, rel=1e-10)
+    assert welch_p(a, b) == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-10)
+    assert pair_p(a, b) == max(student_p(a, b), welch_p(a, b)) and pair_p([1.0], b) is None
+
+
+def _false_separations(seeds, tables: int, seed: int) -> float:
+    """The share of tables of identical models (normal seeds) with any separation, seed counts from `seeds()`."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(tables):
+        hits += any(map(any, ranking([rng.normal(10.0, 1.0, n).tolist() for n in seeds(rng)]).better))
+    return hits / tables
+
+
+def test_identical_models_with_unequal_seeds_are_separated_in_at_most_alpha_of_tables():
+    """Welch's test alone separated identical models with 2 and 5 seeds in 6.3% of tables (its Satterthwaite degrees
+    of freedom trust the 2-seed variance too much); requiring Student's test too keeps it under 5% (2.6% measured at
+    40,000 tables), also in tables of 2–6 models with 2 to 5 seeds each."""
+    rate = _false_separations(lambda rng: [2, 5], 8000, 0)
+    assert rate <= 0.04, rate  # binomial SE 0.18% at 8,000 tables: Welch's 6.3% is far outside
+    rate = _false_separations(lambda rng: rng.integers(2, 6, rng.integers(2, 7)).tolist(), 4000, 1)
+    assert rate <= 0.05, rate
 
 
 def test_probability_of_improvement_is_mann_whitney_u_over_the_pairs():

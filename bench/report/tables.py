@@ -358,8 +358,9 @@ def _uncertainty_note(n: pd.Series, pairs: int) -> str:
         "± is the sample standard deviation over seeds; [low, high] the 95% Student-t confidence interval of the "
         "mean over seeds (n − 1 degrees of freedom); a value's own count follows it as (n = k) where a run lacks "
         f"that metric. Ranks and groups on FID: each of the {pairs} pair(s) of models with n ≥ 2 seeds is compared "
-        "by Welch's two-sided t-test, Holm-adjusted over all pairs, so that two equal models are told apart in at "
-        f"most {stats.ALPHA:.0%} of tables whatever the number of models. A rank is the range of places the tests "
+        "by two-sided t-tests (Welch's and Student's must both reject), Holm-adjusted over all pairs, so that two "
+        f"identical models are told apart in at most {stats.ALPHA:.0%} of tables whatever the number of models and "
+        "seeds. A rank is the range of places the tests "
         'allow ("1–3": first to third); models that share a group letter are not separated. A shared letter or '
         'rank means "not separated at these n seeds", not "equal". **Bold** marks, per column, every model that no '
         "other model beats by the same tests (all tied for best). Rows with a single seed or sample set cannot be "
