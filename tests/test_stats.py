@@ -167,7 +167,7 @@ def _false_separations(seeds, tables: int, seed: int) -> float:
 def test_identical_models_with_unequal_seeds_are_separated_in_at_most_alpha_of_tables():
     """Welch's test alone separated identical models with 2 and 5 seeds in 6.3% of tables (its Satterthwaite degrees
     of freedom trust the 2-seed variance too much); requiring Student's test too keeps it under 5% (2.6% measured at
-    40,000 tables), also in tables of 2–6 models with 2 to 5 seeds each."""
+    20,000 tables), also in tables of 2–6 models with 2 to 5 seeds each."""
     rate = _false_separations(lambda rng: [2, 5], 8000, 0)
     assert rate <= 0.04, rate  # binomial SE 0.18% at 8,000 tables: Welch's 6.3% is far outside
     rate = _false_separations(lambda rng: rng.integers(2, 6, rng.integers(2, 7)).tolist(), 4000, 1)
