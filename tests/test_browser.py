@@ -17,6 +17,7 @@ from tests.conftest import REPO, wait_until
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = REPO / "results" / "screenshots"
+HEADLINE = "table.leaderboard[data-table=headline]"
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +64,8 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     paths = report_files.write_report(quick_run["uri"], "quick", tmp_path / "report", published=(published,))
     page = paths["html"]
     browser.get(page.as_uri())
-    rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
-    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")]
+    rows = browser.find_elements(By.CSS_SELECTOR, HEADLINE + " tbody tr")
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, HEADLINE + " th")]
     assert headers[:4] == ["rank", "group", "model", "n"], headers
     model_col = 2
     labels = [r.find_elements(By.TAG_NAME, "td")[model_col].text for r in rows]
@@ -76,14 +77,15 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
     assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 300 for img in images)
     fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(url.startswith(("data:", "file:")) for url in fetched), fetched
+    _fits_and_sticks(browser)
     browser.save_screenshot(str(SHOTS / "report.png"))
 
-    fid_col = next(i for i, th in enumerate(browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th"))
+    fid_col = next(i for i, th in enumerate(browser.find_elements(By.CSS_SELECTOR, HEADLINE + " th"))
                    if th.get_attribute("data-metric") == "fid")  # fmt: skip
-    header = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")[fid_col]
+    header = browser.find_elements(By.CSS_SELECTOR, HEADLINE + " th")[fid_col]
 
     def column():
-        rows = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")
+        rows = browser.find_elements(By.CSS_SELECTOR, HEADLINE + " tbody tr")
         return [(r.get_attribute("class"), r.find_elements(By.TAG_NAME, "td")[fid_col].get_attribute("data-value"))
                 for r in rows]  # fmt: skip
 
@@ -94,11 +96,40 @@ def test_report_html_rows_figures_and_sorting(quick_run, browser, tmp_path):
         assert values[0][0] == "real" and values[-1][0] == "published"  # references stay where they are
         models = [float(v) for kind, v in values if kind == "model"]
         assert len(models) == 2 and models == ordered(models), (direction, values)
-    browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th")[model_col].click()  # text column
+    browser.find_elements(By.CSS_SELECTOR, HEADLINE + " th")[model_col].click()  # text column
     names = [r.find_elements(By.TAG_NAME, "td")[model_col].text
-             for r in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr.model")]  # fmt: skip
+             for r in browser.find_elements(By.CSS_SELECTOR, HEADLINE + " tbody tr.model")]  # fmt: skip
     assert names == ["gan-mlp", "vae-mlp"]
     browser.save_screenshot(str(SHOTS / "report-sorted.png"))
+    for width, name in ((1400, "report-1400px.png"), (400, "report-400px.png")):
+        _full_page(browser, width, SHOTS / name)
+    browser.set_window_size(1500, 1100)
+
+
+def _fits_and_sticks(browser) -> None:
+    """At 1,400 px the headline table fits without scrolling; every table's header and its rank, group and model
+    cells are sticky, and the page has an index of sections and tables."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1400, 1000)
+    wrap = browser.find_element(By.CSS_SELECTOR, "table.leaderboard[data-table=headline]").find_element(By.XPATH, "..")
+    scroll, client = browser.execute_script("return [arguments[0].scrollWidth, arguments[0].clientWidth]", wrap)
+    assert scroll <= client, (scroll, client)
+    style = "return getComputedStyle(arguments[0]).position"
+    for th in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard th"):
+        assert browser.execute_script(style, th) == "sticky"
+    for td in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard td.label"):
+        assert browser.execute_script(style, td) == "sticky"
+    links = [a.get_attribute("href").split("#")[1] for a in browser.find_elements(By.CSS_SELECTOR, "nav a")]
+    assert links and all(browser.find_elements(By.ID, anchor) for anchor in links)
+    assert browser.find_elements(By.CSS_SELECTOR, "details.note summary")  # notes folded a line each
+
+
+def _full_page(browser, width: int, path: Path) -> None:
+    browser.set_window_size(width, 1000)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(width, min(height + 120, 6000))
+    browser.save_screenshot(str(path))
 
 
 def test_bench_ui_shows_the_suite_runs(quick_run, browser):

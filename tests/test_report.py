@@ -7,10 +7,10 @@ import pytest
 
 from bench import tracking
 from bench.report import files as report_files
-from bench.report import render, stats
+from bench.report import layout, render, stats
 from bench.report import tables as report
 from bench.schema import PROTOCOL_VERSION
-from tests.conftest import child_runs
+from tests.conftest import child_runs, search
 
 
 def _run(model, variant, seed, fid, **params):
@@ -52,7 +52,8 @@ def test_variants_of_one_model_are_labelled_by_the_params_that_differ():
     assert any("labelled by the params in which their variants differ" in n for n in section.notes)
     md = render.to_markdown("quick", [section])
     # n = 1 on two of the rows: they cannot be tested, so they are shown unranked; n = 2 gives a (wide) t interval
-    assert "| 1 | a | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28 [0.66, 5.74]** |" in md
+    assert "| 1 | a | gan-mlp (train.precision=fp32) | 2 | **3.20 ± 0.28** |" in md
+    assert "| 1 | gan-mlp (train.precision=fp32) | 2 | **[0.66, 5.74]** |" in md  # the intervals table
     assert "| — |  | vae-mlp | 1 | 31.00 |" in md
     # an untested row with a better mean than every tested one: no row can be called best
     runs.loc[3, "metrics.fid"] = 1.0
@@ -134,15 +135,15 @@ def test_report_from_the_store(quick_run, tmp_path):
     low, high = stats.t_interval(fids["gan-mlp"])
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
     assert (row["fid_ci_low"], row["fid_ci_high"]) == pytest.approx((low, high))
-    assert f"[{low:.2f}, {high:.2f}]" in md and "95% Student-t confidence interval" in md and "Welch" in md
+    assert f"[{low:.2f}, {high:.2f}]" in md and "95% Student-t intervals" in md and "Welch" in md
     runs = child_runs(quick_run["uri"])
     gan = runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.fid"]
     row = csv[csv["model"] == "gan-mlp"].iloc[0]
     assert row["fid_mean"] == pytest.approx(gan.mean()) and row["fid_std"] == pytest.approx(gan.std(ddof=1))
     assert pd.isna(row["elbo_mean"])
-    assert "8-bit code length (AIS, discretised Gaussian)" in md and "BDMC gap" in md
+    assert "code length (AIS), nats" in md and "BDMC gap" in md
     assert "AIS on 8 test images, 2 chains, 10 sigmoid" in md and "NLL (AIS)" not in md
-    assert "VAE check: AIS − IWAE (own model)" in md and "FID∞ fit SE" in md and "can fall below 0" in md
+    assert "VAE check: AIS − IWAE, nats" in md and "FID∞ fit SE" in md and "can fall below 0" in md
     assert row["nll_ais_mean"] == pytest.approx(runs[runs["tags.bench.model"] == "gan-mlp"]["metrics.nll_ais"].mean())
     # figures: FID curves, the sample panel, the VAE likelihood chart, the AIS chart; linked from the markdown
     figures = sorted(p.name.split("-")[-1] for name, p in paths.items() if name.startswith("figure:"))
@@ -152,7 +153,73 @@ def test_report_from_the_store(quick_run, tmp_path):
             assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" and f"(figures/{p.name})" in md
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
-    assert page.count('<tr class="model">') == 2 and page.count('<tr class="real">') == 1
+    headline = page.split('data-table="headline"')[1].split("</table>")[0]
+    assert headline.count('<tr class="model">') == 2 and headline.count('<tr class="real">') == 1
+    _headline_and_further_tables(md)
+
+
+def _markdown_tables(md: str) -> dict[str, list[list[str]]]:
+    """Each `### title` table of a markdown report: its header and rows as lists of cells."""
+    tables = {}
+    for block in md.split("\n### ")[1:]:
+        title, _, body = block.partition("\n")
+        lines = [line for line in body.splitlines() if line.startswith("|")]
+        tables[title] = [[c.strip() for c in line.strip("|").split("|")] for line in lines if "---" not in line]
+    return tables
+
+
+def _headline_and_further_tables(md: str) -> None:
+    """The headline table holds rank, group, model, n and the few columns a reader came for, the encoder named; no
+    mixed table has a column one family leaves empty; every markdown row is under 200 characters."""
+    tables = _markdown_tables(md)
+    assert list(tables) == [
+        "Headline",
+        "95% intervals of the headline numbers",
+        "Sample diagnostics",
+        "Likelihood of both families: 8-bit code length by AIS",
+        "VAE likelihood under each VAE's own decoder",
+        "VAE reconstructions of test images",
+    ]
+    assert tables["Headline"][0] == [
+        "rank", "group", "model", "n", "FID ↓ [domain]", "KID ↓ [domain]", "precision ↑", "recall ↑",
+        "bits/pixel (AIS) ↓",
+    ]  # fmt: skip
+    for title, (header, *rows) in tables.items():
+        families = {row[header.index("model")] for row in rows} & {"gan-mlp", "vae-mlp"}
+        if families == {"gan-mlp", "vae-mlp"}:  # a mixed table: every metric column filled for both families
+            for c in range(header.index("n") + 1, len(header)):
+                filled = {row[header.index("model")] for row in rows if row[c]}
+                assert {"gan-mlp", "vae-mlp"} <= filled, (title, header[c])
+        else:
+            assert title.startswith("VAE") and families == {"vae-mlp"}, title
+    assert max(len(line) for line in md.splitlines() if line.startswith("|")) < 200
+
+
+def test_the_tidy_csv_is_every_metric_of_every_run_in_the_store(quick_run, tmp_path):
+    """leaderboard-tidy.csv, read with pandas in one line, holds every metric of every run behind the tables, as
+    the MLflow store has it (read back through MlflowClient, not through bench)."""
+    from mlflow import MlflowClient
+
+    paths = report_files.write_report(quick_run["uri"], "quick", tmp_path, figures=False)
+    tidy = pd.read_csv(paths["tidy"], dtype={"seed": str, "encoder": str}, keep_default_na=False)
+    assert list(tidy.columns) == [
+        "suite", "dataset", "protocol", "protocol_version", "model", "variant", "family", "seed", "run_id",
+        "checkpoint", "metric", "encoder", "value",
+    ]  # fmt: skip
+    client = MlflowClient(quick_run["uri"])
+    finished = search(quick_run["uri"])  # the cell runs, the real-data row's among them
+    finished = finished[finished["tags.bench.cell"].notna() & (finished["status"] == "FINISHED")]
+    assert set(tidy["run_id"]) == set(finished["run_id"])
+    for run_id, rows in tidy.groupby("run_id"):
+        stored = client.get_run(run_id).data.metrics
+        back = {
+            ("best/" if c == "best" else "") + m: v
+            for c, m, v in zip(rows.checkpoint, rows.metric, rows.value, strict=True)
+        }
+        assert back.keys() == stored.keys() and all(back[k] == pytest.approx(stored[k], rel=1e-12) for k in back)
+    fid = tidy[(tidy["metric"] == "fid") & (tidy["family"] != "real")]
+    assert set(fid["encoder"]) == {"domain"} and set(fid["checkpoint"]) == {"final", "best"}
+    assert set(tidy.loc[tidy["metric"] == "elbo", "encoder"]) == {""}
 
 
 def test_published_rows_only_where_dataset_metric_and_encoder_match(quick_run):
@@ -172,8 +239,8 @@ def test_published_rows_only_where_dataset_metric_and_encoder_match(quick_run):
     ranks = table[table["family"] == "gan"]["rank"].tolist() + table[table["family"] == "vae"]["rank"].tolist()
     assert sorted(ranks) in (["1", "2"], ["1–2", "1–2"])  # ours are ranked among themselves only
     # better than every model, yet never "best in column"
-    assert render.tied_best(table, "fid") and not set(render.tied_best(table, "fid")) & set(published.index)
-    assert render.tied_best(table, "nll_iwae") and not set(render.tied_best(table, "nll_iwae")) & set(published.index)
+    assert layout.tied_best(table, "fid") and not set(layout.tied_best(table, "fid")) & set(published.index)
+    assert layout.tied_best(table, "nll_iwae") and not set(layout.tied_best(table, "nll_iwae")) & set(published.index)
     md = render.to_markdown("quick", [section])
     assert "| — |  | *published: paper GAN [1]* |  | 0.5 ± 0.1 |" in md and "[2] paper VAE: c — p" in md
 

@@ -269,9 +269,9 @@ def report(
         fail(str(e))
     except OSError as e:
         fail(f"cannot write the report to {out_dir} ({e.strerror or type(e).__name__}); choose another --out")
-    click.echo(paths["markdown"].read_text())
+    click.echo(paths["text"].read_text())
     for name, path in paths.items():
-        if not name.startswith("figure:"):
+        if not name.startswith("figure:") and name != "text":
             click.echo(f"wrote {path}")
     figures = [p for name, p in paths.items() if name.startswith("figure:")]
     if figures:

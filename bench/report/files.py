@@ -11,8 +11,10 @@ import pandas as pd
 
 from bench import schema, tracking
 from bench.report import stats
-from bench.report.render import to_csv_frame, to_html, to_markdown
+from bench.report.page import to_html
+from bench.report.render import to_markdown, to_terminal
 from bench.report.tables import Section, build, earlier_protocol
+from bench.report.tidy import to_csv_frame, to_tidy_frame
 
 
 def write_report(
@@ -24,8 +26,9 @@ def write_report(
     figures: bool = True,
     cells: set[str] | None = None,
 ) -> dict[str, Path]:
-    """Write leaderboard.md, leaderboard.html, leaderboard.csv and figures/ for the suite's experiment; returns
-    {"markdown", "html", "csv"} and one entry per figure ("figure:<name>"). `cells`: only the model runs of these
+    """Write leaderboard.md, leaderboard.html, leaderboard.csv, leaderboard-tidy.csv and figures/ for the suite's
+    experiment, and leaderboard.txt (the headline tables, what `bench report` prints); returns {"markdown", "html",
+    "csv", "tidy", "text"} and one entry per figure ("figure:<name>"). `cells`: only the model runs of these
     bench.cell keys (a sweep's retrained winners), beside the real-data rows."""
     runs = tracking.load_runs(uri, suite)
     if cells is not None and not runs.empty:
@@ -40,7 +43,13 @@ def write_report(
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "leaderboard.md", "html": out / "leaderboard.html", "csv": out / "leaderboard.csv"}
+    paths = {
+        "markdown": out / "leaderboard.md",
+        "html": out / "leaderboard.html",
+        "csv": out / "leaderboard.csv",
+        "tidy": out / "leaderboard-tidy.csv",
+        "text": out / "leaderboard.txt",
+    }
     if figures:
         for section in sections:
             section.figures = _figures(uri, section, out / "figures")
@@ -48,6 +57,9 @@ def write_report(
     paths["markdown"].write_text(to_markdown(suite, sections, failed, checkpoint, earlier))
     paths["html"].write_text(to_html(suite, sections, failed, checkpoint, earlier))
     to_csv_frame(sections).to_csv(paths["csv"], index=False)
+    to_tidy_frame(suite, sections).to_csv(paths["tidy"], index=False)
+    shown = {k: p for k, p in paths.items() if k in ("html", "markdown")}
+    paths["text"].write_text(to_terminal(suite, sections, shown, failed, checkpoint, earlier))
     return paths
 
 

@@ -14,10 +14,17 @@ from pathlib import Path
 import pandas as pd
 
 from bench import schema
+from bench.report import notes as words
 from bench.report import stats
 from bench.schema import PROTOCOL_VERSION, REAL_MODEL
 
-METRICS = schema.LEADERBOARD  # metric key → its column label, direction and decimals
+# C_T per √m (m samples a side): a per-sample effect size of copying, computed per run from C_T and m
+COPYING_EFFECT = "copying_ct_per_sqrt_m"
+METRICS: dict[str, schema.Metric] = {}  # metric key → its column label, direction and decimals
+for _key, _metric in schema.LEADERBOARD.items():
+    METRICS[_key] = _metric
+    if _key == schema.COPYING:
+        METRICS[COPYING_EFFECT] = schema.Metric(COPYING_EFFECT, "C_T/√m", None, 3)
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Section:
     fid_seeds: list[list[float]] = field(default_factory=list)  # per-seed FIDs of the ranked rows, in table order
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
     labels: dict[str, str] = field(default_factory=dict)  # column headers of this section that differ from METRICS
+    more_notes: dict[str, list[str]] = field(default_factory=dict)  # notes of the further tables, by table key
 
     def label(self, metric: str) -> str:
         return self.labels.get(metric, METRICS[metric].label)
@@ -83,7 +91,7 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
     """One table: a row per (model, variant) over its seeds, the real-data row first and unranked, models ranked by
     FID with ties, published rows last; the notes that say what the numbers mean."""
     table, fid_seeds = _rows(group, checkpoint)
-    notes = []
+    notes, more = [], {}
     multi = table["model"].duplicated(keep=False)
     if multi.any():
         notes.append(
@@ -121,18 +129,18 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
             best[f"{m}_best"][~real] = _tied_best([fid_seeds[key][m] for key in keys], METRICS[m])
     table = pd.concat([table, pd.DataFrame(best)], axis=1)
     if len(contestants):
-        notes.append(_uncertainty_note(contestants["n"], order.pairs))
-    notes += _metric_notes(group)
+        notes.append(words.uncertainty(contestants["n"], order.pairs))
+    more["samples"] = words.sample_notes(group)
     counts = _counts(group)
     if real.any():
         notes.append(_real_row(table, real, counts))
     if group.get(f"metrics.{schema.NLL_AIS}", pd.Series(dtype=float)).notna().any():
-        notes.append(AIS_NOTE)
+        more["ais"] = [words.AIS_NOTE]
     if group.get(f"metrics.{schema.AIS_OWN_GAP}", pd.Series(dtype=float)).notna().any():
-        notes.append(OWN_MODEL_NOTE)
+        more["vae"] = [words.OWN_MODEL_NOTE]
         checks = group.get(schema.AIS_CHECK, pd.Series(dtype=str)).fillna("")
         for _, run in group[checks.str.startswith("violated")].iterrows():
-            notes.append(f"⚠ {run[schema.MODEL]} seed {run[schema.SEED]}: {run[schema.AIS_CHECK]}")
+            more["vae"].append(f"⚠ {run[schema.MODEL]} seed {run[schema.SEED]}: {run[schema.AIS_CHECK]}")
     if (table["family"] == "vae").any():
         notes.append(
             "VAE samples are the decoder's mean images at z ~ N(0, I), not draws from the observation model p(x|z) "
@@ -144,7 +152,7 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
             'columns stay empty. eval.best_metrics = "all" scores its likelihoods too, at the cost of IWAE and AIS '
             "again."
         )
-    cost = _cost_note(group, table)
+    cost = words.cost(group, table)
     if cost:
         notes.append(cost)
     encoder = str(group.iloc[-1].get("params.eval.encoder", ""))
@@ -158,7 +166,9 @@ def _section(dataset: str, protocol: str, group: pd.DataFrame, checkpoint: str, 
         notes += [f"[{i}] {r.model}: {r.citation} — {r.protocol}" for i, r in enumerate(shown, 1)]
     description = _describe(group.iloc[-1], counts)
     labels = _labels(group, counts)
-    return Section(dataset, protocol, description, table, notes, group, encoder, samples, labels=labels)
+    section = Section(dataset, protocol, description, table, notes, group, encoder, samples, labels=labels)
+    section.more_notes = more
+    return section
 
 
 def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
@@ -178,8 +188,7 @@ def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
         # the real-data row has no checkpoints: the same numbers under either choice
         prefix = schema.BEST_PREFIX if checkpoint == "best" and model != REAL_MODEL else ""
         for m in METRICS:
-            column = cell_runs.get(f"metrics.{prefix}{m}", pd.Series(dtype=float))
-            values = pd.to_numeric(column, errors="coerce").dropna()
+            values = pd.to_numeric(_metric(cell_runs, prefix, m), errors="coerce").dropna()
             row[f"{m}_n"] = len(values)  # the values behind this mean: a run that lacks the metric does not count
             row[f"{m}_mean"] = values.mean() if len(values) else math.nan
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
@@ -187,6 +196,15 @@ def _rows(group: pd.DataFrame, checkpoint: str) -> tuple[pd.DataFrame, dict]:
             fid_seeds.setdefault((model, variant), {})[m] = list(values)
         rows.append(row)
     return pd.DataFrame(rows), fid_seeds
+
+
+def _metric(runs: pd.DataFrame, prefix: str, m: str) -> pd.Series:
+    """A metric's values over runs (NaN where a run lacks it); C_T/√m derived from C_T and its sample count m."""
+    if m == COPYING_EFFECT:
+        copying = pd.to_numeric(_metric(runs, prefix, schema.COPYING), errors="coerce")
+        samples = pd.to_numeric(_metric(runs, prefix, schema.COPYING_SAMPLES), errors="coerce")
+        return copying / samples.where(samples > 0) ** 0.5
+    return runs.get(f"metrics.{prefix}{m}", pd.Series(math.nan, index=runs.index))
 
 
 def _tied_best(samples: list[list[float]], metric: schema.Metric) -> list[bool]:
@@ -199,44 +217,6 @@ def _tied_best(samples: list[list[float]], metric: schema.Metric) -> list[bool]:
     if any(mean < best_tested for mean, s in zip(means, samples, strict=True) if len(s) == 1):
         return [False] * len(samples)
     return tied
-
-
-def _cost_note(group: pd.DataFrame, table: pd.DataFrame) -> str:
-    """What a cell of each model costs, mean over its seeds: training, and evaluation (the final checkpoint's, the
-    best one's, and AIS within them): what a bigger suite of the same models will cost."""
-    parts = []
-    for _, row in table[table["family"].isin(["gan", "vae"])].iterrows():
-        runs = group[(group[schema.MODEL] == row["model"]) & (group[schema.VARIANT] == row["variant"])]
-        spent = {part: _mean_of_sum(runs, *keys) for part, keys in schema.COST.items()}
-        parts.append(f"{row['label']}: {schema.cost_text(spent)}")
-    if not parts:
-        return ""
-    return "Time per cell, mean over seeds (final and best evaluation together): " + "; ".join(parts) + "."
-
-
-def _mean_of_sum(runs: pd.DataFrame, *keys: str) -> float:
-    """The mean over runs of the sum of metrics `keys` (a metric a run lacks counts 0)."""
-    zero = pd.Series(0.0, index=runs.index)
-    total = sum(pd.to_numeric(runs.get(f"metrics.{k}", zero), errors="coerce").fillna(0.0) for k in keys)
-    return float(total.mean())
-
-
-AIS_NOTE = (
-    "8-bit code length (AIS): −log P(x) of the 8-bit test images, in nats per image, for GANs and VAEs alike, by "
-    "annealed importance sampling (Wu et al. 2017) over the model's latent space, under one observation model for "
-    "both families: a Gaussian N(f(z), σ²) around the decoder's mean image, discretised onto the 256 pixel values "
-    "(σ chosen per model on held-out test images, shown as AIS σ). It is a probability, so the number is ≥ 0 and "
-    "bits per 8-bit pixel is a code length. AIS bounds log P(x) from below (stochastically), so the code length is an "
-    "upper bound; the BDMC gap (upper − lower bound on data simulated from the model) says how loose it can be. It "
-    "is not the VAEs' own likelihood: NLL (IWAE) scores binarised (or 8-bit logistic) images under each VAE's own "
-    "decoder, a different quantity. The continuous Gaussian density of Wu et al.'s tables is not shown: on 8-bit data "
-    "it grows without bound as σ → 0 (Theis et al. 2016)."
-)
-OWN_MODEL_NOTE = (
-    "VAE check: each VAE is also scored by AIS under its own observation model on the same test images as its IWAE "
-    "bound; AIS − IWAE (nats per image) must not be negative beyond Monte-Carlo error (AIS is the tighter "
-    "estimate). Every run checks it and tags a violation (bench.ais_check)."
-)
 
 
 # params that differ between the seeds of one variant, or are not config at all (cell.model, cell.seed, ...)
@@ -256,47 +236,6 @@ def variant_label(group: pd.DataFrame, model: str, variant: str, most: int = 3) 
         return variant[:8]
     parts = [f"{k.removeprefix('params.')}={values.at[variant, k]}" for k in sorted(differ)]
     return ", ".join(parts[:most]) + (f", +{len(parts) - most} more" if len(parts) > most else "")
-
-
-def _metric_notes(group: pd.DataFrame) -> list[str]:
-    """One sentence per encoder and per newer metric shown in this table."""
-    present = {c.removeprefix("metrics.") for c in group.columns if c.startswith("metrics.") and group[c].notna().any()}
-    notes = []
-    first = str(group.iloc[-1].get("params.eval.encoder", ""))
-    extras = [e for e in schema.ENCODERS if e != first and schema.encoder_key(schema.FID, e) in present]
-    if extras:
-        notes.append(
-            f"Encoders: every sample metric is computed in each encoder's features from the same samples; the "
-            f"first encoder (`{first}`) has the plain columns, the others are marked [name]. "
-            + "; ".join(schema.ENCODERS[e].note for e in (first, *extras) if e in schema.ENCODERS)
-            + ". Fréchet distances (FD) in different encoders are different quantities: compare within a column."
-        )
-    if schema.FID_INF in present:
-        notes.append(
-            "FID∞ (Chong & Forsyth 2020): FID extrapolated to infinitely many samples by a least-squares line of FID "
-            "against 1/N over random subsets; 'FID∞ fit SE' is the intercept's standard error from the scatter of "
-            "those subset draws (per seed; ± is still the spread over seeds). An extrapolation, not a distance: it "
-            "can fall below 0. The real-data row shows it only where its N is at least "
-            f"{schema.FID_INF_REAL_MIN_RATIO} × the feature dimension; below that the fit is biased and noisy."
-        )
-    if schema.DENSITY in present:
-        notes.append(
-            "Density and coverage (Naeem et al. 2020, k = 5 nearest neighbours among the real features only): density "
-            "is how many real neighbourhoods a sample falls in, relative to k (≈ 1 when the distributions match, above "
-            "1 when samples crowd where real data is dense); coverage is the share of real neighbourhoods that hold a "
-            "sample (diversity). Unlike precision/recall they do not inflate with outliers among the samples."
-        )
-    if schema.COPYING in present:
-        notes.append(
-            "Copying C_T (Meehan et al. 2020, as their code computes it): in k-means cells of the training features, "
-            "the Mann-Whitney z-score (with their continuity correction) of the samples' distances to their nearest "
-            "training image within the cell against the test images' distances, averaged over the cells holding "
-            "more than 20 samples, weighted by their share of test images; equally many samples and test images "
-            "(the larger side subsampled), so the authors' threshold of −3 means one thing in every table. Far below "
-            "0 means samples sit closer to the training set than unseen real data does: memorisation, which FID "
-            "rewards; near 0 is healthy; above 0 is underfitting."
-        )
-    return notes
 
 
 def _counts(group: pd.DataFrame) -> dict[str, int | None]:
@@ -348,26 +287,6 @@ def _labels(group: pd.DataFrame, counts: dict) -> dict[str, str]:
     return labels
 
 
-def _uncertainty_note(n: pd.Series, pairs: int) -> str:
-    if (n < 2).all():
-        return (
-            "n = 1 seed per model: no confidence intervals and no significance tests, so no model is ranked and none "
-            "is marked best. Run more seeds (seeds = [0, 1, 2, 3, 4]) to separate models."
-        )
-    return (
-        "± is the sample standard deviation over seeds; [low, high] the 95% Student-t confidence interval of the "
-        "mean over seeds (n − 1 degrees of freedom); a value's own count follows it as (n = k) where a run lacks "
-        f"that metric. Ranks and groups on FID: each of the {pairs} pair(s) of models with n ≥ 2 seeds is compared "
-        "by two-sided t-tests (Welch's and Student's must both reject), Holm-adjusted over all pairs, so that two "
-        f"identical models are told apart in at most {stats.ALPHA:.0%} of tables whatever the number of models and "
-        "seeds. A rank is the range of places the tests "
-        'allow ("1–3": first to third); models that share a group letter are not separated. A shared letter or '
-        'rank means "not separated at these n seeds", not "equal". **Bold** marks, per column, every model that no '
-        "other model beats by the same tests (all tied for best). Rows with a single seed or sample set cannot be "
-        f"tested: they are shown with rank {stats.UNRANKED}, never grouped or bold."
-    )
-
-
 def _published_rows(published: list) -> pd.DataFrame:
     rows = []
     for i, r in enumerate(published, 1):
@@ -406,25 +325,3 @@ def _describe(run: pd.Series, counts: dict) -> str:
             else ""
         )
     )
-
-
-def value_text(row: pd.Series, metric: str) -> str:
-    """A table cell: mean ± std with the metric's decimals; published numbers exactly as the paper gives them."""
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    if row["family"] == "published":
-        if pd.isna(mean):
-            return ""
-        return f"{mean:g}" if pd.isna(std) else f"{mean:g} ± {std:g}"
-    low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
-    text = _cell(mean, std, METRICS[metric].decimals, low, high)
-    count = row.get(f"{metric}_n")
-    if text and count is not None and not pd.isna(count) and str(int(count)) != str(row["n"]):
-        text += f" (n = {int(count)})"
-    return text
-
-
-def _cell(mean: float, std: float, decimals: int, low: float = math.nan, high: float = math.nan) -> str:
-    if math.isnan(mean):
-        return ""
-    text = f"{mean:.{decimals}f}" if math.isnan(std) else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-    return text if math.isnan(low) else f"{text} [{low:.{decimals}f}, {high:.{decimals}f}]"
