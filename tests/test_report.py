@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from bench import tracking
+from bench.report import across, layout, render, stats
 from bench.report import files as report_files
-from bench.report import layout, render, stats
 from bench.report import tables as report
 from bench.schema import PROTOCOL_VERSION
 from tests.conftest import child_runs, search
@@ -268,3 +268,49 @@ def test_published_config_errors(tmp_path):
         path.write_text(base + "\n".join(lines) + "\n")
         with pytest.raises(config.ConfigError, match=message):
             config.load(path)
+
+
+def test_one_table_across_datasets_ranks_models_over_the_suites_tables():
+    """A two-dataset suite: A wins on digits, B on fashion-mnist, C is last on both; D ran on digits only. Mean ranks
+    by hand, a stratified bootstrap interval that is a point where the seeds cannot reorder anything, P(improvement)
+    averaged over the datasets, D named as not aggregated."""
+    fids = {
+        "digits": {"gan-a": [1.0, 1.1, 0.9], "gan-b": [2.0, 2.2, 1.8], "gan-c": [3.0, 3.1, 2.9], "gan-d": [0.1, 0.2]},
+        "fashion-mnist": {"gan-a": [5.0, 5.1, 4.9], "gan-b": [4.0, 4.4, 3.6], "gan-c": [9.0, 9.3, 8.7]},
+    }
+    runs = pd.DataFrame(
+        [
+            {
+                **_run(model, f"{model}-{dataset}", seed, fid),
+                "bench.dataset": dataset,
+                "bench.cell": f"{dataset}-{model}-{seed}",
+            }
+            for dataset, models in fids.items()
+            for model, values in models.items()
+            for seed, fid in enumerate(values)
+        ]
+    )
+    sections = report.build(runs)
+    assert [s.dataset for s in sections] == ["digits", "fashion-mnist"]
+    table = across.table(sections)
+    rows = {row.entries[0].text: [e.text for e in row.entries] for row in table.rows}
+    assert list(rows) == ["gan-a", "gan-b", "gan-c"]  # mean ranks 1.5, 1.5, 3 (stable order on ties)
+    assert rows["gan-a"][2] == "1.50" and rows["gan-b"][2] == "1.50" and rows["gan-c"][2] == "3.00"
+    assert rows["gan-c"][3] == "[3.00, 3.00]" and rows["gan-a"][4] == "digits 1, fashion-mnist 2"
+    # A vs B: seeds overlap on neither dataset, so each bootstrap draw keeps the order: the interval is the point
+    assert rows["gan-a"][3] == "[1.50, 1.50]"
+    labels, seeds = across.common(sections)
+    matrix = across.improvement(seeds)
+    assert matrix[0, 1] == pytest.approx(0.5) and matrix[0, 2] == pytest.approx(1.0)  # (1 + 0) / 2, (1 + 1) / 2
+    assert rows["gan-a"][5] == f"{(0.5 + 1.0) / 2:.2f}"
+    assert any("Not in every table, so not aggregated: gan-d" in n for n in table.notes)
+    # overlapping seeds: the interval widens and holds the point estimate
+    fids["digits"]["gan-b"] = [1.05, 0.7, 1.4]
+    runs.loc[(runs["bench.model"] == "gan-b") & (runs["bench.dataset"] == "digits"), "metrics.fid"] = [1.05, 0.7, 1.4]
+    labels, seeds = across.common(report.build(runs))
+    low, high = across.rank_interval(seeds)
+    ranks = across.mean_ranks(seeds)
+    assert low[0] < high[0] and low[0] <= ranks[0] <= high[0] and (low[2], high[2]) == (3.0, 3.0)
+    md = render.to_markdown("two", report.build(runs))
+    assert "## Across datasets" in md.split("## digits")[0] and "| gan-c | 2 | 3.00 | [3.00, 3.00] |" in md
+    assert across.table(report.build(runs[runs["bench.dataset"] == "digits"])) is None  # one dataset: no table

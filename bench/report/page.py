@@ -9,7 +9,7 @@ import html
 import re
 from pathlib import Path
 
-from bench.report import layout, render
+from bench.report import across, layout, render
 from bench.report.tables import Section
 
 _STICKY_WIDTH_EM = {"rank": 4.0, "group": 4.0}  # the sticky columns before the model column have fixed widths
@@ -91,12 +91,16 @@ def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: st
     if not sections:
         parts.append(f"<p>No finished runs in experiment <code>{e(suite)}</code> yet.</p>")
     laid = [(f"s{i}", s, layout.tables(s, checkpoint)) for i, s in enumerate(sections)]
+    overall = across.table(sections)
     if laid:
-        items = []
+        items = [f'<li><a href="#{overall.anchor}">{overall.title}</a></li>'] if overall else []
         for sid, s, ts in laid:
             links = " · ".join(f'<a href="#{sid}-{t.anchor}">{_inline(t.title)}</a>' for t in ts)
             items.append(f'<li><a href="#{sid}">{_inline(render.heading(s))}</a>: {links}</li>')
         parts.append(f"<nav><b>Contents</b><ul>{''.join(items)}</ul></nav>")
+    if overall:
+        parts.append(f'<h2 id="{overall.anchor}-section">{overall.title}</h2>')
+        parts += _table(overall.anchor, overall)
     for sid, s, ts in laid:
         parts.append(f'<h2 id="{sid}">{_inline(render.heading(s))}</h2>')
         parts.append(f"<p>{_inline(s.description)}</p>")

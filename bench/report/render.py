@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.report import layout
+from bench.report import across, layout
 from bench.report.tables import CHECKPOINTS, Section
 
 
@@ -58,8 +58,13 @@ def to_markdown(suite: str, sections: list[Section], failed: int = 0, checkpoint
         lines.append(f"No finished runs in experiment `{suite}` yet: run `bench run --suite {suite}` first.")
     lines += [rest, ""]
     laid = [(s, layout.tables(s, checkpoint)) for s in sections]
+    overall = across.table(sections)
     if len(laid) > 1:
-        lines += ["Contents:", ""] + [f"- {heading(s)}: " + " · ".join(t.title for t in ts) for s, ts in laid] + [""]
+        lines += ["Contents:", ""] + (["- Across datasets"] if overall else [])
+        lines += [f"- {heading(s)}: " + " · ".join(t.title for t in ts) for s, ts in laid] + [""]
+    if overall:
+        lines += [f"## {overall.title}", "", overall.spec.about, ""] + markdown_table(overall) + [""]
+        lines += [f"_{n}_" for n in overall.notes] + [""]
     for s, ts in laid:
         lines += [f"## {heading(s)}", "", s.description, ""]
         for table in ts:
@@ -87,6 +92,9 @@ def to_terminal(
     ]
     if not sections:
         lines.append(f"No finished runs in experiment `{suite}` yet: run `bench run --suite {suite}` first.")
+    overall = across.table(sections)
+    if overall:
+        lines += [f"## {overall.title}", overall.spec.about, ""] + markdown_table(overall) + [""]
     for s in sections:
         ts = layout.tables(s, checkpoint)
         lines += [f"## {heading(s)}", s.description, ""]
