@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from bench import config, schema, tracking
 from bench.cli import main
 from bench.config import ConfigError
-from bench.report.stats import expected_best, expected_best_band
+from bench.report.stats import all_fail, expected_best, expected_best_band
 from bench.run.sweep import sample_trials, trial_cells
 from tests import components
 from tests.conftest import BENCH_TOML, REPO, WORKER_THREADS, seed_cache, wait_until
@@ -145,6 +145,11 @@ def test_expected_best_equals_the_brute_force_mean_over_every_draw(scores):
         assert curve[k - 1] == pytest.approx(_brute_force(scores, k), rel=1e-12)
     assert curve[0] >= curve[-1]
     assert np.isnan(expected_best([math.nan, math.inf])).all()
+    fails = all_fail(scores)  # the share of k-subsets in which every trial failed
+    for k in range(1, len(scores) + 1):
+        draws = list(itertools.combinations(scores, k))
+        nothing = sum(all(not math.isfinite(s) for s in draw) for draw in draws) / len(draws)
+        assert fails[k - 1] == pytest.approx(nothing, abs=1e-12)
 
 
 @pytest.mark.slow  # 150 bootstrap bands against a 200,000-draw truth: a coverage check

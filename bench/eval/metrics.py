@@ -265,9 +265,10 @@ def data_copying(
     Z_U = (U − (mn/2 − 1/2)) / √(mn(m + n + 1)/12). C_T averages the Z_U of the cells holding more than
     COPYING_MIN_SAMPLES generated samples (their τ = 20/m), weighted by each cell's share of test images.
 
-    Equal sizes: the larger of the generated and test sets is subsampled (seeded) to the smaller one, so m = n in
-    every suite and the authors' −3 threshold means one effect size everywhere. C_T ≪ 0 means data copying (the
-    authors flag below −3); ≈ 0 none; > 0 samples further from the training data than test data (underfitting).
+    Equal sizes: the larger of the generated and test sets is subsampled (seeded) to the smaller one, so m = n.
+    C_T ≪ 0 means data copying (the authors flag below −3); ≈ 0 none; > 0 samples further from the training data
+    than test data (underfitting). C_T is a z-score and grows like √m for one model: C_T/√m is the per-sample
+    effect size (the report shows both).
     Returns {COPYING: C_T, COPYING_CELLS: cells used, COPYING_TEST_SHARE: their share of the test images,
     COPYING_SAMPLES: m = n}, or None when no cell has enough generated samples (a model collapsed into a corner).
     `reference`: copying_reference(train, test, cells, seed), when computed once for many models."""

@@ -16,8 +16,8 @@
   the Edge of the Statistical Precipice"); `improvement_interval` its percentile bootstrap interval over seeds.
 - `expected_best`: the expected best score of k trials drawn without replacement from a sweep's B trials, for every
   k = 1…B (exact, from the order statistics; Lucic et al. 2018's budget curve, Dodge et al. 2019's "expected
-  validation performance"); failed trials count as draws that found nothing; `expected_best_band` its percentile
-  bootstrap band over the trials.
+  validation performance"); failed trials count as draws that found nothing; `all_fail` the chance that all k
+  fail; `expected_best_band` its percentile bootstrap band over the trials.
 """
 
 from __future__ import annotations
@@ -242,6 +242,16 @@ def expected_best(scores: Sequence[float], budgets: Sequence[int] | None = None)
         p = special.comb(n - i, k - 1) / special.comb(n, k)
         out[j] = float(np.dot(p, x[:m]) / p.sum())
     return out
+
+
+def all_fail(scores: Sequence[float], budgets: Sequence[int] | None = None) -> np.ndarray:
+    """P(every one of k trials drawn without replacement from the B failed) = C(F, k) / C(B, k), F the failed trials,
+    for each k in `budgets` (default 1…B): the chance a search of k trials finds nothing, beside the curve, which is
+    conditional on at least one finished trial."""
+    x = np.asarray(scores, dtype=float)
+    n, failed = len(x), int((~np.isfinite(x)).sum())
+    budgets = np.arange(1, n + 1) if budgets is None else np.asarray(budgets)
+    return np.array([special.comb(failed, int(k)) / special.comb(n, int(k)) for k in budgets])
 
 
 def expected_best_band(

@@ -101,6 +101,7 @@ def summary_table(found: list[ModelSweep]) -> pd.DataFrame:
                 "model": s.model,
                 "trials": s.budget,
                 "failed": s.failed,
+                "P(1 trial finds nothing)": s.failed / s.budget if s.budget else math.nan,
                 "expected best, 1 trial": s.curve[0],
                 "expected best at B": s.curve[-1],
                 "95% band at B": (s.low[-1], s.high[-1]),
@@ -125,7 +126,9 @@ INTRO = (
     "at random from its search space; each trial was trained once and scored by its FID against the validation "
     "split (training images no model trained on and no reported number is scored on). *Expected best at k* is the "
     "expected lowest validation FID among k trials drawn from the B (exact, from the order statistics); the band is "
-    "its 95% percentile bootstrap interval over the trials. A failed (diverged) trial is a draw that found nothing. "
+    "its 95% percentile bootstrap interval over the trials. A failed (diverged) trial is a draw that found nothing: "
+    "the expectation is over the draws in which at least one trial finished, and *P(1 trial finds nothing)* is the "
+    "share of failed trials (sweep.csv gives P(all k fail) for every k). "
     "The winning configuration of each model was retrained over the suite's seeds and scored under the full "
     "protocol: the leaderboard below."
 )
@@ -229,8 +232,8 @@ def write_sweep_report(
     paths["sweep_html"].write_text(to_html(suite, summary_table(found), drawn, spaces))
     curves = [
         {"dataset": s.dataset, "model": s.model, "budget": k + 1, "expected_best": s.curve[k], "low": s.low[k],
-         "high": s.high[k]}
-        for s in found for k in range(s.budget)
+         "high": s.high[k], "p_all_fail": fail}
+        for s in found for k, fail in enumerate(stats.all_fail(s.scores))
     ]  # fmt: skip
     paths["sweep_csv"] = out / "sweep.csv"
     pd.DataFrame(curves).to_csv(paths["sweep_csv"], index=False)
