@@ -97,7 +97,10 @@ def test_a_rule_that_is_broken_is_seen(tmp_path):
 
 def test_the_report_side_and_the_config_never_import_torch():
     """`bench report` and `bench list` read the store and bench.toml only: they load without torch."""
-    modules = "bench.report.files, bench.report.render, bench.report.page, bench.report.tidy, bench.schema, bench.config, bench.cli.common"
+    modules = (
+        "bench.report.files, bench.report.render, bench.report.page, bench.report.tidy, bench.schema, bench.config, "
+        "bench.cli.common"
+    )
     code = f"import sys, {modules}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
