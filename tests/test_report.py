@@ -314,3 +314,20 @@ def test_one_table_across_datasets_ranks_models_over_the_suites_tables():
     md = render.to_markdown("two", report.build(runs))
     assert "## Across datasets" in md.split("## digits")[0] and "| gan-c | 2 | 3.00 | [3.00, 3.00] |" in md
     assert across.table(report.build(runs[runs["bench.dataset"] == "digits"])) is None  # one dataset: no table
+
+
+def test_intervals_are_cut_at_the_metrics_range_and_marked():
+    """Two seeds at FID 1 and 9: the t interval (1 degree of freedom) reaches far below 0, which no FID can be; the
+    table cuts it at 0 and marks the cut end †. Precision cannot exceed 1. The hover text says the same."""
+    runs = pd.DataFrame(
+        [{**_run("gan-mlp", "g", s, f), "metrics.precision": p} for s, f, p in ((0, 1.0, 0.99), (1, 9.0, 0.6))]
+    )
+    (section,) = report.build(runs)
+    row = section.table.iloc[0]
+    low, high = stats.t_interval([1.0, 9.0])
+    assert low < 0 and layout.interval_text(row, "fid") == f"[0.00†, {high:.2f}]"
+    p_low, p_high = stats.t_interval([0.99, 0.6])
+    assert p_low < 0 and p_high > 1 and layout.interval_text(row, "precision") == "[0.000†, 1.000†]"
+    assert "cut at the metric's range" in layout.interval_text(row, "fid", hover=True)
+    md = render.to_markdown("quick", [section])
+    assert f"| 1 | gan-mlp | 2 | **[0.00†, {high:.2f}]** | **[0.000†, 1.000†]** |" in md  # alone: tied best
