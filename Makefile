@@ -1,10 +1,15 @@
-# `make run`: set up .venv, run the offline quick suite and write its report.
-# `make test`: set up .venv (with the dev extra) and run every test, two at a time (pytest-xdist, one per core).
+# `make run`: set up .venv with genbench alone, run the offline quick suite and write its report.
+# `make test`: add the dev and ray extras to .venv (pytest, selenium, prdc, ray), install Chromium when missing,
+#   and run every test.
 # `make check`: lint and the fast tier (no server, cluster, browser or subprocess suite), for every edit.
+# Every install takes its versions from constraints.txt: the exact versions the project's own runs and CI use
+# (pyproject.toml states ranges, so genbench installs beside other torch versions).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PIP := $(BIN)/python -m pip install -q -c constraints.txt
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
@@ -19,15 +24,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,ray]'
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) -e '.[dev,ray]'
+	touch $(DEV_STAMP)
 
 run: $(STAMP)
 	$(BIN)/bench run --suite quick
 	$(BIN)/bench report --suite quick
 
-test: $(STAMP) browser
+test: $(DEV_STAMP) browser
 	$(PYTEST)
 
 check: lint
@@ -42,13 +51,13 @@ browser:
 	  { echo "could not install Chromium: install the chromium and chromium-driver packages, then make test"; exit 1; }; \
 	fi
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check bench baselines tests
 	$(BIN)/ruff format --check bench baselines tests
 
 clean:
 	rm -rf results/mlflow.db results/artifacts results/cache results/checkpoints results/reports
 
-# On a CUDA machine: environment, throughput, numerics, the fashion suite and packing (README, "On a GPU").
+# On a CUDA machine: environment, throughput, numerics, the fashion suite and packing (docs/performance.md, "On a GPU").
 gpu-check:
 	$(PYTHON) scripts/gpu-check

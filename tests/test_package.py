@@ -68,3 +68,33 @@ def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
     assert "mine " in bench("list").stdout
     again = bench("init")
     assert again.returncode == 2 and "exists already" in again.stderr
+
+
+OLDER_TORCH = "/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"  # this machine's older torch
+
+
+@pytest.mark.integration  # a new virtualenv, an older torch, and pip's resolver against the package index
+def test_installing_the_wheel_keeps_a_labs_older_torch(tmp_path):
+    """A lab's environment with torch 2.13 and its torchvision already installed: pip's resolver keeps both when it
+    installs genbench's wheel (exact pins replaced torch). A dry run: the CPU-only torch 2.13 wheel on this
+    machine's disk does not run with the package index's torchvision 0.28 (built for the CUDA torch), so the
+    resolver's decision is what can be checked here; `--report` lists what it would install."""
+    import json
+
+    wheels, venv, source = tmp_path / "wheels", tmp_path / "lab", tmp_path / "source"
+    skip = shutil.ignore_patterns(".git", ".venv", "results", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(REPO, source, symlinks=True, ignore=skip)  # building in place would leave build/ in the checkout
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), str(source)], check=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    (wheel,) = wheels.glob("genbench-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    torch = OLDER_TORCH if os.path.exists(OLDER_TORCH) else "torch==2.13.*"
+    subprocess.run([*pip, "install", torch, "torchvision==0.28.*"], check=True, timeout=900)
+    report = tmp_path / "report.json"
+    subprocess.run([*pip, "install", "--dry-run", "--report", str(report), str(wheel)], check=True, timeout=900)
+    install = {
+        i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]
+    }
+    assert "genbench" in install and "torch_fidelity" in {n.replace("-", "_") for n in install}
+    assert "torch" not in install and "torchvision" not in install, {n: install[n] for n in install if "torch" in n}
