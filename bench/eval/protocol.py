@@ -41,7 +41,7 @@ def library_versions() -> dict[str, str]:
 
 
 def protocol(cfg: EvalConfig, dataset: Dataset, real: Sequence, device, observed=None) -> dict:
-    """Everything that changes an evaluation's numbers (DESIGN.md, Evaluation), for samples scored in the encoders
+    """Everything that changes an evaluation's numbers (docs/protocol.md), for samples scored in the encoders
     of `real` (bench.eval.real_features.RealFeatures, the first encoder first). `observed`: the VAEs' test images as
     the likelihood saw them; GANs and the real-data row get the same digest computed here, so they share the
     fingerprint of the VAEs they are compared with."""

@@ -1,6 +1,6 @@
 """The tracking store: where it is, whether it answers, the MLflow client, and the MLflow UI on it.
 
-bench/tracking/ is the only package that imports mlflow (DESIGN.md, Tracking): store (this module), runs (writing a
+bench/tracking/ is the only package that imports mlflow (docs/architecture.md): store (this module), runs (writing a
 suite's runs), models (logged models), query (the read side the report and `bench sample` use).
 """
 
