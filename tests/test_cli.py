@@ -126,3 +126,10 @@ def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkey
 def test_version():
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == "bench, version 0.1.0"
+
+
+def test_every_command_has_a_short_help_that_fits_the_listing():
+    from bench.cli import main as bench_main
+
+    for name, command in bench_main.commands.items():
+        assert command.short_help and len(command.short_help) <= 45, name  # click cuts longer ones with "..."

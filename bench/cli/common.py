@@ -37,6 +37,7 @@ def load_config(config_path: str | None, overrides: tuple[str, ...] = (), suite:
 config_option = click.option(
     "--config",
     "config_path",
+    type=click.Path(dir_okay=False),  # a missing file is bench.config's one-line error, which names the suites' file
     default=None,
     help=f"The suite configuration file [./{DEFAULT_CONFIG} if there is one, else genbench's default; `bench init` "
     "writes a copy to edit].",

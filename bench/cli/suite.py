@@ -13,7 +13,7 @@ from bench.cli.common import EXIT_FAILED_CELLS, config_option, fail, load_config
 from bench.config import ConfigError
 
 
-@click.command()
+@click.command(short_help="Train and evaluate a suite, logged to MLflow.")
 @click.option("--suite", required=True, help="Suite name from bench.toml (see `bench list`).")
 @uri_option
 @click.option(
@@ -118,7 +118,7 @@ def run(
         sys.exit(EXIT_FAILED_CELLS)
 
 
-@click.command()
+@click.command(short_help="Tune every model with the same budget.")
 @click.option("--suite", required=True, help="Suite whose models, data, schedule and protocol the sweep uses.")
 @uri_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -207,7 +207,7 @@ def _write_sweep_report(cfg, suite: str, tracking_uri: str | None, out: str | No
                f"{paths['protocol'].name} and the retrained leaderboard ({paths['markdown'].name})")  # fmt: skip
 
 
-@click.command(name="list")
+@click.command(name="list", short_help="List suites, models and datasets.")
 @config_option
 def list_(config_path: str) -> None:
     """Show the suites, models and datasets."""
@@ -235,7 +235,7 @@ def list_(config_path: str) -> None:
         click.echo(f"  {name:<14} {(loader.__doc__ or '').strip().splitlines()[0] if loader.__doc__ else ''}")
 
 
-@click.command()
+@click.command(short_help="Write and print the suite's leaderboard.")
 @click.option("--suite", required=True, help="Suite (= MLflow experiment) to report on.")
 @uri_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
@@ -280,7 +280,7 @@ def report(
         click.echo(f"attached to parent run {parent}")
 
 
-@click.command()
+@click.command(short_help="Open the MLflow UI on the store.")
 @uri_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
@@ -329,7 +329,7 @@ def _runs_url(base: str, uri: str, suite: str | None) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs"
 
 
-@click.command()
+@click.command(short_help="Write the default bench.toml here.")
 @click.option("--force", is_flag=True, help="Overwrite an existing ./bench.toml.")
 def init(force: bool) -> None:
     """Write genbench's default bench.toml into this folder, to edit (bench then reads it from here)."""

@@ -13,7 +13,7 @@ from bench.cli.common import config_option, fail, load_config, results, uri_opti
 from bench.config import ConfigError
 
 
-@click.command()
+@click.command(short_help="Training throughput against plain PyTorch.")
 @click.option("--models", default=None, help="Comma-separated baselines [all of them].")
 @click.option("--shapes", default="28,32", show_default=True, help="28 (1x28x28) and/or 32 (3x32x32).")
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Timed steps per loop.")
@@ -99,7 +99,7 @@ def perf(
     click.echo(f"logged to MLflow experiment perf (run {run_id}) at {uri}")
 
 
-@click.command(name="eval")
+@click.command(name="eval", short_help="Score samples made elsewhere.")
 @click.option(
     "--samples",
     "samples_path",
@@ -189,7 +189,7 @@ def eval_(
     click.echo(f"report: bench report --suite {suite}")
 
 
-@click.command()
+@click.command(short_help="Draw samples from a logged model.")
 @click.argument("run_id")
 @click.option("-n", "n", type=click.IntRange(1), default=64, show_default=True, help="Number of samples.")
 @click.option(
@@ -242,7 +242,7 @@ def sample(
     click.echo(f"{out}: {what} from run {run_id} ({checkpoint} model, seed {seed})")
 
 
-@click.command(name="check-model")
+@click.command(name="check-model", short_help="Check a model keeps the contract.")
 @click.argument("name")
 @click.option(
     "--shape",
