@@ -1,5 +1,5 @@
 """`python -m bench ...`: the `bench` command without its console script (e.g. from a source checkout)."""
 
-from bench.cli import main
+from bench.cli import entry
 
-main(prog_name="bench")
+entry()

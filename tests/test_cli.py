@@ -133,3 +133,27 @@ def test_every_command_has_a_short_help_that_fits_the_listing():
 
     for name, command in bench_main.commands.items():
         assert command.short_help and len(command.short_help) <= 45, name  # click cuts longer ones with "..."
+
+
+def test_a_crash_exits_3_not_1_like_failed_cells(monkeypatch, capsys):
+    """An exception genbench did not expect (a bug) exits 3, distinct from 1 (some cells failed) and 2 (bad input),
+    and keeps its traceback for the report."""
+    import sys
+
+    from bench import cli
+
+    def broken(config_path):
+        raise RuntimeError("something genbench did not foresee")
+
+    monkeypatch.setattr(cli.main.commands["list"], "callback", broken)
+    monkeypatch.setattr(sys, "argv", ["bench", "list"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.entry()
+    err = capsys.readouterr().err
+    assert exit_.value.code == cli.CRASHED == 3 and "Traceback" in err
+    assert "bench crashed: RuntimeError: something genbench did not foresee" in err
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "argv", ["bench", "list", "--config", "/nonexistent/bench.toml"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.entry()
+    assert exit_.value.code == 2  # bad input stays 2

@@ -6,9 +6,14 @@ bench perf | eval | sample | check-model  the tools (bench/cli/tools.py)
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import click
 
 from bench.cli import suite, tools
+
+CRASHED = 3  # genbench itself failed (a bug): not 1 (some cells failed) nor 2 (bad input)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,3 +36,18 @@ for command in (
     tools.check_model,
 ):
     main.add_command(command)
+
+
+def entry() -> None:
+    """The `bench` executable: `main`, with an unexpected exception (a bug in genbench, not bad input) reported as
+    such, its traceback kept for the bug report, and exit code 3."""
+    try:
+        main(prog_name="bench")
+    except Exception as e:  # SystemExit and KeyboardInterrupt pass through: click's own exit codes stand
+        traceback.print_exc()
+        click.echo(
+            f"bench crashed: {type(e).__name__}: {e}. This is a bug in genbench, not in your input; please report "
+            "it with the traceback above.",
+            err=True,
+        )
+        sys.exit(CRASHED)
