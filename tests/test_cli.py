@@ -157,3 +157,22 @@ def test_a_crash_exits_3_not_1_like_failed_cells(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.entry()
     assert exit_.value.code == 2  # bad input stays 2
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("bench run --suite q", "plain,quick"),
+        ("bench eval --dataset fa", "plain,fashion-mnist"),
+        ("bench perf --models gan-mlp,v", "plain,gan-mlp,vae-mlp"),
+    ],
+)
+def test_shell_completion_of_suites_datasets_and_models(words, expected, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COMP_WORDS": words, "COMP_CWORD": "3", "_BENCH_COMPLETE": "bash_complete"}
+    out = subprocess.run([sys.executable, "-m", "bench"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.stdout.split() == [expected], out

@@ -34,6 +34,30 @@ def load_config(config_path: str | None, overrides: tuple[str, ...] = (), suite:
         fail(str(e))
 
 
+def complete_suites(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --suite: the suites of the configuration this command would read."""
+    try:
+        names = config.load(ctx.params.get("config_path")).suites
+    except Exception:  # completion must never print an error into the user's shell
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_datasets(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    from bench.data import DATASETS
+
+    return [name for name in DATASETS if name.startswith(incomplete)]
+
+
+def complete_models(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of a comma-separated --models: the baselines and installed plugins after the last comma."""
+    import baselines
+
+    done, _, last = incomplete.rpartition(",")
+    prefix = f"{done}," if done else ""
+    return [prefix + name for name in baselines.models() if name.startswith(last)]
+
+
 config_option = click.option(
     "--config",
     "config_path",

@@ -9,12 +9,22 @@ from pathlib import Path
 import click
 
 from bench import config, schema
-from bench.cli.common import EXIT_FAILED_CELLS, config_option, fail, load_config, results, uri_option
+from bench.cli.common import (
+    EXIT_FAILED_CELLS,
+    complete_suites,
+    config_option,
+    fail,
+    load_config,
+    results,
+    uri_option,
+)
 from bench.config import ConfigError
 
 
 @click.command(short_help="Train and evaluate a suite, logged to MLflow.")
-@click.option("--suite", required=True, help="Suite name from bench.toml (see `bench list`).")
+@click.option(
+    "--suite", shell_complete=complete_suites, required=True, help="Suite name from bench.toml (see `bench list`)."
+)
 @uri_option
 @click.option(
     "--set",
@@ -119,7 +129,12 @@ def run(
 
 
 @click.command(short_help="Tune every model with the same budget.")
-@click.option("--suite", required=True, help="Suite whose models, data, schedule and protocol the sweep uses.")
+@click.option(
+    "--suite",
+    shell_complete=complete_suites,
+    required=True,
+    help="Suite whose models, data, schedule and protocol the sweep uses.",
+)
 @uri_option
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set sweep.trials=16 --set train.steps=500.")  # fmt: skip
@@ -236,7 +251,9 @@ def list_(config_path: str) -> None:
 
 
 @click.command(short_help="Write and print the suite's leaderboard.")
-@click.option("--suite", required=True, help="Suite (= MLflow experiment) to report on.")
+@click.option(
+    "--suite", shell_complete=complete_suites, required=True, help="Suite (= MLflow experiment) to report on."
+)
 @uri_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output directory [results/reports/SUITE].")
 @click.option(
@@ -284,7 +301,9 @@ def report(
 @uri_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--suite", default=None, help="Print the link to this suite's training-runs table.")
+@click.option(
+    "--suite", shell_complete=complete_suites, default=None, help="Print the link to this suite's training-runs table."
+)
 def ui(tracking_uri: str | None, host: str, port: int, suite: str | None) -> None:
     """Serve the MLflow UI on the suite's tracking store (or, for a tracking server, print its address)."""
     import signal

@@ -9,12 +9,21 @@ from pathlib import Path
 import click
 
 from bench import config, schema
-from bench.cli.common import config_option, fail, load_config, results, uri_option
+from bench.cli.common import (
+    complete_datasets,
+    complete_models,
+    complete_suites,
+    config_option,
+    fail,
+    load_config,
+    results,
+    uri_option,
+)
 from bench.config import ConfigError
 
 
 @click.command(short_help="Training throughput against plain PyTorch.")
-@click.option("--models", default=None, help="Comma-separated baselines [all of them].")
+@click.option("--models", default=None, shell_complete=complete_models, help="Comma-separated baselines [all of them].")
 @click.option("--shapes", default="28,32", show_default=True, help="28 (1x28x28) and/or 32 (3x32x32).")
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Timed steps per loop.")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
@@ -108,8 +117,18 @@ def perf(
     help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNG/JPEG images "
     "(or of class folders of them).",
 )
-@click.option("--suite", default=None, help="The suite whose protocol scores them [default settings, every sample].")
-@click.option("--dataset", default=None, help="The dataset the samples imitate (its domain encoder, its reference).")
+@click.option(
+    "--suite",
+    shell_complete=complete_suites,
+    default=None,
+    help="The suite whose protocol scores them [default settings, every sample].",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    shell_complete=complete_datasets,
+    help="The dataset the samples imitate (its domain encoder, its reference).",
+)
 @click.option(
     "--reference",
     default=None,
