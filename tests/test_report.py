@@ -331,3 +331,25 @@ def test_intervals_are_cut_at_the_metrics_range_and_marked():
     assert "cut at the metric's range" in layout.interval_text(row, "fid", hover=True)
     md = render.to_markdown("quick", [section])
     assert f"| 1 | gan-mlp | 2 | **[0.00†, {high:.2f}]** | **[0.000†, 1.000†]** |" in md  # alone: tied best
+
+
+def test_a_library_call_leaves_the_users_logging_and_environment_as_they_were(quick_run, tmp_path):
+    """From a user's Python (a fresh interpreter): writing a report, which opens the store and downloads artifacts,
+    changes no logger level and no environment variable; the `bench` command quiets MLflow in its own process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import logging, os
+import mlflow
+names = ("mlflow", "alembic", "mlflow.store.db.utils")
+before = ({{n: logging.getLogger(n).level for n in names}}, dict(os.environ))
+from bench.report import files
+paths = files.write_report({quick_run["uri"]!r}, "quick", {str(tmp_path / "r")!r})
+assert any(k.startswith("figure:") for k in paths)  # artifacts were downloaded
+after = ({{n: logging.getLogger(n).level for n in names}}, dict(os.environ))
+assert before == after, (before[0], after[0], set(after[1].items()) ^ set(before[1].items()))
+print("unchanged")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "unchanged", out.stderr[-3000:]

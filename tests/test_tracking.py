@@ -20,12 +20,23 @@ def tracker(tmp_path):
 
 def test_system_metrics_are_logged_while_the_block_runs(tracker):
     run = tracker.start_run("cell", {"bench.cell": "abc"})
-    with run.system_metrics(tracker.uri, interval=0.2):
+    with run.system_metrics(interval=0.2):
         time.sleep(1.5)
-    run.end()
-    metrics = mlflow.MlflowClient(tracker.uri).get_run(run.run_id).data.metrics
+    client = mlflow.MlflowClient(tracker.uri)
+    metrics = client.get_run(run.run_id).data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0
     assert metrics["system/system_memory_usage_megabytes"] > 0
+    first = [m.step for m in client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")]
+    assert first == list(range(len(first))) and len(first) >= 3
+    # a resumed attempt continues the steps; a lost lease stops the sampler before its next sample
+    with run.system_metrics(resume=True, interval=0.2):
+        time.sleep(0.7)
+    steps = [m.step for m in client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")]
+    assert sorted(steps) == list(range(len(steps))) and len(steps) > len(first)
+    with run.system_metrics(resume=True, interval=0.2, fence=lambda: "another process took the cell over"):
+        time.sleep(0.7)
+    assert len(client.get_metric_history(run.run_id, "system/cpu_utilization_percentage")) == len(steps)
+    run.end()
 
 
 def test_reopen_continues_only_an_unfinished_run_of_the_same_cell(tracker):
@@ -172,3 +183,33 @@ def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_t
     assert f"run {evil.run_id}'s checkpoints/final.pt: refused: loading it would run code" in line, line
     assert "it imports io.open" in line
     assert not marker.exists() and not (tmp_path / "e.png").exists()
+
+
+def test_a_duplicate_dataset_row_is_retried_by_its_error_code_not_its_text(tracker, monkeypatch):
+    """Two cells inserting one dataset row at once: the loser's MlflowException carries BAD_REQUEST (an
+    IntegrityError, whatever the database says in words); one retry links the winner's row. Other errors raise."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, TEMPORARILY_UNAVAILABLE
+
+    run = tracker.start_run("cell", {"bench.cell": "dup"})
+    real, calls = run.client.log_inputs, []
+
+    def racing(run_id, datasets):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException("(psycopg2.errors.UniqueViolation) duplicate key", error_code=BAD_REQUEST)
+        return real(run_id, datasets=datasets)
+
+    monkeypatch.setattr(run.client, "log_inputs", racing)
+    run.log_dataset("digits", "a" * 64, "bench.data:digits")
+    assert len(calls) == 2 and [d.dataset.name for d in run.client.get_run(run.run_id).inputs.dataset_inputs] == [
+        "digits"
+    ]
+
+    def down(run_id, datasets):
+        raise MlflowException("the store is down", error_code=TEMPORARILY_UNAVAILABLE)
+
+    monkeypatch.setattr(run.client, "log_inputs", down)
+    with pytest.raises(MlflowException, match="the store is down"):
+        run.log_dataset("digits", "b" * 64, "bench.data:digits")
+    run.end()

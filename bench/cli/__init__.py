@@ -21,6 +21,9 @@ CRASHED = 3  # genbench itself failed (a bug): not 1 (some cells failed) nor 2 (
 def main() -> None:
     """genbench: train and evaluate GAN and VAE baselines over a matrix of datasets × models × seeds, with every
     number logged to MLflow alongside its evaluation protocol."""
+    from bench.tracking.store import quiet_mlflow
+
+    quiet_mlflow()  # the command's output is genbench's; a library call leaves the user's logging alone
 
 
 for command in (

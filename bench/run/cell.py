@@ -133,7 +133,7 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
     start = time.perf_counter()
     resumed = checkpoints.checkpoint_path(ctx.results, key).is_file()
     try:
-        with run.heartbeat(job.holder) as job.lease, run.system_metrics(ctx.uri, resume=resumed):
+        with run.heartbeat(job.holder) as job.lease, run.system_metrics(resume=resumed, fence=job.lease.lost):
             metrics = train_and_evaluate(job, ctx)
             job.lease.check()  # FINISHED only while this process holds the cell
     except tracking.LeaseLost as e:  # another process holds the cell now: write nothing more to its run

@@ -319,6 +319,7 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     """A cell away from the driver (a worker process, or a Ray task): rebuild what it needs (dataset, cached
     encoders; kept in `loaded` for the worker's next cells), run it into the run the driver created, return the
     outcome as a plain dict."""
+    tracking.quiet_mlflow()  # a process of genbench's own (never the user's: the inline executor calls execute)
     torch.set_num_threads(spec["threads"])
     cell: Cell = spec["cell"]
     results, device = Path(spec["results"]), torch.device(spec["device"])

@@ -26,6 +26,7 @@ from bench.tracking.store import (
     default_uri,
     experiment_id,
     is_remote,
+    quiet_mlflow,
     resolve_uri,
     serve_ui,
     stop_ui,
@@ -34,6 +35,7 @@ from bench.tracking.store import (
 
 __all__ = [
     "Holder",
+    "quiet_mlflow",
     "Lease",
     "LeaseLost",
     "Run",

@@ -3,12 +3,11 @@ loading them back."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from bench import schema
-from bench.tracking.store import TrackingError, _client
+from bench.tracking.store import TrackingError, _client, no_progress_bars
 
 
 def portable_copy(model):
@@ -104,5 +103,5 @@ def download_checkpoint(uri: str, run_id: str, name: str, folder: Path) -> Path:
             f"run {run_id} has no {artifact}: real-data and external runs have none, nor cells that did not finish "
             "(a best checkpoint needs train.eval_every); use a finished cell run of `bench run`"
         )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one file: the bar only adds noise
-    return Path(client.download_artifacts(run_id, artifact, str(folder)))
+    with no_progress_bars():  # one file: the bar only adds noise
+        return Path(client.download_artifacts(run_id, artifact, str(folder)))

@@ -3,13 +3,12 @@ a run, and the report attached to the suite's parent run."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from bench import schema
-from bench.tracking.store import TrackingError, _client, _search
+from bench.tracking.store import TrackingError, _client, _search, no_progress_bars
 
 
 def load_runs(uri: str, experiment: str) -> pd.DataFrame:
@@ -63,9 +62,8 @@ def download_artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | Non
     if path not in names:
         return None
     Path(dst).mkdir(parents=True, exist_ok=True)
-    # a report fetches one small file per run: MLflow's per-file progress bar would only bury the report's output
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return Path(client.download_artifacts(run_id, path, str(dst)))
+    with no_progress_bars():  # a report fetches one small file per run: the bar would only bury its output
+        return Path(client.download_artifacts(run_id, path, str(dst)))
 
 
 def attach_report(uri: str, experiment: str, files: list[Path], root: Path | None = None) -> str | None:

@@ -26,7 +26,6 @@ from bench.tracking.store import (
     STATUSES,
     TrackingError,
     _client,
-    _quiet,
     _search,
 )
 
@@ -181,6 +180,7 @@ def provenance_tags() -> dict[str, str]:
     return tags
 
 
+_DUPLICATE_ROW = ("BAD_REQUEST", "RESOURCE_ALREADY_EXISTS")  # the error codes of a concurrent insert's duplicate row
 SYSTEM_METRICS_INTERVAL_S = 10.0  # one psutil/NVML sample and one logged batch per 10 s: well under 1% of a cell
 
 
@@ -312,29 +312,23 @@ class Run:
         self._timed(self.client.log_artifact, self.run_id, str(path), str(Path(schema.RESUME_ARTIFACT).parent))
 
     @contextlib.contextmanager
-    def system_metrics(self, uri: str, resume: bool = False, interval: float = SYSTEM_METRICS_INTERVAL_S):
-        """MLflow's system-metrics monitor for this run while the block runs: CPU, memory, disk, network, and on a
-        CUDA machine GPU utilisation and memory (NVML, the `gpu` extra), logged as system/* every `interval` s.
-        Monitoring never fails a cell: a monitor that cannot start is skipped."""
-        monitor = None
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    def system_metrics(self, resume: bool = False, interval: float = SYSTEM_METRICS_INTERVAL_S, fence=None):
+        """System metrics of this run while the block runs (bench.tracking.system): CPU, memory, disk, network, and
+        on a CUDA machine GPU utilisation and memory (NVML, the `gpu` extra), logged as system/* every `interval` s;
+        a resumed run continues its steps; `fence()` (the lease's `lost`) stops them when the run is no longer this
+        process's. Monitoring never fails a cell: a sampler that cannot start is skipped."""
+        from bench.tracking.system import SystemMetrics
 
-            _quiet()
-            monitor = SystemMetricsMonitor(
-                self.run_id, sampling_interval=interval, resume_logging=resume, tracking_uri=uri
-            )
-            monitor.start()
-        except Exception:  # e.g. psutil missing
-            monitor = None
+        sampler = SystemMetrics(self.client, self.run_id, interval, resume, fence)
         try:
-            yield
+            sampler.start()
+        except Exception:  # e.g. psutil missing
+            sampler = None
+        try:
+            yield sampler
         finally:
-            if monitor is not None:
-                try:
-                    monitor.finish()
-                except Exception:
-                    pass
+            if sampler is not None:
+                sampler.stop()
 
     def log_image(self, image: np.ndarray, path: str) -> None:
         """An (H, W, C) uint8 image as a PNG artifact."""
@@ -365,9 +359,11 @@ class Run:
         try:
             self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
         except MlflowException as e:
-            # cells starting at once (the Ray executor) can both insert the dataset's row into a sqlite store; the
-            # loser fails on the UNIQUE constraint, and a second attempt finds and links the winner's row
-            if "UNIQUE constraint failed" not in str(e):
+            # cells starting at once (the Ray executor) can both insert the dataset's row: the loser's insert breaks
+            # the store's uniqueness (an IntegrityError, which MLflow's SQL stores report as BAD_REQUEST, and a server
+            # passes on with that code, whatever the database), and a second attempt finds and links the winner's
+            # row; a request that is bad for another reason fails the second attempt the same way and is raised
+            if e.error_code not in _DUPLICATE_ROW:
                 raise
             self._timed(self.client.log_inputs, self.run_id, datasets=[entry])
 

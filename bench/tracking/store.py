@@ -6,6 +6,7 @@ suite's runs), models (logged models), query (the read side the report and `benc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -62,13 +63,40 @@ def check_reachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> None:
         ) from None
 
 
-def _quiet() -> None:
-    """MLflow's INFO lines (migrations, the system-metrics monitor starting and stopping) off genbench's output;
-    after the import, which sets MLflow's own logger levels."""
-    import mlflow  # noqa: F401
+_QUIET = False  # set by quiet_mlflow() in genbench's own processes (the CLI, its workers), never by library calls
 
-    for name in ("mlflow", "alembic", "mlflow.system_metrics.system_metrics_monitor"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (a store's migrations) off this process's output, from its next MLflow client on. Only
+    genbench's own processes call this (the `bench` command, a cell's worker or Ray task): a genbench call from a
+    user's Python leaves their logging as it was."""
+    global _QUIET
+    _QUIET = True
+
+
+def _quiet() -> None:
+    """Apply quiet_mlflow() once MLflow is imported (the import sets MLflow's own logger levels)."""
+    if _QUIET:
+        import mlflow  # noqa: F401
+
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """MLflow's per-file download progress bar off while the block runs (it would bury a report's or `bench sample`'s
+    output), and the environment variable restored after it."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _client(uri: str):
