@@ -131,6 +131,7 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
 
     logged = mlflow.MlflowClient(tracker.uri).get_logged_model(model_id)
     assert logged.source_run_id == run.run_id and logged.name == "final" and "READY" in str(logged.status)
+    assert logged.tags.get("bench.model") == name  # the Models tab filters by the cell's tags
     expected = model.sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.sample(6, generator=torch.Generator().manual_seed(1)), expected)
     if model.family == "gan":

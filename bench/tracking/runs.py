@@ -252,6 +252,8 @@ class Run:
             name=name,
             source_run_id=self.run_id,
             params={k: str(v) for k, v in metadata.items()},
+            # the Models tab filters by these tags (model, dataset, seed); the checkpoint is the model's name
+            tags={k: str(v) for k, v in metadata.items() if k.startswith("bench.")},
             model_type=schema.MODEL_TYPE,
         )
         try:
