@@ -43,7 +43,11 @@ figure { margin: 0.5em 0; flex: 1 1 420px; max-width: 680px; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #555; }
 code { background: #f4f4f4; padding: 0 3px; }
-@media (max-width: 600px) { body { padding: 0 0.4em; } table { font-size: 12px; } td.label { min-width: 8em; } }
+@media (max-width: 600px) {
+  body { padding: 0 0.4em; } table { font-size: 12px; } td.label, th.label { min-width: 7em; max-width: 9em; }
+  th.sticky:not(.label), td.sticky:not(.label) { position: static; }  /* on a phone only the model column stays */
+  th.label.sticky, td.label.sticky { left: 0 !important; }
+}
 """
 
 # Click a column header to sort by it (again to reverse). The real-data row stays first and published rows last:
@@ -100,7 +104,7 @@ def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: st
         parts.append(f"<nav><b>Contents</b><ul>{''.join(items)}</ul></nav>")
     if overall:
         parts.append(f'<h2 id="{overall.anchor}-section">{overall.title}</h2>')
-        parts += _table(overall.anchor, overall)
+        parts += _table(overall.anchor, overall, heading=False)
     for sid, s, ts in laid:
         parts.append(f'<h2 id="{sid}">{_inline(render.heading(s))}</h2>')
         parts.append(f"<p>{_inline(s.description)}</p>")
@@ -111,9 +115,9 @@ def to_html(suite: str, sections: list[Section], failed: int = 0, checkpoint: st
     return "\n".join(parts) + "\n"
 
 
-def _table(anchor: str, t: layout.Table) -> list[str]:
+def _table(anchor: str, t: layout.Table, heading: bool = True) -> list[str]:
     e = html.escape
-    parts = [f'<h3 id="{anchor}">{_inline(t.title)}</h3>']
+    parts = [f'<h3 id="{anchor}">{_inline(t.title)}</h3>' if heading else f'<span id="{anchor}"></span>']
     if t.spec.about:
         parts.append(f'<p class="about">{_inline(t.spec.about)}</p>')
     offsets, left = [], 0.0
