@@ -13,6 +13,7 @@ bench.tools.external.SampleError for samples and references, bench.data.DataErro
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from bench.devices import resolve_device
 
 def _results(results) -> Path:
     return Path(results if results is not None else os.environ.get("BENCH_RESULTS", "results"))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def evaluate(
@@ -36,7 +41,7 @@ def evaluate(
     overrides: Sequence[str] = (),
     results: str | Path | None = None,
     device: str = "auto",
-    echo: Callable[[str], None] = lambda line: None,
+    echo: Callable[[str], None] | None = None,
 ) -> dict:
     """Sample metrics of `samples` (a folder of PNG/JPEG images or of class folders, a .npy/.npz file, or a uint8
     (N, C, H, W) / float [0, 1] array or tensor) against `reference` (the same kinds, or "dataset:split"; default:
@@ -45,8 +50,9 @@ def evaluate(
     Under a suite's protocol (`suite`, else the default evaluation settings with every sample) against the
     dataset's reference split the numbers and fingerprint equal those of `bench eval` and `bench run`. `encoder`:
     one name or several (the first gets the plain metric names); the `domain` encoder needs `dataset`. `metrics`
-    keeps only those names. Returns {"metrics": {name: value}, "protocol": fingerprint, "samples": N,
-    "reference": what it was}."""
+    keeps only those names. What takes time (a domain encoder's training, reference features) is reported line by
+    line through `echo`, by default on stderr (`echo=lambda line: None` silences it). Returns {"metrics": {name:
+    value}, "protocol": fingerprint, "samples": N, "reference": what it was}."""
     from bench.tools.external import score
 
     cfg = config_module.load(config, tuple(overrides), suite)
@@ -60,7 +66,7 @@ def evaluate(
         encoders=names,
         results=_results(results),
         device=resolve_device(device),
-        echo=echo,
+        echo=echo if echo is not None else _stderr,
     ).as_dict()
     if metrics is not None:
         missing = [m for m in metrics if m not in result["metrics"]]

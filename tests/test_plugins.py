@@ -236,7 +236,7 @@ def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run):
     assert out.stdout.split() == ["VAEMLP", "False"]  # in eval mode, as it was evaluated
 
 
-def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run, tmp_path, monkeypatch):
+def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run, tmp_path, monkeypatch, capsys):
     """The acceptance path: `bench sample` with the run's evaluation seed and count to .npz, `bench eval` of that
     file under the suite's protocol: the same FID to 1e-6, the same fingerprint, a row in the quick leaderboard.
     Bad input exits 2 with one line."""
@@ -288,8 +288,10 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     # the Python API: the same numbers again
     import bench
 
+    capsys.readouterr()
     api = bench.evaluate(out, suite="quick", dataset="digits", overrides=TINY, results=results, metrics=["fid"])
     assert api["metrics"] == {"fid": scored["metrics"]["fid"]} and api["protocol"] == scored["protocol"]
+    assert "reference features of digits/train" in capsys.readouterr().err  # the API says what it is doing
     bad_api = cli.invoke(main, ["eval", "--samples", str(samples_dir), "--reference", str(reference_dir), "--json"])
     assert bad_api.exit_code == 2 and "domain encoder is trained on a dataset" in bad_api.output
     board = cli.invoke(main, ["report", "--suite", "quick", "--out", str(tmp_path / "r")])
