@@ -77,9 +77,8 @@ def table(sections: list[Section]) -> layout.Table | None:
     labels, seeds = common(sections)
     if len(labels) < 2:
         return None
-    names = [f"{s.dataset} ({s.protocol[:6]})" for s in sections]
-    short = len({s.dataset for s in sections}) == len(sections)
-    names = [s.dataset for s in sections] if short else names
+    one_each = len({s.dataset for s in sections}) == len(sections)  # else a dataset under two protocols
+    names = [s.dataset if one_each else f"{s.dataset} ({s.protocol[:6]})" for s in sections]
     ranks, (low, high), matrix = mean_ranks(seeds), rank_interval(seeds), improvement(seeds)
     per_table = [scipy_stats.rankdata([np.mean(s) for s in t]) for t in seeds]
     columns = [
@@ -92,8 +91,8 @@ def table(sections: list[Section]) -> layout.Table | None:
     ]
     rows = []
     for i in np.argsort(ranks, kind="stable"):
-        places = ", ".join(f"{name} {_place(r[i])}" for name, r in zip(names, per_table, strict=True))
-        poi = float(np.nanmean(matrix[i])) if len(labels) > 1 else float("nan")
+        places = ", ".join(f"{name} {r[i]:g}" for name, r in zip(names, per_table, strict=True))
+        poi = float(np.nanmean(matrix[i]))  # at least two models here
         entries = [
             layout.Entry(labels[i], labels[i]),
             layout.Entry(str(len(sections)), str(len(sections))),
@@ -117,10 +116,6 @@ def table(sections: list[Section]) -> layout.Table | None:
     ]
     notes.append("P(improvement) averaged over the tables, every pair: " + "; ".join(pairs) + ".")
     return layout.Table(spec, spec.title, columns, rows, notes, [])
-
-
-def _place(rank: float) -> str:
-    return f"{rank:g}"
 
 
 ABOUT = (

@@ -194,10 +194,10 @@ def tables(section: Section, checkpoint: str) -> list[Table]:
         table = build_table(section, spec, checkpoint)
         if table is not None:
             out.append(table)
-    placed = {t.anchor for t in out}
-    for caption, figure in section.figures:
+    by_key = {t.anchor: t for t in out}
+    for caption, figure in section.figures:  # beside the table it explains, else the first table
         key = next((k for suffix, k in FIGURE_TABLE.items() if str(figure).endswith(suffix)), "headline")
-        target = next(t for t in out if t.anchor == (key if key in placed else "headline")) if out else None
+        target = by_key.get(key) or (out[0] if out else None)
         if target is not None:
             target.figures.append((caption, figure))
     return out

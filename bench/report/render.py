@@ -100,7 +100,8 @@ def to_terminal(
         lines += [f"## {heading(s)}", s.description, ""]
         if ts:
             lines += markdown_table(ts[0]) + [""]
-        if any("n = 1 seed per model" in n for n in s.notes):
+        contestants = s.table[~s.table["family"].isin(["real", "published"])]
+        if len(contestants) and (contestants["n"].astype(int) < 2).all():
             lines += ["n = 1 seed per model: nothing is ranked (run more seeds to separate models).", ""]
         if len(ts) > 1:
             lines += ["Further tables: " + "; ".join(t.title for t in ts[1:]) + ".", ""]
