@@ -79,7 +79,9 @@ def test_a_crash_or_divergence_stays_in_its_cell(domain_cache, tmp_path):
     assert pid["gan-mlp/digits/seed1"] != pid["gan-mlp/digits/seed0"]
     assert pid["vae-mlp/digits/seed1"] != pid["vae-mlp/digits/seed0"]
     client = mlflow.MlflowClient(uri)
-    error = Path(client.download_artifacts(runs.loc["gan-mlp/digits/seed0", "run_id"], "error.txt")).read_text()
+    error = Path(
+        client.download_artifacts(runs.loc["gan-mlp/digits/seed0", "run_id"], "error.txt", str(tmp_path))
+    ).read_text()
     assert "SIGKILL" in error
 
 

@@ -80,7 +80,7 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
         assert "2 cell(s): training" in line and f"training {schema.seconds(train)}" in line, line
 
 
-def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_run):
+def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_run, tmp_path):
     """The tiny config evaluates periodically only at its last step (eval_every 500 > 20 steps): best = final, and
     the final evaluation is reused, not repeated. Both claims are checked against the logged checkpoints: a fresh
     evaluation of best.pt reproduces best/*, and its periodic FID is recomputed from the selection rule (its own
@@ -101,8 +101,10 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     client = mlflow.MlflowClient(quick_run["uri"])
     cfg, cache = quick_run["config"], quick_run["results"] / "cache"
     suite = cfg.suite("quick")
-    best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt"), weights_only=True)
-    final = torch.load(client.download_artifacts(run["run_id"], "checkpoints/final.pt"), weights_only=True)
+    best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt", str(tmp_path)), weights_only=True)
+    final = torch.load(
+        client.download_artifacts(run["run_id"], "checkpoints/final.pt", str(tmp_path)), weights_only=True
+    )
     assert all(torch.equal(best["model"][k], final["model"][k]) for k in final["model"])
     model = baselines.build("gan-mlp", cfg.models["gan-mlp"], (1, 28, 28))
     model.load_state_dict(best["model"])
@@ -120,7 +122,7 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     honest = periodic(suite.eval.seed + schema.SELECTION_SEED_OFFSET, "validation")
     assert run["metrics.best/periodic_fid"] == pytest.approx(honest, rel=1e-9)
     assert abs(periodic(suite.eval.seed, "train") - honest) > 1e-3  # the scored latents and split: another number
-    proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json")).read_text())
+    proto = json.loads(Path(client.download_artifacts(run["run_id"], "protocol.json", str(tmp_path))).read_text())
     assert proto["best_checkpoint_selection"]["real_split"].startswith("validation: 300 training images carved out")
     # the validation split: carved out of the training images, disjoint from the train and test splits
     whole = load("digits").train_images
@@ -155,7 +157,7 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
         "checkpoints/final.pt",
     }
     assert "samples/best.png" in {a.path for a in client.list_artifacts(run["run_id"], "samples")}
-    best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt"), weights_only=True)
+    best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt", str(tmp_path)), weights_only=True)
     assert best["step"] == 10
     suite = cfg.suite("quick")
     model = baselines.build("gan-mlp", cfg.models["gan-mlp"], (1, 28, 28))
@@ -180,7 +182,7 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     assert f"{run['metrics.best/fid']:.2f}" in text and f"{run['metrics.fid']:.2f}" not in text.split("| gan-mlp")[1]
 
 
-def test_artifacts_inputs_and_step_metrics(quick_run):
+def test_artifacts_inputs_and_step_metrics(quick_run, tmp_path):
     client = mlflow.MlflowClient(quick_run["uri"])
     runs = child_runs(quick_run["uri"])
     for _, row in runs.iterrows():
@@ -194,7 +196,7 @@ def test_artifacts_inputs_and_step_metrics(quick_run):
         assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in images if "samples+step+" in p) == [10, 20]
         assert client.get_run(run_id).data.tags.get("mlflow.loggedImages") == "True"
         assert ("reconstructions.png" in names) == (row["tags.bench.family"] == "vae")
-        local = Path(client.download_artifacts(run_id, "protocol.json"))
+        local = Path(client.download_artifacts(run_id, "protocol.json", str(tmp_path)))
         protocol = json.loads(local.read_text())
         assert protocol["encoder"] == "domain" and protocol["num_samples"] == 200
         assert protocol["reference"]["split"] == "train" and len(protocol["reference"]["dataset_digest"]) == 64
@@ -206,7 +208,7 @@ def test_artifacts_inputs_and_step_metrics(quick_run):
         assert inputs[0].dataset.name == "digits" and len(inputs[0].dataset.digest) > 8
 
 
-def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
+def test_ais_log_likelihood_of_gans_and_vaes(quick_run, tmp_path):
     """Both families get nll_ais (tiny AIS: 8 test images, 2 chains, 10 distributions), bits/dim on the 0–255 scale,
     the σ chosen on the validation images, the BDMC bounds and the cost; the validation scores are an artifact."""
     client = mlflow.MlflowClient(quick_run["uri"])
@@ -234,10 +236,10 @@ def test_ais_log_likelihood_of_gans_and_vaes(quick_run):
     assert (gap - runs["metrics.ais/bdmc_gap"]).abs().max() < 1e-6 and gap.gt(0).all()  # 10 distributions: loose
     assert runs["metrics.ais/accept"].between(0, 1).all() and runs["metrics.time/ais_s"].gt(0).all()
     for run_id, sigma in zip(runs["run_id"], runs["metrics.ais/sigma"], strict=True):
-        details = json.loads(Path(client.download_artifacts(run_id, "ais.json")).read_text())
+        details = json.loads(Path(client.download_artifacts(run_id, "ais.json", str(tmp_path))).read_text())
         scores = {float(k): v for k, v in details["validation"].items()}
         assert set(scores) == {0.025, 0.05, 0.1, 0.2, 0.4} and max(scores, key=scores.get) == sigma
-        protocol = json.loads(Path(client.download_artifacts(run_id, "protocol.json")).read_text())
+        protocol = json.loads(Path(client.download_artifacts(run_id, "protocol.json", str(tmp_path))).read_text())
         assert protocol["likelihood_ais"]["images"] == 8 and protocol["likelihood_ais"]["chains"] == 2
 
 
@@ -285,7 +287,10 @@ def test_failing_cell_is_recorded_and_the_suite_goes_on(tmp_path, monkeypatch):
     failed = runs[runs["status"] == "FAILED"].iloc[0]
     assert failed["tags.bench.error"] == "RuntimeError: boom in train_step"
     client = mlflow.MlflowClient(uri)
-    assert "boom in train_step" in Path(client.download_artifacts(failed["run_id"], "error.txt")).read_text()
+    assert (
+        "boom in train_step"
+        in Path(client.download_artifacts(failed["run_id"], "error.txt", str(tmp_path))).read_text()
+    )
     md = report_files.write_report(uri, "quick", tmp_path / "report")["markdown"].read_text()
     assert "| vae-mlp | 1 |" in md and "gan-mlp" not in md.split("## digits")[1].split("\n\n1 cell")[0]
     assert "1 cell run(s) FAILED" in md
@@ -337,7 +342,7 @@ def test_colour_cells_run_end_to_end_with_the_discrete_8bit_likelihood(tmp_path,
     # a little worse than uniform over 256 values (8 bits); a proper discrete probability either way
     assert 8.0 < vae["bits_per_dim"] < 10.5
     client = mlflow.MlflowClient(tracking.default_uri(tmp_path / "r"))
-    proto = json.loads(Path(client.download_artifacts(outcomes[1].run_id, "protocol.json")).read_text())
+    proto = json.loads(Path(client.download_artifacts(outcomes[1].run_id, "protocol.json", str(tmp_path))).read_text())
     observed = proto["likelihood"].pop("observed_digest")
     assert proto["likelihood"] == {
         "split": "test",
