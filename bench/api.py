@@ -2,12 +2,13 @@
 
     import bench
     scores = bench.evaluate("samples/", reference="digits:train", dataset="digits")
-    scores["metrics"]["fid"]
+    scores["metrics"]["fid_domain"]
     outcomes = bench.run_suite("quick", overrides=["train.steps=500"])
 
 `evaluate` is `bench eval --json` (nothing is logged); `run_suite` is `bench run` (everything is logged to MLflow).
 Errors are exceptions with the command line's one-line messages: bench.config.ConfigError for configuration,
-bench.tools.external.SampleError for samples and references, bench.data.DataError for datasets.
+bench.tools.images.SampleError for samples and references, bench.data.DataError for datasets,
+bench.eval.metrics.MetricError for unknown metric names.
 """
 
 from __future__ import annotations
@@ -36,44 +37,45 @@ def evaluate(
     dataset: str | None = None,
     suite: str | None = None,
     encoder: str | Sequence[str] | None = None,
-    metrics: Sequence[str] | None = None,
+    metrics: str | Sequence[str] | None = None,
+    batch_size: int | None = None,
+    allow_small_n: bool = False,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
     results: str | Path | None = None,
     device: str = "auto",
     echo: Callable[[str], None] | None = None,
 ) -> dict:
-    """Sample metrics of `samples` (a folder of PNG/JPEG images or of class folders, a .npy/.npz file, or a uint8
-    (N, C, H, W) / float [0, 1] array or tensor) against `reference` (the same kinds, or "dataset:split"; default:
-    the reference split of `dataset`).
+    """Sample metrics of `samples` (a folder of PNG, JPEG, WebP, BMP or TIFF images or of class folders, a .npy/.npz
+    file, or a uint8 (N, C, H, W) / float [0, 1] array or tensor) against `reference` (the same kinds,
+    "dataset:split", or torch-fidelity's "cifar10-train"; default: the reference split of `dataset`).
 
-    Under a suite's protocol (`suite`, else the default evaluation settings with every sample) against the
-    dataset's reference split the numbers and fingerprint equal those of `bench eval` and `bench run`. `encoder`:
-    one name or several (the first gets the plain metric names); the `domain` encoder needs `dataset`. `metrics`
-    keeps only those names. What takes time (a domain encoder's training, reference features) is reported line by
-    line through `echo`, by default on stderr (`echo=lambda line: None` silences it). Returns {"metrics": {name:
-    value}, "protocol": fingerprint, "samples": N, "reference": what it was}."""
+    Without `suite` or `dataset` the encoder is Inception (`encoder`: one name or several; the `domain` encoder needs
+    `dataset`), and the metrics are named with it (`fid_inception`, `kid_mean_inception`). `metrics` ("fid,kid" or
+    ["fid", "prc"]; fid, fid_inf, is, kid, prc, dc) computes only those; an unknown name raises before any work.
+    Under a suite's protocol (`suite`) against the dataset's reference split the numbers, plain names and
+    fingerprint equal those of `bench eval --suite` and `bench run`. What takes time (a domain encoder's training,
+    reference features, the encoder passes) is reported line by line through `echo`, by default on stderr
+    (`echo=lambda line: None` silences it). Returns {"encoder": the first encoder, "encoders": [...], "metrics":
+    {name: value}, "protocol": fingerprint, "samples": N, "reference": what it was}."""
     from bench.tools.external import score
 
     cfg = config_module.load(config, tuple(overrides), suite)
     names = (encoder,) if isinstance(encoder, str) else tuple(encoder or ())
-    result = score(
+    return score(
         cfg,
         samples,
         suite_name=suite,
         dataset_name=dataset,
         reference=reference,
         encoders=names,
+        metrics=metrics,
+        batch_size=batch_size,
+        allow_small_n=allow_small_n,
         results=_results(results),
         device=resolve_device(device),
         echo=echo if echo is not None else _stderr,
     ).as_dict()
-    if metrics is not None:
-        missing = [m for m in metrics if m not in result["metrics"]]
-        if missing:
-            raise KeyError(f"metrics {missing} were not computed; computed: {sorted(result['metrics'])}")
-        result["metrics"] = {m: result["metrics"][m] for m in metrics}
-    return result
 
 
 def run_suite(

@@ -15,12 +15,22 @@ from bench.config import ConfigError
 from bench.storage import source_commit
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """The device a name means ("auto": CUDA when present, else the CPU); a ConfigError for a device that is not
+    there or a name that is none (`what`: the setting's name in the message)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{what} = {name!r}: not a device name; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what} = {name!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} = {name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{what} = {name!r} but MPS is not available here; use 'auto' or 'cpu'")
+    return device
 
 
 def native_bf16(device: torch.device) -> bool:

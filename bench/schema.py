@@ -34,22 +34,19 @@ AIS_CHECK = "bench.ais_check"  # a VAE's AIS under its own observation model aga
 EXECUTOR = "bench.executor"
 HOST, PID = "bench.host", "bench.pid"  # the process that owns a RUNNING run (orphans are detected by them)
 PROCESS_SPACE = "bench.process_space"  # the boot and pid namespace its PID is valid in (containers share hostnames)
-# a cell's lease: the process training it writes the time (unix seconds) every HEARTBEAT_S; a RUNNING run whose last
-# beat is older than LEASE_S has lost its holder (a dead node) and another `bench run` may take the cell over
+# a cell's lease: the process training it writes the time (unix seconds) every HEARTBEAT_S; a RUNNING run whose
+# beat another `bench run` has watched unchanged for LEASE_S of its own time has lost its holder (a dead node), and
+# that `bench run` may take the cell over (bench.tracking.lease: Watch, Lease)
 HEARTBEAT = "bench.heartbeat"
 HEARTBEAT_S, LEASE_S = 15.0, 90.0
 ATTEMPT = "bench.attempt"  # the dispatch a worker or Ray task runs; seen again on a run: a retry (a resume)
 
 
-def lease_live(heartbeat: str | None, started_s: float, now: float) -> bool:
-    """Whether a RUNNING cell run's lease holds: its last beat (unix seconds, as the tag holds it), or its start
-    before the first beat, younger than LEASE_S. The one rule for `bench run` (Tracker.holders) and --dry-run."""
-    last = float(heartbeat) if heartbeat else started_s
-    return now - last < LEASE_S
-
-
 HOLDER = "bench.holder"  # the random id of the process that claimed the cell's run last: the lease's fence
 RESUME_ARTIFACT = "resume/last.pt"  # the newest resumable checkpoint, where every node can reach it (remote stores)
+RESUME_BEST_ARTIFACT = "resume/best.pt"  # beside it, the best checkpoint so far: a resume elsewhere keeps it
+# of each, the sha256 (a download is checked against it) and the step of last.pt (the newest copy wins)
+RESUME_SHA256, RESUME_BEST_SHA256, RESUME_STEP = "bench.resume_sha256", "bench.resume_best_sha256", "bench.resume_step"
 RESUMES = "bench.resumes"  # how often a cell's run was resumed after an interruption
 RESUMED_FROM = "bench.resumed_from_step"
 PERF = "bench.perf"
@@ -93,80 +90,9 @@ ENCODER_METRICS = (
 )  # what each encoder computes from the same samples
 
 
-@dataclass(frozen=True)
-class Weights:
-    """Where a pretrained encoder's weights come from: $env, else `file` in torch's hub cache, else `url`."""
+# the feature encoders' table (bench.encoder_registry), part of this schema
+from bench.encoder_registry import ENCODERS, INCEPTION_WEIGHTS, EncoderInfo, Weights  # noqa: E402, F401
 
-    what: str  # what the weights are, in words
-    file: str
-    env: str
-    url: str
-    hash_prefix: str | None = None  # torch.hub convention: the file's sha256 starts with it
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """One feature encoder: which builder makes it (bench.eval.encoders.BUILDERS), its weights, what the
-    leaderboard says of it."""
-
-    kind: str  # domain | inception | dinov2
-    note: str
-    weights: Weights | None = None  # None: trained by the suite on the dataset's labels (domain)
-    arch: str = ""  # the timm architecture of a DINOv2 encoder
-
-
-# torch-fidelity's Inception-v3 for FID (converted from the TF graph of Heusel et al.'s TTUR code); its URL is
-# torch-fidelity's URL_INCEPTION_V3 (a test compares: importing torch-fidelity here would cost seconds)
-INCEPTION_WEIGHTS = Weights(
-    "torch-fidelity's Inception-v3 weights",
-    "weights-inception-2015-12-05-6726825d.pth",
-    "BENCH_INCEPTION_WEIGHTS",
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-    "6726825d",
-)
-
-
-def _dinov2(short: str) -> Weights:
-    """Meta's released DINOv2 checkpoint (timm's conversion of it loads too)."""
-    file = f"dinov2_{short}_pretrain.pth"
-    url = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_{short}/{file}"
-    return Weights("DINOv2 weights (Meta's checkpoint, or timm's conversion of it)", file, "BENCH_DINOV2_WEIGHTS", url)
-
-
-# The feature encoders, by the name a suite gives (eval.encoder, eval.extra_encoders): config validation, the
-# weights lookup, the metric names (fid_<name>), the builders and the report's notes all derive from this table.
-ENCODERS: dict[str, EncoderInfo] = {
-    "domain": EncoderInfo(
-        "domain",
-        "`domain`: a small CNN trained on this dataset's labels (bench.toml [features.domain]); fast and sensitive "
-        "to this dataset's classes, comparable with no published number",
-    ),
-    "inception": EncoderInfo(
-        "inception",
-        "`inception`: the TF-FID Inception-v3 (torch-fidelity inception-v3-compat, 2048-d pool features, 299×299 TF1 "
-        "bilinear resize): the protocol of Heusel et al. 2017 and of most published FIDs",
-        INCEPTION_WEIGHTS,
-    ),
-    "dinov2": EncoderInfo(
-        "dinov2",
-        "`dinov2`: DINOv2 ViT-L/14's CLS embedding at 224×224 (timm): FD_DINOv2 of Stein et al. 2023 (dgm-eval's "
-        "default encoder), which tracks human judgement better than Inception",
-        _dinov2("vitl14"),
-        "vit_large_patch14_dinov2",
-    ),
-    "dinov2-vitb14": EncoderInfo(
-        "dinov2",
-        "`dinov2-vitb14`: DINOv2 ViT-B/14, a cheaper variant of FD_DINOv2 (not the published one)",
-        _dinov2("vitb14"),
-        "vit_base_patch14_dinov2",
-    ),
-    "dinov2-vits14": EncoderInfo(
-        "dinov2",
-        "`dinov2-vits14`: DINOv2 ViT-S/14, the cheapest variant (not the published FD_DINOv2)",
-        _dinov2("vits14"),
-        "vit_small_patch14_dinov2",
-    ),
-}
 SELECTION_ENCODER = "domain"  # the periodic FID that selects the best checkpoint is computed in its features
 
 
@@ -402,9 +328,13 @@ SAMPLES_BY_STEP = "samples"  # MLflow's image view: images/samples+step+N+... wi
 RECONSTRUCTIONS = "reconstructions.png"
 CHECKPOINTS_DIR = "checkpoints"  # final.pt and best.pt
 REPORT_DIR = "report"  # the leaderboard's files, attached to the suite's latest parent run by `bench report`
-# the final and best models: MLflow 3 LoggedModels of the cell's run (the experiment's Models tab), named "final" and
-# "best", loadable as models:/<model id> (the id in the run's tags below) or runs:/<run id>/final
+# the final and best models: MLflow 3 LoggedModels of the cell's run (the experiment's Models tab), named
+# <model>-<dataset>-seed<seed>-final and -best, loadable as models:/<model id> (the id in the run's tags below) or
+# runs:/<run id>/<that name>
 MODEL_FINAL, MODEL_BEST = "final", "best"
+CHECKPOINT = (
+    "bench.checkpoint"  # a LoggedModel's checkpoint (final or best); its name is <model>-<dataset>-seed<seed>-<it>
+)
 MODEL_ID_FINAL, MODEL_ID_BEST = "bench.model_id.final", "bench.model_id.best"
 MODEL_IDS = {MODEL_FINAL: MODEL_ID_FINAL, MODEL_BEST: MODEL_ID_BEST}
 MODEL_TYPE = "genbench"  # the LoggedModels' model_type: search_logged_models(filter_string="model_type = 'genbench'")

@@ -82,6 +82,12 @@ def bytes_digest(chunks: Iterable[bytes | str]) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read a megabyte at a time."""
+    with open(path, "rb") as f:
+        return bytes_digest(iter(lambda: f.read(1 << 20), b""))
+
+
 @functools.cache
 def source_commit() -> str | None:
     """The git commit of genbench's source tree when it runs from a checkout; None otherwise (an installed wheel)."""

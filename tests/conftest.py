@@ -67,6 +67,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "integration: needs a server, cluster, browser, subprocess suite or the session's trained suite"
     )
+    config.addinivalue_line("markers", "ray: uses Ray (run on its own, after the others: `make test`)")
     config.addinivalue_line("markers", "slow: pure computation of more than ten seconds (not in `make check`)")
 
 
@@ -96,6 +97,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        groups = [m.args[0] for m in item.iter_markers("xdist_group") if m.args]
+        if "local_ray" in getattr(item, "fixturenames", ()) or "ray" in groups:
+            item.add_marker(pytest.mark.ray)
         module = item.path.stem
         if module in MODULE_GROUPS:
             item.add_marker(pytest.mark.xdist_group(module))

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from bench import schema
 from bench.cli import main
 from bench.data import load
-from bench.eval import metrics
+from bench.eval import copying, metrics
 from bench.eval.encoders import build_encoder, weights_path
 from bench.eval.pipeline import evaluate_samples
 from bench.eval.real_features import real_features
@@ -53,7 +53,7 @@ def test_density_and_coverage_see_collapse_and_outliers():
 
 
 def _ct(*args, **kwargs) -> float:
-    return metrics.data_copying(*args, **kwargs)[schema.COPYING]
+    return copying.data_copying(*args, **kwargs)[schema.COPYING]
 
 
 def test_the_copying_statistic_on_synthetic_features():
@@ -101,8 +101,8 @@ def test_the_copying_statistic_equals_the_authors_code():
     train, test = _features(3000, 6, seed=6), _features(500, 6, seed=7)
     generated = train[600:1400] + 0.7 * _features(800, 6, seed=9)  # 800 generated vs 500 test: subsampled to 500
     cells, seed = 10, 3
-    reference = metrics.copying_reference(train, test, cells, seed)
-    ours = metrics.data_copying(generated, train, test, cells=cells, seed=seed)
+    reference = copying.copying_reference(train, test, cells, seed)
+    ours = copying.data_copying(generated, train, test, cells=cells, seed=seed)
     g = torch.Generator().manual_seed(seed)  # the subsets data_copying draws (documented: seeded, sorted)
     pick_gen = torch.randperm(len(generated), generator=g)[:500].sort().values
     # (all 500 test images are kept: the smaller side is subsampled to its own size, i.e. not at all)
@@ -130,7 +130,7 @@ def test_the_copying_statistic_equals_the_authors_code():
             ws.append(len(p))
     assert abs(np.average(zs, weights=ws) - ours[schema.COPYING]) > 0.05
     # computed once per reference (the suite's cache), the model's half gives the same number
-    assert metrics.data_copying(generated, train, test, cells, seed, reference) == ours
+    assert copying.data_copying(generated, train, test, cells, seed, reference) == ours
 
 
 def test_the_copying_cells_are_cached_per_reference(tmp_path, monkeypatch):

@@ -45,10 +45,24 @@ def test_two_bench_runs_at_once_train_every_cell_once(domain_cache, tmp_path):
     assert (tmp_path / "r1" / "leaderboard.csv").read_text() == (tmp_path / "r2" / "leaderboard.csv").read_text()
 
 
-def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_holders(domain_cache, tmp_path):
-    """A RUNNING run of a cell whose heartbeat is older than the lease (its node died) is taken over: marked
-    KILLED with why, and the cell trained under a run of its own. A live holder (a fresh beat) is reported by
-    `--dry-run` as running elsewhere, with its host, pid and start."""
+def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_holders(
+    domain_cache, tmp_path, monkeypatch
+):
+    """A RUNNING run of a cell whose heartbeat stops changing (its node died) is taken over once this `bench run`
+    has watched it unchanged for the lease's length by its own clock: marked KILLED with why, and the cell trained
+    under a run of its own. A live holder (a fresh beat) is reported by `--dry-run` as running elsewhere, with its
+    host, pid and start."""
+    from bench.run import claim
+    from bench.tracking import lease as lease_module
+    from bench.tracking import runs as runs_module
+
+    class Hurried(lease_module.Watch):  # this observer's clock runs 30 s per look: the lease passes in three looks
+        def __init__(self):
+            looks = iter(range(0, 10**6, 30))
+            super().__init__(clock=lambda: float(next(looks)))
+
+    monkeypatch.setattr(runs_module, "Watch", Hurried)
+    monkeypatch.setattr(claim, "WAIT_POLL_S", 0.05)
     seed_cache(domain_cache, tmp_path)
     uri = tracking.default_uri(tmp_path)
     args = ["--suite", "quick", "--config", str(BENCH_TOML)]
@@ -61,10 +75,14 @@ def test_a_holder_that_stopped_beating_loses_the_cell_and_dry_run_names_live_hol
                                                        schema.HEARTBEAT: f"{time.time():.0f}"})  # fmt: skip
     plan = CliRunner().invoke(main, ["run", *args, "--dry-run", *sets], env={"BENCH_RESULTS": str(tmp_path)})
     assert "running elsewhere (host node-7, pid 4242, since" in plan.output, plan.output
-    held.set_tags({schema.HEARTBEAT: f"{time.time() - schema.LEASE_S - 5:.0f}"})  # the node died a while ago
+    # the node died now: its last beat (by its clock, an hour ahead of this one) never changes again
+    held.set_tags({schema.HEARTBEAT: f"{time.time() + 3600:.0f}"})
     ran = CliRunner().invoke(main, ["run", *args, "--no-progress", *sets], env={"BENCH_RESULTS": str(tmp_path)})
     assert ran.exit_code == 0, ran.output
-    assert "stopped renewing its lease (host node-7, pid 4242" in ran.output
+    said = ran.output.splitlines()
+    first = next(i for i, line in enumerate(said) if "running elsewhere (host node-7, pid 4242" in line)
+    taken = next(i for i, line in enumerate(said) if "stopped renewing its lease (host node-7, pid 4242" in line)
+    assert first < taken, ran.output  # first seen live (its beat not yet watched), taken over after the lease
     client = mlflow.MlflowClient(uri)
     old = client.get_run(held.run_id)
     assert old.info.status == "KILLED" and "stopped renewing the cell's lease" in old.data.tags[schema.ERROR]
@@ -132,9 +150,9 @@ def test_a_holder_loses_its_lease_to_a_takeover_or_a_pause_and_training_stops_wi
 
     run = held("paused")
     with run.heartbeat("claim-a", interval=3600) as lease:
-        clock = time.monotonic() + schema.LEASE_S + 10  # the process was stopped for longer than the lease
+        clock = time.monotonic() + lease_module.RENEW_S + 10  # the process was stopped for longer than it may renew
         monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock)
-        assert lease.lost().startswith(f"no heartbeat got through for {schema.LEASE_S + 10:.0f} s")
+        assert lease.lost().startswith(f"no heartbeat got through for {lease_module.RENEW_S + 10:.0f} s")
     monkeypatch.undo()
 
     # the training loop: the lease is lost when step 5 is logged, before step 5's checkpoint
@@ -159,3 +177,99 @@ def test_a_holder_loses_its_lease_to_a_takeover_or_a_pause_and_training_stops_wi
     with pytest.raises(tracking.LeaseLost):
         train(model, images, cfg, seed=0, logger=Logger(), checkpoint=last, progress=False, fence=fence)
     assert checkpoints.read(last)["step"] == 4  # step 5's checkpoint was never written
+
+
+def test_a_lease_expires_by_the_observers_clock_only():
+    """Expiry compares no two machines' clocks: a beat's value only has to stop changing. An observer that first
+    sees a run counts it live, and takes it over once it has watched the same beat for the lease's length of its own
+    time, whatever time the beat names; a beat that changes starts the count again."""
+    from bench.tracking.lease import Watch
+
+    now = [0.0]
+    watch = Watch(clock=lambda: now[0])
+    for beat in ("0", f"{time.time() + 86400:.0f}"):  # a holder's clock a day behind, or a day ahead
+        run = f"run-{beat}"
+        assert not watch.expired(run, beat)  # first seen: live
+        now[0] += schema.LEASE_S - 1
+        assert not watch.expired(run, beat)
+        now[0] += 1
+        assert watch.expired(run, beat)
+    assert not watch.expired("run-0", "1")  # it beat again: live, and the count starts over
+    now[0] += schema.LEASE_S - 1
+    assert not watch.expired("run-0", "1")
+
+
+def test_beats_fail_fast_and_a_holder_that_cannot_beat_lets_the_cell_go(mlflow_server, monkeypatch):
+    """The beat goes to the session's real tracking server over REST (read the run, then write the heartbeat); to an
+    unreachable server it fails at once (one attempt, not MLflow's minutes of retries), and once no beat got through
+    for RENEW_S (< LEASE_S, so the holder stops before anyone may take over) the lease is lost, saying why."""
+    from bench.tracking import lease as lease_module
+    from tests.components import free_port
+
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.create_experiment(f"beats-{time.time_ns()}")
+    run = client.create_run(experiment, tags={schema.HOLDER: "claim-a"})
+    lease = lease_module.Lease(client, run.info.run_id, "claim-a", interval=3600)
+    lease.beat()
+    beat = client.get_run(run.info.run_id).data.tags[schema.HEARTBEAT]
+    assert abs(float(beat) - time.time()) < 60 and lease.lost() is None and lease.unreachable is None
+    client.set_tag(run.info.run_id, schema.HOLDER, "claim-b")
+    lease.beat()
+    assert lease.lost() == "another process took the cell over"
+
+    assert lease_module.RENEW_S < schema.LEASE_S
+    away = lease_module.Lease(mlflow.MlflowClient(f"http://127.0.0.1:{free_port()}"), "r", "claim-a", interval=3600)
+    started = time.monotonic()
+    away.beat()
+    assert time.monotonic() - started < lease_module.BEAT_TIMEOUT_S and away.unreachable
+    assert away.lost() is None  # not yet: the last beat that got through was moments ago
+    clock = time.monotonic() + lease_module.RENEW_S + 1
+    monkeypatch.setattr(lease_module.time, "monotonic", lambda: clock)
+    assert away.lost().startswith(f"no heartbeat got through for {lease_module.RENEW_S + 1:.0f} s (the last attempt:")
+
+
+def test_a_claim_is_won_once_whatever_the_interleaving(tmp_path):
+    """The claim is a name the store keeps unique (an experiment per generation of a cell's holders), so exactly
+    one process gets each generation however their calls interleave: two that read the same latest generation and
+    claim the next, a slow reopener, start times out of order. A claim whose run is not open yet makes others wait
+    until this observer has watched it for the lease's length (its claimant died before opening it); a holder whose
+    generation is no longer the latest loses its lease at its next beat, as does a paused holder whose run another
+    claim reopened."""
+    from bench.tracking import lease as lease_module
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")
+    other = tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")  # a second bench run
+    now = [0.0]
+    other.watch = lease_module.Watch(clock=lambda: now[0])
+    key = "cell-1"
+    seen_a, seen_b = tracker.latest_claim(key), other.latest_claim(key)  # both read before either claims
+    a, b = lease_module.holder_id(seen_a + 1), lease_module.holder_id(seen_b + 1)
+    assert (seen_a, seen_b) == (0, 0)
+    assert other.claim(key, seen_b + 1, b) is True and tracker.claim(key, seen_a + 1, a) is False
+    assert tracker.claim(key, 1, a) is False  # and never later, however late the claim arrives
+    assert tracker.latest_claim(key) == 1 and lease_module.generation_of(b) == 1
+
+    # b has claimed, not yet opened its run: a second observer waits, until it has watched that for the lease
+    assert other.claim_pending(key, 1) and other.claim_pending(key, 1)
+    now[0] += schema.LEASE_S
+    assert not other.claim_pending(key, 1)  # b died between its claim and its run: the next claim may go ahead
+    run = tracker.start_run("cell", {schema.CELL: key, schema.HOLDER: b})
+    assert not tracker.claim_pending(key, 1)  # its run is open
+
+    with run.heartbeat(b, interval=3600) as lease:
+        assert lease.lost() is None
+        c = lease_module.holder_id(2)
+        assert tracker.claim(key, 2, c)  # a later takeover claimed generation 2
+        lease.beat()
+        assert lease.lost() == "another process claimed the cell after this one (claim 2, this 1)"
+
+    run.set_tags({schema.HOLDER: c})
+    with run.heartbeat(c, interval=3600) as lease:
+        assert lease.lost() is None  # the latest claim holds
+        d = lease_module.holder_id(3)
+        assert tracker.claim(key, 3, d)
+        tracker.release(run.run_id, "its holder stopped renewing the cell's lease")  # a taker, while c was paused
+        tracker.reopen_run(run.run_id, key, d)
+        lease.beat()  # c wakes up
+        assert lease.lost() in ("another process took the cell over",
+                                "another process claimed the cell after this one (claim 3, this 2)")  # fmt: skip

@@ -54,7 +54,7 @@ def test_the_wheel_runs_a_suite_from_an_empty_folder(tmp_path):
                    "--set", "features.domain.steps=150", "--set", "features.domain.min_test_accuracy=0.5")  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
     metrics = json.loads(scored.stdout)["metrics"]
-    assert 0 < metrics["fid"] < 50 and metrics["eval/generated_images"] == 360
+    assert 0 < metrics["fid_domain"] < 50 and metrics["eval/generated_images"] == 360  # outside a suite: named
     # a suite from Python: the finished cell is skipped
     code = f"import bench; print([o['status'] for o in bench.run_suite('quick', overrides={settings[1::2]!r})])"
     again = subprocess.run([sys.executable, "-c", code], cwd=empty, env=env, capture_output=True, text=True,

@@ -145,7 +145,17 @@ def test_best_checkpoint_gets_the_full_evaluation(tmp_path, monkeypatch):
     values = iter([5.0, 2.0, 3.0, 4.0])
     monkeypatch.setattr(evaluate_mod, "fid", lambda generated, real: next(values))  # the periodic FID only
     cfg = tiny_config("models=['gan-mlp']", "seeds=[0]", "train.eval_every=5")
+    at_finished, end = [], tracking.Run.end
+
+    def recording_end(self, status="FINISHED"):  # which local checkpoints exist when a cell's FINISHED is written
+        if status == "FINISHED" and self.tag(schema.FAMILY) in ("gan", "vae"):  # a model's cell, not the data row
+            at_finished.append(sorted(p.name for p in (tmp_path / "checkpoints").glob("*/*.pt")))
+        return end(self, status)
+
+    monkeypatch.setattr(tracking.Run, "end", recording_end)
     run_suite(cfg, "quick", results=tmp_path, progress=False, echo=lambda line: None, executor="inline")
+    # nothing is deleted before FINISHED is recorded: an interruption until then resumes from them
+    assert at_finished == [["best.pt", "last.pt"]] and not list((tmp_path / "checkpoints").glob("*/*.pt"))
     run = child_runs(tracking.default_uri(tmp_path)).iloc[0]
     assert run["metrics.best/step"] == 10 and run["metrics.best/periodic_fid"] == 2.0
     assert run["metrics.periodic/fid"] == 4.0  # the last value of the curve

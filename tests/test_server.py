@@ -59,6 +59,10 @@ def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_
     planted.parent.mkdir()
     torch.save({**state, "hook": RunsCode(marker)}, planted)
     client.log_artifact(cell.info.run_id, str(planted), "resume")
+    from bench.storage import file_digest
+
+    # ... and its digest tag too (the digests catch uploads cut short, not someone with write access)
+    client.set_tag(cell.info.run_id, schema.RESUME_SHA256, file_digest(planted))
     node = tmp_path / "node-c"
     seed_cache(domain_cache, node)
     again = CliRunner().invoke(

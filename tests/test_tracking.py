@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import mlflow
 import mlflow.pytorch
@@ -139,6 +140,11 @@ def test_every_kind_of_baseline_is_logged_as_a_model_that_loads_and_samples_the_
     logged = mlflow.MlflowClient(tracker.uri).get_logged_model(model_id)
     assert logged.source_run_id == run.run_id and logged.name == "final" and "READY" in str(logged.status)
     assert logged.tags.get("bench.model") == name  # the Models tab filters by the cell's tags
+    # what a user installs to load it: torch alone (the model zoo travels with the model as code)
+    folder = Path(logged.artifact_location.removeprefix("file://"))
+    requirements = (Path(folder) / "requirements.txt").read_text().split()
+    assert [r.split("==")[0] for r in requirements if not r.startswith("mlflow")] == ["torch"], requirements
+    assert (Path(folder) / "code" / "baselines" / "__init__.py").is_file()
     expected = model.sample(6, generator=torch.Generator().manual_seed(1))
     assert torch.equal(loaded.sample(6, generator=torch.Generator().manual_seed(1)), expected)
     if model.family == "gan":
@@ -191,3 +197,39 @@ def test_bench_sample_rebuilds_the_model_from_weights_and_refuses_a_checkpoint_t
     assert f"run {evil.run_id}'s checkpoints/final.pt: refused: loading it would run code" in line, line
     assert "it imports io.open" in line
     assert not marker.exists() and not (tmp_path / "e.png").exists()
+
+
+def test_a_shared_checkpoint_is_verified_and_the_newest_copy_wins(tmp_path):
+    """What a cell shares for other nodes (resume/last.pt and resume/best.pt, their sha256 and step as tags): a node
+    without a copy gets both; a node with a newer copy keeps its own, one with an older copy gets the store's; a
+    stored file that does not match its digest (an upload cut short) is refused and the local file left as it was."""
+    import torch
+
+    from bench import schema
+    from bench.run import checkpoints
+    from bench.storage import atomic_save
+
+    tracker = tracking.Tracker(tracking.default_uri(tmp_path), "quick", tmp_path / "artifacts")
+    run = tracker.start_run("cell", {schema.CELL: "k1"})
+    weights = torch.nn.Linear(2, 2).state_dict()
+
+    def save(path, step):
+        atomic_save({"model": weights, "step": step}, path)
+
+    shared = tmp_path / "node-a" / "last.pt"
+    save(shared, 200), save(shared.with_name("best.pt"), 150)
+    run.log_resume_checkpoint(shared, 200)
+    local = tmp_path / "node-b" / "last.pt"
+    assert tracker.shared_checkpoint("k1", local, newer_than=checkpoints.step_of(local)) == run.run_id
+    assert checkpoints.step_of(local) == 200 and checkpoints.step_of(local.with_name("best.pt")) == 150
+    save(local, 300)  # this node got further than the store's copy
+    assert tracker.shared_checkpoint("k1", local, newer_than=checkpoints.step_of(local)) is None
+    assert checkpoints.step_of(local) == 300
+    save(local, 100)  # an older copy: the store's wins
+    assert tracker.shared_checkpoint("k1", local, newer_than=checkpoints.step_of(local)) == run.run_id
+    assert checkpoints.step_of(local) == 200
+    save(local, 100)
+    run.set_tags({schema.RESUME_SHA256: "0" * 64})  # the digest of a file that never arrived whole
+    with pytest.raises(tracking.TrackingError, match="does not match the sha256"):
+        tracker.shared_checkpoint("k1", local, newer_than=checkpoints.step_of(local))
+    assert checkpoints.step_of(local) == 100

@@ -114,8 +114,9 @@ def perf(
     "samples_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNG/JPEG images "
-    "(or of class folders of them).",
+    help="A .npy/.npz array (N, C, H, W) or (N, H, W, C), uint8 or floats in [0, 1], or a folder of PNG, JPEG, WebP, "
+    "BMP or TIFF images (or of class folders of them; odd-sized images resized to the most common size, PIL "
+    "bicubic, said in the protocol).",
 )
 @click.option(
     "--suite",
@@ -132,9 +133,37 @@ def perf(
 @click.option(
     "--reference",
     default=None,
-    help="What to compare with: a folder or array of images, or DATASET:SPLIT [the dataset's reference split].",
+    help="What to compare with: a folder or array of images, DATASET:SPLIT, or torch-fidelity's cifar10-train / "
+    "cifar10-val [the dataset's reference split].",
 )
-@click.option("--encoder", "encoders", multiple=True, help="A feature encoder (repeat for several) [the suite's].")
+@click.option(
+    "--encoder",
+    "encoders",
+    multiple=True,
+    help="A feature encoder: inception, dinov2, dinov2-vits14, ..., domain (repeat for several) [the suite's; "
+    "without --suite or --dataset: inception].",
+)
+@click.option(
+    "--metrics",
+    "metric_names",
+    default=None,
+    metavar="NAMES",
+    help="Compute only these, comma-separated: fid, fid_inf, is (isc), kid, prc (precision and recall), dc (density "
+    "and coverage) [all].",
+)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, mps, or auto.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=None,
+    help="Images per encoder pass [500; under --suite: --set eval.batch_size=N].",
+)
+@click.option(
+    "--allow-small-n",
+    is_flag=True,
+    help="Compute FID with no more images a side than feature dimensions (biased; a warning, and marked in the "
+    "protocol).",
+)
 @click.option("--name", default=None, help="Log the samples as a leaderboard row with this label (tag bench.model).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 @uri_option
@@ -146,6 +175,10 @@ def eval_(
     dataset: str | None,
     reference: str | None,
     encoders: tuple[str, ...],
+    metric_names: str | None,
+    device: str,
+    batch_size: int | None,
+    allow_small_n: bool,
     name: str | None,
     as_json: bool,
     tracking_uri: str | None,
@@ -156,15 +189,25 @@ def eval_(
     `external` run beside a suite's models.
 
     \b
-    bench eval --samples gen/ --dataset digits --json                     # vs digits' reference split
-    bench eval --samples gen/ --reference real/ --encoder inception --json  # folder against folder
-    bench eval --samples s.npz --suite quick --dataset digits --name mine  # a leaderboard row"""
+    bench eval --samples gen/ --reference real/ --json                     # Inception: fid_inception, ...
+    bench eval --samples gen/ --reference cifar10-train --metrics fid,kid  # only FID and KID
+    bench eval --samples gen/ --dataset digits --json                      # vs digits' reference split
+    bench eval --samples s.npz --suite quick --dataset digits --name mine  # a leaderboard row
+
+    Outside a suite, metric names carry the encoder (fid_inception, kid_mean_dinov2); under --suite they are the
+    suite's plain names (fid) and every metric of its protocol is computed. FID fits a Gaussian to each side's
+    features, so it needs more images a side than feature dimensions (Inception: 2,048; DINOv2 ViT-S: 384):
+    fewer is an error unless --allow-small-n. Samples that are the reference images (a sanity check) score FID 0
+    with a warning."""
     cfg = load_config(config_path, overrides, suite)
     if name is not None:
         if suite is None or dataset is None:
             fail("--name logs a leaderboard row under a suite's protocol: give --suite and --dataset too")
-        if reference is not None or encoders:
-            fail("--name scores under the suite's own reference and encoders: leave out --reference and --encoder")
+        if reference is not None or encoders or metric_names or allow_small_n:
+            fail(
+                "--name scores under the suite's own reference, encoders and metrics: leave out --reference, "
+                "--encoder, --metrics and --allow-small-n"
+            )
         known = cfg.suite(suite).datasets
         if dataset not in known:
             fail(f"dataset {dataset!r} is not in suite {suite!r} (its datasets: {', '.join(known)})")
@@ -176,21 +219,25 @@ def eval_(
     from bench.data import DataError, load
     from bench.devices import resolve_device
     from bench.eval.encoders import EncoderError
-    from bench.eval.metrics import MetricError
+    from bench.eval.metrics import MetricError, metric_groups
     from bench.tools.external import SampleError, score, score_and_log
 
-    device = resolve_device(cfg.suite(suite).train.device if suite else "auto")
     echo = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     try:
+        which = metric_groups(metric_names)  # an unknown name: an error before anything is read
+        if batch_size is not None and suite is not None:
+            fail("--batch-size is part of a suite's protocol: give --set eval.batch_size=N with --suite")
+        device_ = resolve_device(device if device != "auto" or not suite else cfg.suite(suite).train.device, "--device")
         if name is None:
             result = score(cfg, samples_path, suite_name=suite, dataset_name=dataset, reference=reference,
-                           encoders=encoders, results=results(), device=device, echo=echo).as_dict()  # fmt: skip
+                           encoders=encoders, metrics=which, batch_size=batch_size, allow_small_n=allow_small_n,
+                           results=results(), device=device_, echo=echo).as_dict()  # fmt: skip
         else:
             s = cfg.suite(suite)
             data = load(dataset, validation=s.eval.validation_images)
             uri = tracking.resolve_uri(tracking_uri, results())
-            run_id, metrics = score_and_log(cfg, suite, data, samples_path, name, uri, results(), device, echo)
-            result = {"metrics": metrics, "run_id": run_id}
+            logged = score_and_log(cfg, suite, data, samples_path, name, uri, results(), device_, echo)
+            result = {**logged.as_dict(), "run_id": logged.run_id}
     except (SampleError, DataError, EncoderError, MetricError, ConfigError, tracking.TrackingError) as e:
         fail(str(e))
     if as_json:
@@ -199,7 +246,8 @@ def eval_(
     metrics = result["metrics"]
     shown = [k for k in (schema.FID, schema.FID_INF, schema.KID_MEAN, schema.PRECISION, schema.RECALL) if k in metrics]
     if name is None:
-        click.echo(f"{result['samples']} samples against {result['reference']} (protocol {result['protocol']}):")
+        click.echo(f"{result['samples']} samples against {result['reference']}, {' and '.join(result['encoders'])} "
+                   f"features (protocol {result['protocol']}):")  # fmt: skip
         for key in sorted(metrics):
             click.echo(f"  {key:<28} {metrics[key]:.6g}")
         return

@@ -31,7 +31,7 @@ from bench.config import DomainConfig
 from bench.data import Dataset
 from bench.devices import strict_fp32
 from bench.schema import ENCODERS
-from bench.storage import bytes_digest, cached, json_digest
+from bench.storage import bytes_digest, cached, file_digest, json_digest
 
 DOMAIN_VERSION = "domain-cnn-v1"  # bump when the architecture or training code changes
 
@@ -51,8 +51,9 @@ class Encoder:
     feature_dim: int = 0  # d of the features; FID needs more than d images on each side
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch_size: int = 500) -> dict[str, torch.Tensor]:
-        """uint8 (N, C, H, W) → {"features": float64 (N, d), "logits": float64 (N, K)} on the CPU.
+    def __call__(self, images: torch.Tensor, batch_size: int = 500, progress: str = "") -> dict[str, torch.Tensor]:
+        """uint8 (N, C, H, W) → {"features": float64 (N, d), "logits": float64 (N, K)} on the CPU; with `progress`,
+        a progress bar of that title on stderr (where stderr is a terminal).
 
         Always in strict fp32: TF32 is switched off for the extraction (and restored), whatever training used."""
         if images.dtype != torch.uint8:
@@ -60,10 +61,19 @@ class Encoder:
         device = next(self.net.parameters()).device
         out: dict[str, list[torch.Tensor]] = {}
         self.net.eval()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(images), desc=progress, unit="img", disable=None, leave=False, dynamic_ncols=True)
         with strict_fp32():
             for chunk in images.split(batch_size):
                 for key, value in self.net(chunk.to(device)).items():  # features; logits when it classifies
                     out.setdefault(key, []).append(value.double().cpu())
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         return {key: torch.cat(parts) for key, parts in out.items()}
 
 
@@ -197,11 +207,6 @@ def weights_path(name: str) -> Path | None:
         f"torch's hub cache ({hub}), and {why}. Set {w.env}=/path/to/{w.file}, copy the file into {hub.parent}, "
         f"run once with network access, or {otherwise}"
     )
-
-
-def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return bytes_digest(iter(lambda: f.read(1 << 20), b""))
 
 
 class InceptionNet(nn.Module):

@@ -16,10 +16,6 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 
 from bench.config import EvalConfig
 from bench.schema import (
-    COPYING,
-    COPYING_CELLS,
-    COPYING_SAMPLES,
-    COPYING_TEST_SHARE,
     COVERAGE,
     DENSITY,
     FID,
@@ -34,6 +30,39 @@ from bench.schema import (
 )
 
 FID_TOLERANCE = 1e-6  # |FID| below this is numerically zero: identical statistics, or a failed square root
+
+# The sample metrics one can ask for (`bench eval --metrics`, `bench.evaluate(metrics=)`), each with the keys it
+# gives; torch-fidelity's flag names (isc, prc) are accepted too.
+METRICS = {
+    "fid": (FID,),
+    "fid_inf": (FID_INF, FID_INF_SE),
+    "is": (IS_MEAN, IS_STD),
+    "kid": (KID_MEAN, KID_STD),
+    "prc": (PRECISION, RECALL),
+    "dc": (DENSITY, COVERAGE),
+}
+METRIC_ALIASES = {"isc": "is", "precision": "prc", "recall": "prc", "density": "dc", "coverage": "dc"}
+
+
+def metric_groups(names) -> frozenset[str] | None:
+    """The metric groups (METRICS keys) for names as a user gives them ("fid,kid", ["fid", "isc"]); None for all.
+    An unknown name is a MetricError that lists the known ones, before any work is done."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = names.split(",")
+    out = set()
+    for name in (n.strip().lower() for n in names):
+        if not name:
+            continue
+        group = METRIC_ALIASES.get(name, name)
+        if group not in METRICS:
+            known = ", ".join([*METRICS, *METRIC_ALIASES])
+            raise MetricError(f"unknown metric {name!r}: choose from {known}")
+        out.add(group)
+    if not out:
+        raise MetricError(f"no metric named: choose from {', '.join(METRICS)}")
+    return frozenset(out)
 
 
 class MetricError(RuntimeError):
@@ -208,96 +237,6 @@ def density_coverage(generated: torch.Tensor, real: torch.Tensor, k: int = 5, se
     return density, coverage
 
 
-COPYING_MIN_SAMPLES = 20  # a cell enters C_T with more generated samples than this: Meehan et al.'s τ = 20 / m
-
-
-def copying_reference(train: torch.Tensor, test: torch.Tensor, cells: int = 20, seed: int = 0) -> dict:
-    """The half of the C_T test (`data_copying`) that does not depend on the model, computed once per reference:
-    the k-means cells of the training features (Lloyd's algorithm from `cells` seeded training points, at most 50
-    iterations; an emptied cell keeps its centre), the cell of each training and test feature, and each test
-    feature's distance to its nearest training feature within its own cell."""
-    g = torch.Generator().manual_seed(seed)
-    train = train.double()
-    centres = train[torch.randperm(len(train), generator=g)[:cells]].clone()
-    for _ in range(50):
-        assign = nearest_centre(train, centres)
-        moved = centres.clone()
-        for c in range(len(centres)):
-            members = train[assign == c]
-            if len(members):
-                moved[c] = members.mean(0)
-        if torch.allclose(moved, centres):
-            break
-        centres = moved
-    train_cell = nearest_centre(train, centres)
-    test_cell = nearest_centre(test, centres)
-    return {
-        "centres": centres,
-        "train_cell": train_cell,
-        "test_cell": test_cell,
-        "test_nn": _within_cells(test, test_cell, train, train_cell, len(centres)),
-    }
-
-
-def _within_cells(x: torch.Tensor, x_cell: torch.Tensor, train: torch.Tensor, train_cell: torch.Tensor, cells: int):
-    """Each row of x's distance to the nearest training feature of its own cell (inf where the cell holds none)."""
-    out = torch.full((len(x),), math.inf, dtype=torch.float64)
-    for c in range(cells):
-        rows, members = x_cell == c, train[train_cell == c]
-        if rows.any() and len(members):
-            out[rows] = nearest_distance(x[rows], members)
-    return out
-
-
-def data_copying(
-    generated: torch.Tensor,
-    train: torch.Tensor,
-    test: torch.Tensor,
-    cells: int = 20,
-    seed: int = 0,
-    reference: dict | None = None,
-) -> dict | None:
-    """The C_T statistic of Meehan, Chaudhuri & Dasgupta 2020 ("A Non-Parametric Test to Detect Data-Copying in
-    Generative Models"), as their code computes it. The feature space is cut into `cells` cells by k-means on the
-    training features. In each cell, the distances of the generated samples (Q_m) to their nearest training feature
-    *of that cell* are compared with those of the test images (P_n) by the Mann-Whitney U statistic (U = pairs
-    where the generated distance is larger, ties half), z-scored under H₀ with the authors' continuity correction:
-    Z_U = (U − (mn/2 − 1/2)) / √(mn(m + n + 1)/12). C_T averages the Z_U of the cells holding more than
-    COPYING_MIN_SAMPLES generated samples (their τ = 20/m), weighted by each cell's share of test images.
-
-    Equal sizes: the larger of the generated and test sets is subsampled (seeded) to the smaller one, so m = n.
-    C_T ≪ 0 means data copying (the authors flag below −3); ≈ 0 none; > 0 samples further from the training data
-    than test data (underfitting). C_T is a z-score and grows like √m for one model: C_T/√m is the per-sample
-    effect size (the report shows both).
-    Returns {COPYING: C_T, COPYING_CELLS: cells used, COPYING_TEST_SHARE: their share of the test images,
-    COPYING_SAMPLES: m = n}, or None when no cell has enough generated samples (a model collapsed into a corner).
-    `reference`: copying_reference(train, test, cells, seed), when computed once for many models."""
-    if reference is None:
-        reference = copying_reference(train, test, cells, seed)
-    centres, test_cell, test_nn = reference["centres"], reference["test_cell"], reference["test_nn"]
-    size = min(len(generated), len(test_nn))
-    g = torch.Generator().manual_seed(seed)
-    pick_gen = torch.randperm(len(generated), generator=g)[:size].sort().values
-    pick_test = torch.randperm(len(test_nn), generator=g)[:size].sort().values
-    generated, test_cell, test_nn = generated[pick_gen], test_cell[pick_test], test_nn[pick_test]
-    gen_cell = nearest_centre(generated, centres)
-    gen_nn = _within_cells(generated.double(), gen_cell, train.double(), reference["train_cell"], len(centres))
-    total = weight = 0.0
-    used = 0
-    for c in range(len(centres)):
-        q, p = gen_nn[gen_cell == c], test_nn[test_cell == c]
-        m, n = len(q), len(p)
-        if m <= COPYING_MIN_SAMPLES or n == 0:  # τ; a cell without test images weighs nothing
-            continue
-        u = (q[:, None] > p[None, :]).sum().item() + 0.5 * (q[:, None] == p[None, :]).sum().item()
-        z = (u - (m * n / 2 - 0.5)) / math.sqrt(m * n * (m + n + 1) / 12)
-        share = n / size
-        total, weight, used = total + share * z, weight + share, used + 1
-    if weight == 0:
-        return None
-    return {COPYING: total / weight, COPYING_CELLS: float(used), COPYING_TEST_SHARE: weight, COPYING_SAMPLES: size}
-
-
 def check_counts(generated: int, real: int, dim: int, encoder: str = "") -> None:
     """FID fits a d-dimensional Gaussian to each side: with no more images than feature dimensions it is undefined.
     The one place this rule lives: the suite checks it before training, the evaluation again on the features."""
@@ -310,11 +249,22 @@ def check_counts(generated: int, real: int, dim: int, encoder: str = "") -> None
         )
 
 
-def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
-    """All sample-quality metrics of one evaluation, by their MLflow names, behind the sanity gates: too few
-    samples for the feature dimension, non-finite features or metrics, a negative or numerically zero FID each
-    raise MetricError (the cell is recorded FAILED) instead of producing a number."""
-    check_counts(len(generated["features"]), len(real["features"]), generated["features"].shape[1])
+def sample_metrics(
+    generated: dict[str, torch.Tensor],
+    real: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    which: frozenset[str] | None = None,
+    *,
+    small_n: bool = False,
+    copies: bool = False,
+) -> dict:
+    """The sample-quality metrics of one evaluation (all, or the METRICS groups in `which`), by their MLflow names,
+    behind the sanity gates: too few samples for the feature dimension (unless `small_n`: asked for, and said in the
+    protocol), non-finite features or metrics, a negative or numerically zero FID (unless `copies`: the samples are
+    the reference images, as in a sanity check) each raise MetricError (the cell is recorded FAILED) instead of
+    producing a number."""
+    if not small_n and (which is None or which & {"fid", "fid_inf"}):
+        check_counts(len(generated["features"]), len(real["features"]), generated["features"].shape[1])
     for side, feats in (("generated", generated), ("reference", real)):
         for key, value in feats.items():
             if not torch.isfinite(value).all():
@@ -322,10 +272,12 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
                     f"the {side} {key} contain NaN or infinite values: the images or the encoder "
                     "are degenerate; not reported"
                 )
-    out = compute(generated, real, cfg)
+    out = compute(generated, real, cfg, which)
     bad = {k: v for k, v in out.items() if not math.isfinite(v)}
     if bad:
         raise MetricError(f"non-finite metric values {bad}: the samples or features are degenerate")
+    if FID not in out or copies:
+        return out
     if out[FID] < -FID_TOLERANCE:
         raise MetricError(f"negative FID {out[FID]:.3g}: the matrix square root failed numerically; not reported")
     if out[FID] < FID_TOLERANCE:
@@ -336,20 +288,28 @@ def sample_metrics(generated: dict[str, torch.Tensor], real: dict[str, torch.Ten
     return out
 
 
-def compute(generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], cfg: EvalConfig) -> dict:
-    """The metrics themselves, without the gates (the agreement tests compare this with torch-fidelity)."""
-    subset = min(cfg.kid_subset_size, len(generated["features"]), len(real["features"]))
-    out = {FID: fid(generated["features"], real["features"])}
-    extrapolated = fid_infinity(generated["features"], real["features"], cfg.seed)
-    if extrapolated is not None:
+def compute(
+    generated: dict[str, torch.Tensor],
+    real: dict[str, torch.Tensor],
+    cfg: EvalConfig,
+    which: frozenset[str] | None = None,
+) -> dict:
+    """The metrics themselves (all, or the METRICS groups in `which`), without the gates (the agreement tests
+    compare this with torch-fidelity)."""
+    wanted = METRICS.keys() if which is None else which
+    g, r = generated["features"], real["features"]
+    out = {}
+    if "fid" in wanted:
+        out[FID] = fid(g, r)
+    if "fid_inf" in wanted and (extrapolated := fid_infinity(g, r, cfg.seed)) is not None:
         out[FID_INF], out[FID_INF_SE] = extrapolated
-    if generated.get("logits") is not None and generated["logits"].shape[1]:  # a classifier head (not DINOv2)
+    if "is" in wanted and generated.get("logits") is not None and generated["logits"].shape[1]:  # not DINOv2
         out[IS_MEAN], out[IS_STD] = inception_score(generated["logits"], cfg.isc_splits, cfg.seed)
-    out[KID_MEAN], out[KID_STD] = kid(generated["features"], real["features"], cfg.kid_subsets, subset, cfg.seed)
-    out[PRECISION], out[RECALL] = precision_recall(
-        generated["features"], real["features"], cfg.prc_neighborhood, cfg.seed
-    )
-    out[DENSITY], out[COVERAGE] = density_coverage(
-        generated["features"], real["features"], cfg.dc_neighborhood, cfg.seed
-    )
+    if "kid" in wanted:
+        subset = min(cfg.kid_subset_size, len(g), len(r))
+        out[KID_MEAN], out[KID_STD] = kid(g, r, cfg.kid_subsets, subset, cfg.seed)
+    if "prc" in wanted:
+        out[PRECISION], out[RECALL] = precision_recall(g, r, cfg.prc_neighborhood, cfg.seed)
+    if "dc" in wanted:
+        out[DENSITY], out[COVERAGE] = density_coverage(g, r, cfg.dc_neighborhood, cfg.seed)
     return out

@@ -19,10 +19,11 @@ import torch
 from baselines.contract import GenerativeModel
 from bench.config import EvalConfig
 from bench.data import Dataset
+from bench.eval.copying import data_copying
 from bench.eval.decoder_ais import decoder_likelihood, has_own_model, own_model_check
 from bench.eval.encoders import Encoder
 from bench.eval.likelihood import observe_test, reconstruction_quality, vae_likelihood
-from bench.eval.metrics import data_copying, fid, pairwise_distances, sample_metrics
+from bench.eval.metrics import fid, pairwise_distances, sample_metrics
 from bench.eval.protocol import fingerprint, protocol, real_row_images, sample_counts
 from bench.eval.real_features import RealFeatures
 from bench.schema import (

@@ -15,8 +15,9 @@ import torch
 
 from bench.config import EvalConfig, TrainConfig
 from bench.data import VALIDATION_SEED, Dataset
+from bench.eval.copying import COPYING_MIN_SAMPLES
 from bench.eval.likelihood import observe_test
-from bench.eval.metrics import COPYING_MIN_SAMPLES, FID_INF_MIN_FRACTION, FID_INF_POINTS
+from bench.eval.metrics import FID_INF_MIN_FRACTION, FID_INF_POINTS
 from bench.schema import (
     GENERATED_IMAGES,
     MATCHED_IMAGES,

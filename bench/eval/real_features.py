@@ -21,8 +21,8 @@ import torch
 
 from bench.config import EvalConfig
 from bench.data import VALIDATION, Dataset
+from bench.eval.copying import copying_reference
 from bench.eval.encoders import Encoder
-from bench.eval.metrics import copying_reference
 from bench.schema import SELECTION_ENCODER
 from bench.storage import bytes_digest, cached, json_digest
 

@@ -151,6 +151,8 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
         ctx.echo(f"{label} {cell.name}: FAILED — {message}")
         return Outcome(cell, "FAILED", run.run_id, message, seconds=time.perf_counter() - start)
     run.end("FINISHED")
+    # only now: until FINISHED is recorded, an interruption resumes from these (the run holds final.pt and best.pt)
+    checkpoints.remove(checkpoints.checkpoint_path(ctx.results, key))
     seconds = time.perf_counter() - start
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in schema.SHOWN if k in metrics)
     ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
@@ -208,8 +210,6 @@ def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:
     checkpoints.log(run, final, "final.pt")
     if best_path.is_file():
         metrics.update(evaluate_best(model, best_path, final=ev, final_step=result.steps, cell=cell, ctx=ctx, run=run))
-        best_path.unlink()
-    checkpoints.remove(checkpoint)  # the finished run holds the final and best checkpoints
     metrics[schema.TRACKING_S] = run.seconds  # every MLflow call of the cell so far, artifacts included
     run.log_metrics({schema.TRACKING_S: metrics[schema.TRACKING_S]}, step=result.steps)
     return metrics
@@ -241,7 +241,6 @@ def _score_trial(job: CellJob, ctx: CellContext, model, result: TrainResult, che
     }
     run.log_metrics(metrics, step=result.steps)
     run.log_image(grid(generate(model, 64, 64, seed)), schema.SAMPLES_FINAL)
-    checkpoints.remove(checkpoint)
     ctx.echo(f"    validation FID {value:.4g} ({seconds:.1f} s)")
     return metrics
 
@@ -333,9 +332,9 @@ class CellLogger:
     run: tracking.Run
     share: bool = False
 
-    def on_checkpoint(self, path: Path) -> None:
+    def on_checkpoint(self, path: Path, step: int = -1) -> None:
         if self.share:
-            self.run.log_resume_checkpoint(path)
+            self.run.log_resume_checkpoint(path, step)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.run.log_metrics(metrics, step)

@@ -110,6 +110,14 @@ def interrupted_attempt(results: Path, key: str) -> dict | None:
     return {"step": state["step"], "run_id": state.get("run_id")}
 
 
+def step_of(path: Path) -> int:
+    """The step of the checkpoint at `path`; -1 when there is none, or none that reads."""
+    try:
+        return int(read(path)["step"]) if Path(path).is_file() else -1
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return -1
+
+
 def set_aside_if_unusable(path: Path, name: str) -> str | None:
     """None when the checkpoint at `path` reads (weights-only); otherwise why not, with the file moved aside to
     `last.pt.refused` (kept for a look, never read again), so the cell starts from step 0 instead of failing on it

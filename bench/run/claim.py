@@ -6,7 +6,6 @@ it (`_claim`). The lease itself (the heartbeat tag, when a holder counts as live
 from __future__ import annotations
 
 import time
-import uuid
 
 import baselines
 from bench import schema, tracking
@@ -14,14 +13,17 @@ from bench.run import checkpoints
 from bench.run.cell import ELSEWHERE, CellContext, CellJob, Outcome, SuiteRun
 from bench.run.matrix import Cell
 from bench.run.record import open_run
+from bench.tracking.lease import generation_of, holder_id
 
 
 def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") -> Outcome | CellJob:
     """SKIPPED when a FINISHED run of the same key exists; ELSEWHERE when another process holds the cell's lease (a
-    RUNNING run of it with a live heartbeat); otherwise the cell's run, ready for an executor: its interrupted
-    attempt's run reopened (from the local checkpoint, or from the one kept in a remote tracking store), or a new
-    one under the suite's parent run. A run whose holder stopped renewing its lease (a dead node) is taken over.
-    Of two processes opening one cell at once, the one whose run started first keeps it (`_claim`)."""
+    RUNNING run of it with a live heartbeat) or has just claimed it; otherwise the cell claimed by this process and
+    its run, ready for an executor: its interrupted attempt's run reopened (from the local checkpoint, or from the
+    one kept in a remote tracking store), or a new one under the suite's parent run. A run whose holder stopped
+    renewing its lease (a dead node) is taken over. The claim is atomic: each takeover claims the cell's next
+    generation (bench.tracking.lease: claims), which exactly one process gets however they interleave; the others
+    wait for it, and a holder whose generation is no longer the latest stops at its next beat."""
     dataset = ctx.datasets[cell.dataset]
     key = cell.key(dataset.digest)
     tracker = suite.tracker
@@ -35,19 +37,27 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
     if live:
         ctx.echo(f"{label} {cell.name}: running elsewhere ({live[0].describe()}); waiting for it after the others")
         return Outcome(cell, ELSEWHERE, live[0].run_id, error=live[0].describe())
+    generation = tracker.latest_claim(key)
+    if generation and tracker.claim_pending(key, generation):
+        return _claimed_elsewhere(cell, tracker, key, generation, ctx, label)
     for stale in holders:
         ctx.echo(f"{label} {cell.name}: its holder stopped renewing its lease ({stale.describe()}); taking it over")
         tracker.release(stale.run_id, f"its holder ({stale.describe()}) stopped renewing the cell's lease")
+    holder = holder_id(generation + 1)  # this claim: a process that lost the cell to another sees another id on the run
+    if not tracker.claim(key, generation + 1, holder):
+        return _claimed_elsewhere(cell, tracker, key, generation + 1, ctx, label)
     checkpoint, where = checkpoints.checkpoint_path(ctx.results, key), None
-    if not checkpoint.is_file() and tracking.is_remote(ctx.uri):
-        if source := tracker.shared_checkpoint(key, checkpoint):
-            where = f"run {source}'s {schema.RESUME_ARTIFACT} in the tracking store"
-            ctx.echo(f"{label} {cell.name}: its checkpoint came from the tracking store")
+    if tracking.is_remote(ctx.uri):  # the newest copy wins: this node's, or the store's
+        try:
+            if source := tracker.shared_checkpoint(key, checkpoint, newer_than=checkpoints.step_of(checkpoint)):
+                where = f"run {source}'s {schema.RESUME_ARTIFACT} in the tracking store"
+                ctx.echo(f"{label} {cell.name}: its checkpoint came from the tracking store")
+        except tracking.TrackingError as e:
+            ctx.echo(f"{label} {cell.name}: warning: {e}")
     if checkpoint.is_file() and (why := checkpoints.set_aside_if_unusable(checkpoint, where or str(checkpoint))):
         ctx.echo(f"{label} {cell.name}: warning: {why}; the cell starts from step 0")
     ctx.echo(f"{label} {cell.name}: training {cell.train.steps} steps ...")
     previous = (checkpoints.interrupted_attempt(ctx.results, key) or {}).get("run_id")
-    holder = uuid.uuid4().hex  # this claim: a process that lost the cell to another sees another id on the run
     run = tracker.reopen_run(previous, key, holder) if previous else None
     if run is not None:
         ctx.echo(f"{label} {cell.name}: continuing its interrupted run {run.run_id}")
@@ -65,29 +75,24 @@ def open_cell(cell: Cell, suite: SuiteRun, ctx: CellContext, label: str = "") ->
             parent=suite.parent,
             holder=holder,
         )
-    rival = _claim(tracker, key, run, holder, reopened=run.run_id == previous)
-    if rival is not None:
-        ctx.echo(f"{label} {cell.name}: another bench run took it at the same moment ({rival.describe()})")
-        return Outcome(cell, ELSEWHERE, rival.run_id, error=rival.describe())
     return CellJob(cell, key, run, label, holder)
 
 
-def _claim(tracker: tracking.Tracker, key: str, run: tracking.Run, holder: str, reopened: bool):
-    """One cell, one trainer: of the cell's live runs the earliest (start time, then id) keeps the cell. A run this
-    process created and lost is deleted; returns the rival that holds the cell, or None when this run does. A
-    reopened run carries the holder id its last reopener wrote (schema.HOLDER), read back after a moment: of two
-    processes reopening the same run, the one whose id stayed holds it, the same id its lease checks at every beat."""
-    rivals = [h for h in tracker.holders(key) if h.live]
-    first = rivals[0] if rivals else None
-    if first is not None and first.run_id != run.run_id:
-        if not reopened:
-            tracker.withdraw(run.run_id)
-        return first
-    if reopened:
-        time.sleep(1.0)
-        if tracker.tag(run.run_id, schema.HOLDER) != holder:
-            return next((h for h in tracker.holders(key) if h.run_id == run.run_id), first)
-    return None
+CLAIM_SETTLE_S = 5.0  # how long a process that lost a claim looks for the winner's run before waiting without it
+
+
+def _claimed_elsewhere(cell: Cell, tracker, key: str, generation: int, ctx: CellContext, label: str) -> Outcome:
+    """ELSEWHERE for a cell another process claimed (generation `generation`): the winner's run to wait for, once it
+    shows (a moment after its claim); without one yet, the suite looks again while it waits."""
+    deadline = time.monotonic() + CLAIM_SETTLE_S
+    while True:
+        live = [h for h in tracker.holders(key) if h.live and generation_of(h.holder) >= generation]
+        if live or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    what = live[0].describe() if live else f"claim {generation}, its run not open yet"
+    ctx.echo(f"{label} {cell.name}: another bench run claimed it ({what}); waiting for it after the others")
+    return Outcome(cell, ELSEWHERE, live[0].run_id if live else "", error=what)
 
 
 WAIT_POLL_S = 5.0  # how often a suite looks at cells another process is training
@@ -102,11 +107,20 @@ def wait_elsewhere(outcomes: list[Outcome], suite_run: SuiteRun, run_here, echo)
     said = 0.0
     while pending:
         if time.monotonic() - said > 60:
-            echo(f"waiting for {len(pending)} cell(s) another bench run is training ...")
+            echo(
+                f"waiting for {len(pending)} cell(s) another bench run is training (a holder whose heartbeat stays "
+                f"unchanged for {schema.LEASE_S:.0f} s is taken over) ..."
+            )
             said = time.monotonic()
         time.sleep(WAIT_POLL_S)
         for i in list(pending):
             o = outcomes[i]
+            if not o.run_id:  # claimed by another process that had not opened its run: look at the cell again
+                pending.remove(i)
+                outcomes[i] = run_here((i + 1, o.cell))
+                if outcomes[i].status == ELSEWHERE:
+                    pending.append(i)
+                continue
             holder = suite_run.tracker.holder(o.run_id)
             if holder is not None and holder.live:
                 continue

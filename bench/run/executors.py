@@ -333,8 +333,12 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)
     local = checkpoints.checkpoint_path(results, spec["key"])
-    if not local.is_file() and tracking.is_remote(spec["uri"]) and run.fetch_resume_checkpoint(local):
-        echo(f"{spec['label']} {cell.name}: on {socket.gethostname()}, its checkpoint from the tracking store")
+    if tracking.is_remote(spec["uri"]):  # the newest copy wins: this node's, or the store's
+        try:
+            if run.fetch_resume_checkpoint(local, newer_than=checkpoints.step_of(local)):
+                echo(f"{spec['label']} {cell.name}: on {socket.gethostname()}, its checkpoint from the tracking store")
+        except tracking.TrackingError as e:
+            echo(f"{spec['label']} {cell.name}: warning: {e}")
     if run.tag(schema.ATTEMPT) == spec["attempt"]:  # this very dispatch ran before: Ray retried it (a node died)
         echo(f"{spec['label']} {cell.name}: retried after its node or worker died; resuming from its checkpoint")
         run.count_resume()

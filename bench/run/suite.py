@@ -100,7 +100,7 @@ def _preflight(
     """Everything the cells need, checked and prepared before any training starts: the encoders' weights (seconds:
     a missing file stops the suite before data or a domain classifier), the data, each dataset's real features in
     every encoder its cells need (`Cell.encoders`), and the sample counts FID needs."""
-    device = resolve_device(suite.train.device)
+    device = resolve_device(suite.train.device, "train.device")
     needed = encoders_by_dataset(cells)
     for name in dict.fromkeys(n for names in needed.values() for n in names):
         weights_path(name)
@@ -319,9 +319,7 @@ def _held(runs: pd.DataFrame) -> dict[str, str]:
     for _, run in running.iterrows():
         beat = run.get(schema.HEARTBEAT)
         started = float(run["start_time"]) / 1000  # ms
-        if schema.lease_live(beat if isinstance(beat, str) else None, started, now) and isinstance(
-            run.get(schema.CELL), str
-        ):
+        if _lease_live(beat if isinstance(beat, str) else None, started, now) and isinstance(run.get(schema.CELL), str):
             since = time.strftime("%H:%M:%S", time.localtime(started))
             out[run[schema.CELL]] = f"host {run.get(schema.HOST, '?')}, pid {run.get(schema.PID, '?')}, since {since}"
     return out
@@ -390,3 +388,11 @@ def run_real_row(dataset: Dataset, suite: SuiteConfig, ctx: CellContext, suite_r
         f"real data {dataset.name}: {what} {ev.metrics[schema.FID]:.4g} ({n} held-out images vs the "
         f"{suite.eval.reference_split} split), IS {ev.metrics[schema.IS_MEAN]:.4g}"
     )
+
+
+def _lease_live(heartbeat: str | None, started_s: float, now: float) -> bool:
+    """Whether a RUNNING cell run's lease looks held by this machine's clock: its last beat (unix seconds, as the tag
+    holds it), or its start before the first beat, younger than LEASE_S. For `bench run --dry-run`'s plan only: a
+    takeover is judged without comparing clocks (bench.tracking.lease.Watch)."""
+    last = float(heartbeat) if heartbeat else started_s
+    return now - last < schema.LEASE_S

@@ -159,12 +159,16 @@ def train(
                 checkpoints.save(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
                 if hasattr(logger, "on_checkpoint"):  # e.g. shared with other nodes through the tracking store
                     with clock.paused():
-                        logger.on_checkpoint(checkpoint)
+                        logger.on_checkpoint(checkpoint, step)
             if stop.requested is not None:
                 losses.check()
                 if checkpoint is not None:
+                    if fence is not None:
+                        fence()  # a cell another process holds now: its checkpoint is not this process's to write
                     trained = before + clock.trained()
                     checkpoints.save(checkpoint, model, optimizers, step, batch_rng, config or {}, trained, run_id)
+                    if hasattr(logger, "on_checkpoint"):  # a SIGTERM (a preempted node) shares where it stopped
+                        logger.on_checkpoint(checkpoint, step)
                 bar.close()
                 raise KeyboardInterrupt(f"stopped by signal {stop.requested} at step {step}; checkpoint saved")
     losses.check()

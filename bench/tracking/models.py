@@ -40,27 +40,29 @@ def save_model(model, local: Path, metadata: dict[str, str]) -> Path:
     """`model` as an MLflow PyTorch model in the folder `local` (what `Run.log_model` uploads as a LoggedModel), so
     that `mlflow.pytorch.load_model("models:/<model id>")` returns it in a fresh process, for MLflow's users (MLflow
     warns that loading a pickled model runs code: genbench itself never loads it, see
-    bench.run.checkpoints.load_logged). Pickled whole (the class is
-    importable from the installed genbench; a plugin's module travels with it as code); on the CPU, so any machine
-    loads it. Its signature is latents (N, latent_dim) float32 → images (N, C, H, W) float32 in [0, 1]: the pyfunc
-    flavour's `predict(z)` calls the model's `forward(z)` (the baselines' decoder mean)."""
+    bench.run.checkpoints.load_logged). Pickled whole, with the `baselines` package (and a plugin's module) as its
+    code, so it loads where torch is installed and genbench is not; its one pip requirement is torch. On the CPU,
+    so any machine loads it. Its signature is latents (N, latent_dim) float32 → images (N, C, H, W) float32 in
+    [0, 1]: the pyfunc flavour's `predict(z)` calls the model's `forward(z)` (the baselines' decoder mean)."""
     from importlib.metadata import version
 
     import mlflow.pytorch
 
+    import baselines
+
     cls = type(model)
-    code = []
+    code = [str(Path(baselines.__file__).parent)]  # the model zoo (torch only) travels along: no genbench needed
     if not cls.__module__.startswith("baselines."):  # a plugin: its top-level module or package travels along
         top = sys.modules[cls.__module__.split(".")[0]]
         file = Path(top.__file__)
-        code = [str(file.parent if file.name == "__init__.py" else file)]
+        code.append(str(file.parent if file.name == "__init__.py" else file))
     portable = portable_copy(model)
     mlflow.pytorch.save_model(
         portable,
         str(local),
         serialization_format="pickle",
-        pip_requirements=[f"torch=={version('torch')}", f"genbench=={version('genbench')}"],
-        code_paths=code or None,
+        pip_requirements=[f"torch=={version('torch')}"],
+        code_paths=code,
         metadata=metadata,
         signature=_signature(portable),
     )

@@ -19,7 +19,17 @@ import numpy as np
 
 from bench import schema
 from bench.storage import source_commit
-from bench.tracking.lease import Holder, Lease, holder_of, owner_tags, pid_alive, pid_checkable_here
+from bench.tracking.lease import (
+    Holder,
+    Lease,
+    Watch,
+    holder_of,
+    latest_claim,
+    owner_tags,
+    pid_alive,
+    pid_checkable_here,
+    take_claim,
+)
 from bench.tracking.store import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -35,6 +45,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path):
         self.uri = uri
+        self.watch = Watch()  # other processes' leases, judged by this process's clock
         try:
             self.client = _client(uri)
             exp = self.client.get_experiment_by_name(experiment)
@@ -82,16 +93,33 @@ class Tracker:
         return closed
 
     def holders(self, cell_key: str) -> list[Holder]:
-        """The RUNNING runs of a cell, each with its holder and whether its lease is live: a heartbeat younger than
-        schema.LEASE_S (or, before the first beat, a start as young), and on this host a process that exists."""
+        """The RUNNING runs of a cell, each with its holder and whether its lease is live: a heartbeat (or, before the
+        first beat, a start) this process has not yet watched unchanged for schema.LEASE_S (`Watch`), and on this
+        host a process that exists."""
         query = f"attributes.status = 'RUNNING' and tags.`{schema.CELL}` = '{cell_key}'"
-        out = [holder_of(run) for run in _search(self.client, [self.experiment_id], query)]
+        out = [holder_of(run, self.watch) for run in _search(self.client, [self.experiment_id], query)]
         return sorted(out, key=lambda h: (h.started, h.run_id))
+
+    def latest_claim(self, cell_key: str) -> int:
+        """The highest generation claimed of a cell (bench.tracking.lease: claims); 0 when never claimed."""
+        return latest_claim(self.client, self.experiment_id, cell_key)
+
+    def claim(self, cell_key: str, generation: int, holder: str) -> bool:
+        """Claim generation `generation` of a cell: True for exactly one process, whatever the timing."""
+        return take_claim(self.client, self.experiment_id, cell_key, generation, holder)
+
+    def claim_pending(self, cell_key: str, generation: int) -> bool:
+        """Whether claim `generation` of a cell may still be opening its run: no run of the cell carries it yet, and
+        this process has not watched it so for schema.LEASE_S (then its claimant died before opening it)."""
+        query = f"tags.`{schema.CELL}` = '{cell_key}' and tags.`{schema.HOLDER}` LIKE '{generation}:%'"
+        if _search(self.client, [self.experiment_id], query):
+            return False
+        return not self.watch.expired(f"claim {cell_key}", str(generation))
 
     def holder(self, run_id: str) -> Holder | None:
         """The holder of one run while it is RUNNING; None once it ended."""
         run = self.client.get_run(run_id)
-        return holder_of(run) if run.info.status == "RUNNING" else None
+        return holder_of(run, self.watch) if run.info.status == "RUNNING" else None
 
     def tag(self, run_id: str, key: str) -> str | None:
         return self.client.get_run(run_id).data.tags.get(key)
@@ -108,14 +136,11 @@ class Tracker:
         """A run created for a cell another process won: deleted, so the cell has one run."""
         self.client.delete_run(run_id)
 
-    def shared_checkpoint(self, cell_key: str, local: Path) -> str | None:
-        """The newest resumable checkpoint of an unfinished run of this cell kept in the tracking store
-        (schema.RESUME_ARTIFACT), downloaded to `local`; its run id, or None when there is none."""
-        query = f"attributes.status != 'FINISHED' and tags.`{schema.CELL}` = '{cell_key}'"
-        for run in sorted(_search(self.client, [self.experiment_id], query), key=lambda r: -r.info.start_time):
-            if Run(self.client, run.info.run_id, run.info.artifact_uri).fetch_resume_checkpoint(local):
-                return run.info.run_id
-        return None
+    def shared_checkpoint(self, cell_key: str, local: Path, newer_than: int = -1) -> str | None:
+        """bench.tracking.resume.newest: the cell's newest checkpoint in the store, downloaded to `local`."""
+        from bench.tracking.resume import newest
+
+        return newest(self, cell_key, local, newer_than)
 
     def finished_cells(self, cell_key: str | None = None) -> dict[str, str]:
         """bench.cell hash → run id of every FINISHED cell run in the experiment (of one cell, with `cell_key`)."""
@@ -246,14 +271,15 @@ class Run:
         from bench.tracking.models import save_model
 
         experiment = self._timed(self.client.get_run, self.run_id).info.experiment_id
+        cell = [metadata.get(k) for k in (schema.MODEL, schema.DATASET, schema.SEED)]
         logged = self._timed(
             self.client.create_logged_model,
             experiment,
-            name=name,
+            name=f"{cell[0]}-{cell[1]}-seed{cell[2]}-{name}" if all(cell) else name,  # the Models tab tells them apart
             source_run_id=self.run_id,
             params={k: str(v) for k, v in metadata.items()},
             # the Models tab filters by these tags (model, dataset, seed); the checkpoint is the model's name
-            tags={k: str(v) for k, v in metadata.items() if k.startswith("bench.")},
+            tags={**{k: str(v) for k, v in metadata.items() if k.startswith("bench.")}, schema.CHECKPOINT: name},
             model_type=schema.MODEL_TYPE,
         )
         try:
@@ -287,19 +313,11 @@ class Run:
         says (`lost`, `check`) when `holder` no longer holds the run."""
         return Lease(self.client, self.run_id, holder, interval)
 
-    def fetch_resume_checkpoint(self, local: Path) -> bool:
-        """This run's checkpoint in the tracking store (schema.RESUME_ARTIFACT) copied to `local`; False without one."""
-        import shutil
-        import tempfile
+    def fetch_resume_checkpoint(self, local: Path, newer_than: int = -1) -> bool:
+        """bench.tracking.resume.fetch: this run's checkpoint in the store, verified, written to `local`."""
+        from bench.tracking.resume import fetch
 
-        folder = str(Path(schema.RESUME_ARTIFACT).parent)
-        if schema.RESUME_ARTIFACT not in {a.path for a in self.client.list_artifacts(self.run_id, folder)}:
-            return False
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(self.run_id, schema.RESUME_ARTIFACT, tmp)
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, local)
-        return True
+        return fetch(self, local, newer_than)
 
     def tag(self, key: str) -> str | None:
         return self.client.get_run(self.run_id).data.tags.get(key)
@@ -309,9 +327,11 @@ class Run:
         resumes = int(self.client.get_run(self.run_id).data.tags.get(schema.RESUMES, "0")) + 1
         self.set_tags({schema.RESUMES: resumes})
 
-    def log_resume_checkpoint(self, path: Path) -> None:
-        """The resumable checkpoint into the tracking store (schema.RESUME_ARTIFACT), where another node finds it."""
-        self._timed(self.client.log_artifact, self.run_id, str(path), str(Path(schema.RESUME_ARTIFACT).parent))
+    def log_resume_checkpoint(self, path: Path, step: int = -1) -> None:
+        """bench.tracking.resume.share: the resumable checkpoint (and best.pt) into the store, with their digests."""
+        from bench.tracking.resume import share
+
+        share(self, path, step)
 
     @contextlib.contextmanager
     def system_metrics(self, resume: bool = False, interval: float = SYSTEM_METRICS_INTERVAL_S, fence=None):
