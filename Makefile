@@ -34,12 +34,13 @@ run: $(STAMP)
 	$(BIN)/bench run --suite quick
 	$(BIN)/bench report --suite quick
 
-# Two phases, and both always run: every test but Ray's on three xdist workers (the tests wait on servers,
-# subprocesses and sleeps as much as they compute, so a third worker fills two cores), then the Ray tests in one
-# process of their own (Ray's `ray stop --force` and its nodes' health checks do not share a busy machine well).
+# Two phases, and both always run: every test but Ray's on two xdist workers (the tests wait on servers,
+# subprocesses and sleeps as much as they compute), then the Ray tests in one process of their own: one of them
+# ends its cluster with `ray stop --force`, which ends every Ray on the machine, and Ray's workers run at a low
+# priority that busy xdist workers starve.
 test: $(DEV_STAMP) browser
 	@status=0; \
-	$(PYTEST) -n 3 --dist loadgroup -m "not ray" || status=$$?; \
+	$(PYTEST) -n 2 --dist loadgroup -m "not ray" || status=$$?; \
 	$(PYTEST) -m ray || status=$$?; \
 	exit $$status
 
