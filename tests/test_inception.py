@@ -18,7 +18,6 @@ from bench.data import load
 from bench.eval import encoders as features
 from bench.eval import metrics
 from bench.schema import INCEPTION_WEIGHTS
-from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
 N = 24
@@ -135,23 +134,25 @@ def test_bench_eval_scores_a_folder_against_a_folder_as_torch_fidelity_does(ince
     """`bench eval --samples A/ --reference B/` with no suite or dataset: Inception features, metrics named with
     the encoder, FID equal to torch-fidelity's `calculate_metrics(input1=A, input2=B, fid=True)` on the same weights
     and files. `--metrics kid` computes only KID (one encoder pass a side, no other metric). An unknown metric, or
-    too few images for FID without --allow-small-n, fails in seconds before any image is read or encoded. Mixed
-    sizes are resized (said in the protocol); a folder against itself scores FID 0 with a warning."""
+    too few images for FID without --allow-small-n, fails in seconds before any image is read or encoded. A folder
+    of mixed sizes is resized (said, and in the protocol); a folder against itself scores FID 0 with a warning.
+    Twelve images a side: Inception's cost is per image (~8 images/s on a 2-core CPU)."""
     import json
 
     from click.testing import CliRunner
+    from PIL import Image
 
     from bench.cli import main
-    from bench.tools import external
 
+    m = 12
     monkeypatch.setenv(INCEPTION_WEIGHTS.env, str(inception_weights))
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
     digits = load("digits")
-    noise = 60 * torch.randn(N, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    a = _pngs(tmp_path / "a", (digits.train_images[:N].float() + noise).clamp(0, 255).to(torch.uint8))
-    b = _pngs(tmp_path / "b", digits.test_images[:N])
+    noise = 60 * torch.randn(m, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    a = _pngs(tmp_path / "a", (digits.train_images[:m].float() + noise).clamp(0, 255).to(torch.uint8))
+    b = _pngs(tmp_path / "b", digits.test_images[:m])
     cli = CliRunner()
-    base = ["eval", "--samples", str(a), "--reference", str(b), "--json", "--batch-size", "8"]
+    base = ["eval", "--samples", str(a), "--reference", str(b), "--json", "--batch-size", "6"]
 
     too_few = cli.invoke(main, base)
     assert too_few.exit_code == 2 and "--allow-small-n" in too_few.output and "2048-d inception" in too_few.output
@@ -166,41 +167,31 @@ def test_bench_eval_scores_a_folder_against_a_folder_as_torch_fidelity_does(ince
     assert "fid" not in result["metrics"] and {"fid_inception", "kid_mean_inception"} <= set(result["metrics"])
     assert "--allow-small-n" in scored.stderr
     theirs = torch_fidelity.calculate_metrics(
-        input1=str(a), input2=str(b), cuda=False, batch_size=8, fid=True, feature_extractor="inception-v3-compat",
+        input1=str(a), input2=str(b), cuda=False, batch_size=6, fid=True, feature_extractor="inception-v3-compat",
         feature_layer_fid="2048", feature_extractor_weights_path=str(inception_weights), cache=False, verbose=False,
     )  # fmt: skip
     assert result["metrics"]["fid_inception"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
     assert result["metrics"]["fid_inception"] > 0.1
 
     passes, called = [], []
-    encoder_call = features.Encoder.__call__
-    monkeypatch.setattr(
-        features.Encoder, "__call__", lambda self, *a, **k: passes.append(1) or encoder_call(self, *a, **k)
-    )
-    for name in ("fid", "precision_recall", "density_coverage", "inception_score", "fid_infinity"):
-        monkeypatch.setattr(metrics, name, lambda *a, _n=name, **k: called.append(_n))
-    kid_only = cli.invoke(main, [*base, "--metrics", "kid"])  # KID has no small-N rule
+    with pytest.MonkeyPatch.context() as mp:
+        encoder_call = features.Encoder.__call__
+        mp.setattr(features.Encoder, "__call__", lambda self, *a, **k: passes.append(1) or encoder_call(self, *a, **k))
+        for name in ("fid", "precision_recall", "density_coverage", "inception_score", "fid_infinity"):
+            mp.setattr(metrics, name, lambda *a, _n=name, **k: called.append(_n))
+        kid_only = cli.invoke(main, [*base, "--metrics", "kid"])  # KID has no small-N rule
     assert kid_only.exit_code == 0, kid_only.output
     kept = json.loads(kid_only.stdout)["metrics"]
     assert {k for k in kept if not k.startswith("eval/")} == {"kid_mean_inception", "kid_std_inception"}
     assert kept["kid_mean_inception"] == pytest.approx(result["metrics"]["kid_mean_inception"], rel=1e-12)
     assert len(passes) == 2 and called == []
-    monkeypatch.undo()
-    monkeypatch.setenv(INCEPTION_WEIGHTS.env, str(inception_weights))
-    monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
 
-    from PIL import Image
-
-    mixed = _pngs(tmp_path / "mixed", digits.train_images[:N], suffix=".jpg")
+    mixed = _pngs(tmp_path / "mixed", digits.train_images[:m], suffix=".jpg")
     for i in range(3):  # three of them 32x32
         Image.fromarray(digits.train_images[i, 0].numpy()).resize((32, 32)).save(mixed / f"{i:03d}.jpg")
-    score = external.score(tiny_config(), mixed, reference=b, metrics="kid", echo=lambda line: None,
-                           results=tmp_path / "results")  # fmt: skip
-    assert score.protocol["samples_resized"] == {"images": 3, "to": [28, 28], "resizer": "PIL bicubic"}
-    assert score.samples == N and "kid_mean_inception" in score.metrics
-
-    itself = cli.invoke(main, ["eval", "--samples", str(b), "--reference", str(b), "--json", "--allow-small-n",
-                               "--metrics", "fid"])  # fmt: skip
+    itself = cli.invoke(main, ["eval", "--samples", str(mixed), "--reference", str(mixed), "--json",
+                               "--allow-small-n", "--metrics", "fid", "--batch-size", "6"])  # fmt: skip
     assert itself.exit_code == 0, itself.output
     assert abs(json.loads(itself.stdout)["metrics"]["fid_inception"]) < 1e-3
     assert "the samples are the reference images" in itself.stderr
+    assert "samples: 3 of 12 images resized to 28x28, the folder's most common size (PIL bicubic" in itself.stderr

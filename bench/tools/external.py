@@ -296,6 +296,8 @@ def score(
     for side, how in (("samples", loaded), ("reference", ref_loaded)):
         if how is not None and how.resized:
             protocol[f"{side}_resized"] = {"images": how.resized, "to": list(how.size), "resizer": RESIZER}
+            echo(f"{side}: {how.resized} of {len(how.array)} images resized to {how.size[0]}x{how.size[1]}, the "
+                 f"folder's most common size ({RESIZER}; in the protocol)")  # fmt: skip
     if allow_small_n:
         protocol["allow_small_n"] = True
     return Score(out, json_digest(protocol, 12), protocol, len(images), where, cfg.encoders)
