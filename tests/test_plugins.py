@@ -191,13 +191,13 @@ def test_the_readme_plugin_joins_the_quick_suite_without_editing_genbench(domain
         print(type(model).__name__, tuple(x.shape), x.dtype)
         """
     )
-    env_without = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env_without = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env_without, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["TinyGAN", "(5,", "1,", "28,", "28)", "torch.uint8"]
 
 
-def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run):
+def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run, tmp_path):
     """The final and best models are MLflow 3 LoggedModels of the cell's run: listed by search_logged_models with
     their source run, step and linked metrics; loaded in a fresh process by models:/<id> (and runs:/<run>/final);
     their pyfunc flavour's predict turns latents into images in [0, 1], as the model's decoder does."""
@@ -235,7 +235,8 @@ def test_a_logged_model_loads_in_a_fresh_process_and_samples(quick_run):
         print(type(model).__name__, model.training)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # MLflow downloads each model into a temporary folder it keeps
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["VAEMLP", "False"]  # in eval mode, as it was evaluated
 
