@@ -35,13 +35,14 @@ run: $(STAMP)
 	$(BIN)/bench report --suite quick
 
 # Two phases; every part always runs and `make test` fails when any fails.
-# 1. The Ray tests in a process of their own, and beside them the fast tier (`make check`'s tests) at Ray's worker
-#    priority (nice 15): the Ray tests wait on Ray far more than they compute, one of them ends its cluster with
-#    `ray stop --force` (every Ray on the machine), and busy processes at normal priority starve Ray's workers.
+# 1. The Ray tests in a process of their own, and beside them the fast tier (`make check`'s tests) below Ray's
+#    worker priority (nice 19; Ray's workers run at 15): the Ray tests wait on Ray far more than they compute, one
+#    of them ends its cluster with `ray stop --force` (every Ray on the machine), and busy processes at a higher
+#    priority starve Ray's workers.
 # 2. Every other test on two xdist workers (they wait on servers, subprocesses and sleeps as much as they compute).
 test: $(DEV_STAMP) browser
 	@status=0; log=$$(mktemp); tmp=$$(mktemp -d -t genbench-fast-XXXX); \
-	nice -n 15 $(PYTEST) -p no:cacheprovider --basetemp=$$tmp -m "not ray and not integration and not slow" \
+	nice -n 19 $(PYTEST) -p no:cacheprovider --basetemp=$$tmp -m "not ray and not integration and not slow" \
 	  > $$log 2>&1 & fast=$$!; \
 	$(PYTEST) -p no:cacheprovider -m ray || status=$$?; \
 	wait $$fast || status=$$?; \
