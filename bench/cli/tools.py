@@ -227,7 +227,10 @@ def eval_(
         which = metric_groups(metric_names)  # an unknown name: an error before anything is read
         if batch_size is not None and suite is not None:
             fail("--batch-size is part of a suite's protocol: give --set eval.batch_size=N with --suite")
-        device_ = resolve_device(device if device != "auto" or not suite else cfg.suite(suite).train.device, "--device")
+        if device == "auto" and suite:  # the suite's own device setting
+            device_ = resolve_device(cfg.suite(suite).train.device, "train.device")
+        else:
+            device_ = resolve_device(device, "--device")
         if name is None:
             result = score(cfg, samples_path, suite_name=suite, dataset_name=dataset, reference=reference,
                            encoders=encoders, metrics=which, batch_size=batch_size, allow_small_n=allow_small_n,

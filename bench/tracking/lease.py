@@ -17,12 +17,11 @@ def holder_of(run, watch: Watch) -> Holder:
     """The holder of a RUNNING run and whether its lease is live, judged by `watch` (this observer's own clock), and
     on this host by whether its process exists."""
     tags = run.data.tags
-    beat = float(tags.get(schema.HEARTBEAT, run.info.start_time / 1000))
     live = not watch.expired(run.info.run_id, tags.get(schema.HEARTBEAT) or f"start {run.info.start_time}")
     host, pid = tags.get(schema.HOST, "?"), tags.get(schema.PID, "?")
     if live and pid_checkable_here(tags) and not pid_alive(int(pid)):
         live = False
-    return Holder(run.info.run_id, host, pid, run.info.start_time, beat, live, tags.get(schema.HOLDER, ""))
+    return Holder(run.info.run_id, host, pid, run.info.start_time, live, tags.get(schema.HOLDER, ""))
 
 
 class Watch:
@@ -53,7 +52,6 @@ class Holder:
     host: str
     pid: str
     started: int  # the run's start time, ms
-    heartbeat: float  # its last beat, unix seconds (its start before the first beat)
     live: bool
     holder: str = ""  # the claim that holds it (schema.HOLDER: generation, then a random id)
 
