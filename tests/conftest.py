@@ -3,8 +3,9 @@ session-wide run of that tiny quick suite into a temporary MLflow store, and the
 (one `mlflow server`; tests/components.py makes each once per session across pytest-xdist workers).
 
 Also two session rules: every test's call and tear-down stays within TEST_BUDGET_S and every set-up (the shared
-fixtures are built there) within SETUP_BUDGET_S, or the session fails naming it; and `make check` deselects the tests marked `integration` (those that need a server, a cluster, a
-browser, a subprocess suite or the session's trained suite; marked here by the fixtures they use)."""
+fixtures are built there) within SETUP_BUDGET_S, or the session fails naming it; and `make check` deselects the
+tests marked `integration` (those that need a server, a cluster, a browser, a subprocess suite or the session's
+trained suite; marked here by the fixtures they use)."""
 
 from __future__ import annotations
 

@@ -330,6 +330,68 @@ def test_exported_samples_scored_by_bench_eval_reproduce_the_runs_fid(quick_run,
     assert result.exit_code == 2 and "no run 'no-such-run'" in result.output
 
 
+def test_a_folder_is_scored_a_batch_at_a_time_with_the_numbers_of_the_whole_array(tmp_path, monkeypatch):
+    """`bench.evaluate` on folders streams them through the encoder a batch at a time (never read whole: `array` is
+    not called, the network never sees more than --batch-size images) and scores exactly what the same images give
+    as arrays; the resize, colour modes (1-bit, CMYK) and the self-comparison digest work on the stream. A stand-in
+    encoder (a fixed random projection) keeps this in the fast tier; the Inception path is test_inception's."""
+    from PIL import Image
+
+    import bench
+    from bench.eval import encoders
+    from bench.storage import bytes_digest
+    from bench.tools.images import FolderImages
+
+    seen = []
+
+    class Projection(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(3 * 16 * 16, 8, generator=torch.Generator().manual_seed(1)))
+
+        def forward(self, x):
+            seen.append(len(x))
+            return {"features": x.float().flatten(1) @ self.w / 255.0}
+
+    def stand_in(name, dataset, recipe, cache_dir, device):
+        return encoders.Encoder("inception", "stand-in", "none", Projection(), {}, feature_dim=8)
+
+    monkeypatch.setattr(encoders, "build_encoder", stand_in)
+    monkeypatch.setattr(FolderImages, "array", lambda self: pytest.fail("a folder was read whole"))
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=g)
+    b = torch.randint(0, 200, (30, 3, 16, 16), dtype=torch.uint8, generator=g)
+    for name, images in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(images):
+            Image.fromarray(im.permute(1, 2, 0).numpy()).save(tmp_path / name / f"{i:03d}.png")
+    which = ["fid", "kid", "prc"]
+    folders = bench.evaluate(tmp_path / "a", tmp_path / "b", metrics=which, batch_size=7)
+    assert seen and max(seen) == 7 and sum(seen) == 70  # 40 + 30 images, in batches of 7 at most
+    arrays = bench.evaluate(a.numpy(), b.numpy(), metrics=which, batch_size=7)
+    assert folders["metrics"]["fid_inception"] > 1 and folders["metrics"] == arrays["metrics"]
+    assert folders["encoder"] == "inception" and folders["protocol"] != arrays["protocol"]  # the reference's name
+    streamed = FolderImages.scan(tmp_path / "b")
+    assert streamed.digest is None and sum(len(x) for x in streamed.batches(4)) == 30
+    assert streamed.digest == bytes_digest([b.numpy().tobytes()])  # the pixels' digest, as the array's
+    itself = bench.evaluate(tmp_path / "a", tmp_path / "a", metrics=["fid"])
+    assert abs(itself["metrics"]["fid_inception"]) < 1e-6
+    # an odd-sized, a 1-bit and a CMYK file among RGB PNGs: resized, 0/255, RGB
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "a", mixed)
+    Image.fromarray(a[0].permute(1, 2, 0).numpy()).resize((20, 20)).save(mixed / "000.png")
+    Image.fromarray((a[1, 0].numpy() > 127).astype(np.uint8) * 255).convert("1").save(mixed / "001.png")
+    Image.fromarray(a[2].permute(1, 2, 0).numpy()).convert("CMYK").save(mixed / "002.tif")
+    (mixed / "002.png").unlink()
+    folder = FolderImages.scan(mixed)
+    assert (folder.shape, folder.resized, len(folder)) == ((3, 16, 16), 1, 40)
+    first = torch.cat(list(folder.batches(3)))
+    assert first.shape == (40, 3, 16, 16) and set(first[1].unique().tolist()) <= {0, 255}
+    assert torch.equal(first[1, 0], first[1, 2])  # 1-bit as grey, made RGB in a colour folder
+    assert (first[2].int() - a[2].int()).abs().max() <= 2  # CMYK back to RGB
+    assert torch.equal(first[3:], a[3:]) and folder.digest is not None
+
+
 def test_a_png_folder_reads_as_the_same_images(tmp_path):
     from PIL import Image
 

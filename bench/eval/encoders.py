@@ -51,30 +51,46 @@ class Encoder:
     feature_dim: int = 0  # d of the features; FID needs more than d images on each side
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, batch_size: int = 500, progress: str = "") -> dict[str, torch.Tensor]:
+    def __call__(
+        self, images, batch_size: int = 500, progress: str = "", keys: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         """uint8 (N, C, H, W) → {"features": float64 (N, d), "logits": float64 (N, K)} on the CPU; with `progress`,
-        a progress bar of that title on stderr (where stderr is a terminal).
+        a progress bar of that title on stderr (where stderr is a terminal). `images` is a tensor, or a source that
+        streams them (`len()` and `batches(batch_size)`, as a folder of images does), never held whole. `keys`: only
+        those outputs are kept (("features",) leaves out the logits a reference's pass does not need).
 
         Always in strict fp32: TF32 is switched off for the extraction (and restored), whatever training used."""
-        if images.dtype != torch.uint8:
-            raise EncoderError(f"feature encoders take uint8 images, got {images.dtype}")
+        if isinstance(images, torch.Tensor):
+            if images.dtype != torch.uint8:
+                raise EncoderError(f"feature encoders take uint8 images, got {images.dtype}")
+            chunks = images.split(batch_size)
+        else:
+            chunks = images.batches(batch_size)
         device = next(self.net.parameters()).device
-        out: dict[str, list[torch.Tensor]] = {}
+        n = len(images)
+        out: dict[str, torch.Tensor] = {}  # filled in place: the features are held once, never as parts and a copy
+        done = 0
         self.net.eval()
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(images), desc=progress, unit="img", disable=None, leave=False, dynamic_ncols=True)
+            bar = tqdm(total=n, desc=progress, unit="img", disable=None, leave=False, dynamic_ncols=True)
         with strict_fp32():
-            for chunk in images.split(batch_size):
+            for chunk in chunks:
                 for key, value in self.net(chunk.to(device)).items():  # features; logits when it classifies
-                    out.setdefault(key, []).append(value.double().cpu())
+                    if keys is None or key in keys:
+                        if key not in out:
+                            out[key] = torch.empty((n, *value.shape[1:]), dtype=torch.float64)
+                        out[key][done : done + len(chunk)] = value.double().cpu()
+                done += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
         if bar is not None:
             bar.close()
-        return {key: torch.cat(parts) for key, parts in out.items()}
+        if done != n:
+            raise EncoderError(f"the images gave {done} of {n} images to the encoder")
+        return out
 
 
 class DomainNet(nn.Module):

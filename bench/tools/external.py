@@ -16,7 +16,15 @@ from bench.eval.pipeline import evaluate_samples
 from bench.run.cell import prepare_real
 from bench.run.record import flatten, grid, open_run, record
 from bench.storage import bytes_digest
-from bench.tools.images import RESIZER, Loaded, SampleError, as_images, image_shape_of, load_images, read_samples
+from bench.tools.images import (
+    RESIZER,
+    FolderImages,
+    SampleError,
+    as_images,
+    image_shape_of,
+    load_images,
+    read_samples,
+)
 
 
 def score_and_log(
@@ -140,16 +148,41 @@ class Logged(Score):
 TORCH_FIDELITY_INPUTS = {"cifar10-train": ("cifar10", "train"), "cifar10-val": ("cifar10", "test")}
 
 
-def _images(value, image_shape, what: str) -> tuple[torch.Tensor, Loaded | None]:
-    """uint8 (N, C, H, W) from a path (file or folder), a numpy array or a tensor; the shape inferred when
-    `image_shape` is None. Also how the images were read (None for an array)."""
-    loaded = None
+def _images(value, image_shape, what: str):
+    """uint8 (N, C, H, W) from a numpy array, a tensor or an array file, or a folder's images streamed
+    (`FolderImages`, never read whole); the shape inferred when `image_shape` is None."""
     if isinstance(value, torch.Tensor):
         value = value.cpu().numpy()
     if not isinstance(value, np.ndarray):
-        loaded = load_images(Path(value))
-        value = loaded.array
-    return as_images(value, image_shape or image_shape_of(value, what), what), loaded
+        path = Path(value)
+        if path.is_dir():
+            folder = FolderImages.scan(path)
+            if image_shape is not None and folder.shape != tuple(image_shape):
+                c, h, w = image_shape
+                raise SampleError(
+                    f"{what}: {path} holds {'x'.join(map(str, folder.shape))} (CxHxW) images, but "
+                    f"{c}x{h}x{w} are needed: give images of that size and channels"
+                )
+            return folder
+        value = load_images(path).array
+    return as_images(value, image_shape or image_shape_of(value, what), what)
+
+
+def _shape(images) -> tuple[int, int, int]:
+    return images.shape if isinstance(images, FolderImages) else tuple(images.shape[1:])
+
+
+def _digest(images) -> str:
+    """The sha256 of the uint8 pixels (a folder's set by its last encoder pass)."""
+    return images.digest if isinstance(images, FolderImages) else bytes_digest([images.numpy().tobytes()])
+
+
+def _tensor(images, n: int) -> torch.Tensor:
+    """The first n images as one tensor (a suite's protocol scores its eval.num_samples through the suite's code)."""
+    if isinstance(images, FolderImages):
+        head = FolderImages(images.folder, images.files[:n], images.size, images.channels, images.resized)
+        return torch.cat(list(head.batches(256)))
+    return images[:n]
 
 
 def _dataset_split(reference) -> tuple[str, str] | None:
@@ -218,7 +251,7 @@ def score(
     if named and dataset is None:
         dataset = load(named[0], validation=cfg.validation_images)
     shape = dataset.image_shape if dataset else None
-    images, loaded = _images(samples, shape, "samples")
+    images = _images(samples, shape, "samples")
     n = len(images)
     if suite is not None:
         if n < cfg.num_samples:
@@ -226,7 +259,7 @@ def score(
                 f"{n} samples, but suite {suite_name!r} scores N = {cfg.num_samples} per model (eval.num_samples); "
                 f"give at least {cfg.num_samples} (the first {cfg.num_samples} are used), or leave out the suite"
             )
-        images = images[: cfg.num_samples]
+        images = _tensor(images, cfg.num_samples)
         if reference is None or (named is not None and named == (dataset.name, cfg.reference_split)):
             real = prepare_real(dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders,
                                 echo=echo)  # fmt: skip
@@ -242,15 +275,14 @@ def score(
             ref_images = ref_ds.split(split)[0]
         except ValueError as e:
             raise SampleError(f"reference {source}:{split}: {e}") from None
-        where, ref_loaded = f"{source}:{split} ({len(ref_images)} images)", None
+        where = f"{source}:{split} ({len(ref_images)} images)"
     else:
-        ref_images, ref_loaded = _images(reference, shape or tuple(images.shape[1:]), f"reference {reference}")
+        ref_images = _images(reference, shape or _shape(images), f"reference {reference}")
         where = f"{reference if not isinstance(reference, np.ndarray | torch.Tensor) else 'an array'} "
         where += f"({len(ref_images)} images)"
-    if tuple(ref_images.shape[1:]) != tuple(images.shape[1:]):
+    if _shape(ref_images) != _shape(images):
         raise SampleError(
-            f"the samples are {tuple(images.shape[1:])} images and the reference {tuple(ref_images.shape[1:])}: "
-            "give images of one shape"
+            f"the samples are {_shape(images)} images and the reference {_shape(ref_images)}: give images of one shape"
         )
     if "domain" in cfg.encoders and dataset is None:
         raise SampleError(
@@ -259,10 +291,7 @@ def score(
         )
     if suite is None:
         cfg = _fit(cfg, len(images), len(ref_images))
-    ref_digest = bytes_digest([ref_images.numpy().tobytes()])
-    copies = bytes_digest([images.numpy().tobytes()]) == ref_digest
-    if copies:
-        echo("warning: the samples are the reference images: FID 0 and the like (a sanity check), not a score")
+    ref_digest, copies = None, False
     out = {schema.GENERATED_IMAGES: float(len(images)), schema.REFERENCE_IMAGES: float(len(ref_images))}
     parts = []
     for i, name in enumerate(cfg.encoders):
@@ -280,9 +309,15 @@ def score(
             echo(f"warning: {fewest} images a side for {dim}-d {name} features: FID is biased and unstable at "
                  "this N (computed because of --allow-small-n; said in the protocol)")  # fmt: skip
         echo(f"scoring {len(images)} samples against {len(ref_images)} reference images with the {name} encoder ...")
-        values = sample_metrics(encoder(images, cfg.batch_size, f"{name}: samples"),
-                                encoder(ref_images, cfg.batch_size, f"{name}: reference"), cfg, which,
-                                small_n=allow_small_n, copies=copies)  # fmt: skip
+        logits = which is None or "is" in which
+        generated = encoder(images, cfg.batch_size, f"{name}: samples", None if logits else ("features",))
+        real = encoder(ref_images, cfg.batch_size, f"{name}: reference", ("features",))
+        if ref_digest is None:  # a folder's digest comes from its first pass
+            ref_digest = _digest(ref_images)
+            copies = _digest(images) == ref_digest
+            if copies:
+                echo("warning: the samples are the reference images: FID 0 and the like (a sanity check), not a score")
+        values = sample_metrics(generated, real, cfg, which, small_n=allow_small_n, copies=copies)
         out.update({schema.encoder_key(k, name if (i or suite is None) else ""): v for k, v in values.items()})
         parts.append({"encoder": name, "weights_digest": encoder.weights_digest, "resize": encoder.resize,
                       "preprocessing": encoder.preprocessing})  # fmt: skip
@@ -293,10 +328,10 @@ def score(
         "metrics": sorted(which) if which is not None else "all",
         "versions": library_versions(),
     }
-    for side, how in (("samples", loaded), ("reference", ref_loaded)):
-        if how is not None and how.resized:
+    for side, how in (("samples", images), ("reference", ref_images)):
+        if isinstance(how, FolderImages) and how.resized:
             protocol[f"{side}_resized"] = {"images": how.resized, "to": list(how.size), "resizer": RESIZER}
-            echo(f"{side}: {how.resized} of {len(how.array)} images resized to {how.size[0]}x{how.size[1]}, the "
+            echo(f"{side}: {how.resized} of {len(how)} images resized to {how.size[0]}x{how.size[1]}, the "
                  f"folder's most common size ({RESIZER}; in the protocol)")  # fmt: skip
     if allow_small_n:
         protocol["allow_small_n"] = True

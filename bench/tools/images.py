@@ -61,54 +61,115 @@ def load_images(path: Path) -> Loaded:
 
 
 def _read_folder(folder: Path) -> Loaded:
-    """The images of a folder (sorted by name), or of its class subfolders (each sorted by name, the subfolders in
-    name order) when it holds only folders, as torchvision's ImageFolder lays them out. Images of another size than
-    the folder's most common one are resized to it (RESIZER); grey images in a folder with colour ones are made
-    RGB (each channel the grey value)."""
-    from PIL import Image, UnidentifiedImageError
+    """The images of a folder (`FolderImages`), read whole."""
+    images = FolderImages.scan(folder)
+    return Loaded(images.array(), images.resized, images.size)
 
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    if entries and all(p.is_dir() for p in entries):  # class subfolders
-        files = [f for d in entries for f in sorted(p for p in d.iterdir() if not p.name.startswith("."))]
-    else:
-        files = entries
-    others = [p.name for p in files if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES]
-    if others:
-        raise SampleError(
-            f"{folder}: not images ({', '.join(IMAGE_SUFFIXES)}): {', '.join(others[:5])}"
-            f"{' ...' if len(others) > 5 else ''} (give a folder of images, or a folder of class folders of images)"
-        )
-    if not files:
-        raise SampleError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    images = []
-    for p in files:
+
+class FolderImages:
+    """A folder's images, read a batch at a time through a DataLoader rather than whole: the files sorted by name, or
+    its class subfolders' (each sorted by name, the subfolders in name order) when it holds only folders, as
+    torchvision's ImageFolder lays them out. `scan` reads only the files' headers (and palette images), so a
+    folder's size, channels and odd-sized files are known before any pixel is decoded. Images of another size than
+    the folder's most common one are resized to it (RESIZER); grey images in a folder with colour ones are made RGB
+    (each channel the grey value). `digest` is the sha256 of the uint8 (N, C, H, W) pixels, as an array's would be,
+    set by each full pass of `batches`."""
+
+    def __init__(self, folder: Path, files: list[Path], size: tuple[int, int], channels: int, resized: int):
+        self.folder, self.files, self.size, self.channels, self.resized = folder, files, size, channels, resized
+        self.digest: str | None = None
+
+    @classmethod
+    def scan(cls, folder: Path) -> FolderImages:
+        from PIL import Image, UnidentifiedImageError
+
+        folder = Path(folder)
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+        if entries and all(p.is_dir() for p in entries):  # class subfolders
+            files = [f for d in entries for f in sorted(p for p in d.iterdir() if not p.name.startswith("."))]
+        else:
+            files = entries
+        others = [p.name for p in files if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES]
+        if others:
+            raise SampleError(
+                f"{folder}: not images ({', '.join(IMAGE_SUFFIXES)}): {', '.join(others[:5])}"
+                f"{' ...' if len(others) > 5 else ''} (give a folder of images, or a folder of class folders of images)"
+            )
+        if not files:
+            raise SampleError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        sizes, grey = Counter(), 0
+        for p in files:
+            try:
+                with Image.open(p) as im:  # the header only, but for palette images (grey or colour by their pixels)
+                    sizes[(im.height, im.width)] += 1
+                    grey += (_pixels(im).ndim == 2) if im.mode == "P" else im.mode not in _COLOUR_MODES
+            except (UnidentifiedImageError, OSError) as e:
+                raise SampleError(f"{p}: not a readable image ({type(e).__name__})") from None
+        size = max(sizes, key=lambda hw: (sizes[hw], hw))  # the most common (H, W); ties: the largest
+        return cls(folder, files, size, 1 if grey == len(files) else 3, len(files) - sizes[size])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image as read."""
+        return self.channels, self.size[0], self.size[1]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """The i-th image as uint8 (C, H, W): resized to the folder's size, grey made RGB in a colour folder."""
+        from PIL import Image, UnidentifiedImageError
+
+        p = self.files[i]
         try:
             with Image.open(p) as im:
-                images.append(_pixels(im))
+                a = _pixels(im)
         except (UnidentifiedImageError, OSError) as e:
             raise SampleError(f"{p}: not a readable image ({type(e).__name__})") from None
-    sizes = Counter(a.shape[:2] for a in images)
-    size = max(sizes, key=lambda hw: (sizes[hw], hw))  # the most common (H, W); ties: the largest
-    resized = 0
-    for i, a in enumerate(images):
-        if a.shape[:2] != size:
-            images[i] = np.asarray(Image.fromarray(a).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-            resized += 1
-    if len({a.ndim for a in images}) > 1:  # grey beside colour: grey as RGB
-        images = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in images]
-    return Loaded(np.stack(images), resized, size)
+        if a.dtype != np.uint8:
+            raise SampleError(f"{p}: {a.dtype} pixels; give 8-bit images")
+        if a.shape[:2] != self.size:
+            a = np.asarray(Image.fromarray(a).resize((self.size[1], self.size[0]), Image.Resampling.BICUBIC))
+        if a.ndim == 2:
+            a = a[None] if self.channels == 1 else np.repeat(a[None], 3, axis=0)
+        else:
+            a = a.transpose(2, 0, 1)
+        return torch.tensor(a)  # a copy: PIL's arrays are read-only
+
+    def batches(self, batch_size: int):
+        """uint8 (B, C, H, W) batches in file order, decoded by a DataLoader; sets `digest` after a full pass."""
+        import hashlib
+
+        from torch.utils.data import DataLoader
+
+        h = hashlib.sha256()
+        for batch in DataLoader(self, batch_size=batch_size, shuffle=False, num_workers=0):
+            h.update(batch.numpy().tobytes())
+            yield batch
+        self.digest = h.hexdigest()
+
+    def array(self) -> np.ndarray:
+        """Every image at once, uint8 (N, C, H, W), or (N, H, W) for a grey folder."""
+        out = torch.cat(list(self.batches(256))).numpy()
+        return out[:, 0] if self.channels == 1 else out
 
 
 def _pixels(im) -> np.ndarray:
-    """A PNG's pixel values: a palette image ("P") as the colours its indices stand for (grey when the palette is
-    grey), not the indices; an alpha channel dropped."""
+    """An image's 8-bit pixel values, (H, W) grey or (H, W, 3) colour: a palette image ("P") as the colours its
+    indices stand for (grey when the palette is grey), not the indices; an alpha channel dropped; 1-bit as 0/255;
+    CMYK and other colour modes as RGB."""
     if im.mode == "P":
         im = im.convert("RGB")
         rgb = np.asarray(im)
         return rgb[..., 0] if (rgb == rgb[..., :1]).all() else rgb
-    if im.mode in ("LA", "RGBA"):
-        im = im.convert(im.mode[:-1] if im.mode == "LA" else "RGB")
+    if im.mode in ("1", "LA"):
+        im = im.convert("L")
+    elif im.mode not in ("L", "RGB") and im.mode in _COLOUR_MODES:
+        im = im.convert("RGB")
     return np.asarray(im)
+
+
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 def image_shape_of(array: np.ndarray, what: str) -> tuple[int, int, int]:
