@@ -67,7 +67,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check bench baselines tests
 
 clean:
-	rm -rf results/mlflow.db results/artifacts results/cache results/checkpoints results/reports
+	rm -rf results/mlflow.db results/artifacts results/cache results/checkpoints results/reports  # the user cache stays
 
 # On a CUDA machine: environment, throughput, numerics, the fashion suite and packing (docs/performance.md, "On a GPU").
 gpu-check:

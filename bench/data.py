@@ -2,8 +2,8 @@
 
 Registry names: digits (scikit-learn's bundled 8×8 digits, offline), mnist, fashion-mnist, cifar10 (torchvision's
 loaders and on-disk layouts). Sources for the torchvision datasets, in order: the data root (`BENCH_DATA`, default
-~/.cache/genbench/data) in torchvision's layout; for Fashion-MNIST Debian's `dataset-fashion-mnist` package, staged
-into the root; then torchvision's download (skipped when `BENCH_OFFLINE=1`).
+data/ in the user cache, ~/.cache/genbench/data on Linux) in torchvision's layout; for Fashion-MNIST Debian's
+`dataset-fashion-mnist` package, staged into the root; then torchvision's download (skipped when `BENCH_OFFLINE=1`).
 """
 
 from __future__ import annotations
@@ -140,8 +140,9 @@ def make_dataset(name: str, train: tuple, test: tuple, num_classes: int, source:
 def data_root() -> Path:
     if os.environ.get("BENCH_DATA"):
         return Path(os.environ["BENCH_DATA"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "genbench" / "data"
+    from bench.storage import user_cache
+
+    return user_cache() / "data"
 
 
 def load(name: str, root: Path | None = None, validation: int = 0) -> Dataset:

@@ -21,6 +21,35 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
+def user_cache() -> Path:
+    """genbench's folder in the user's cache directory (platformdirs: $XDG_CACHE_HOME/genbench or ~/.cache/genbench
+    on Linux, ~/Library/Caches/genbench on macOS, %LOCALAPPDATA%\\genbench\\Cache on Windows)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("genbench", appauthor=False))
+
+
+def cache_dir() -> Path:
+    """Where genbench keeps what it can recompute and every run may share, whichever folder it runs from: the domain
+    encoders, the real-feature and copying caches. $BENCH_CACHE, else `user_cache()/features`. (Datasets: $BENCH_DATA,
+    else `user_cache()/data`; downloaded encoder weights: torch's hub cache, shared with torch-fidelity.)"""
+    if os.environ.get("BENCH_CACHE"):
+        return Path(os.environ["BENCH_CACHE"]).expanduser()
+    return user_cache() / "features"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be written (created if missing), or None when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def file_lock(path: Path):
     """An exclusive lock on `<path>.lock` (filelock: fcntl on POSIX, msvcrt on Windows)."""
     from filelock import FileLock

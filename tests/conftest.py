@@ -9,11 +9,14 @@ trained suite; marked here by the fixtures they use)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +32,11 @@ pytest_plugins = ["tests.encoder_fixtures"]  # the Ray instance, the ViT-scored 
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_TOML = REPO / "bench.toml"
+
+# genbench's cache (domain encoders, real features) for this test process, removed after it: never the user's
+# ~/.cache/genbench. Suites the tests run (in this process, its workers, subprocesses, Ray) inherit it.
+os.environ["BENCH_CACHE"] = tempfile.mkdtemp(prefix="genbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["BENCH_CACHE"], ignore_errors=True)
 
 TINY = (
     "train.steps=20",
@@ -186,11 +194,13 @@ def quick_run(domain_cache, tmp_path_factory):
         from bench.run.suite import run_suite
         from bench.tracking import default_uri
 
-        seed_cache(domain_cache, results)
         cfg = tiny_config()
         lines: list[str] = []
-        outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
-        return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines}
+        with own_cache(results / "cache"):  # its own, so the tests can see what this suite cached
+            seed_cache(domain_cache, results)
+            outcomes = run_suite(cfg, "quick", results=results, overrides=TINY, progress=False, echo=lines.append)
+        return {"results": results, "uri": default_uri(results), "outcomes": outcomes, "config": cfg, "log": lines,
+                "cache": results / "cache"}  # fmt: skip
 
     return components.once_per_session(tmp_path_factory, "quick-run", build)
 
@@ -216,8 +226,22 @@ def suite_config(folder: Path, name: str) -> Path:
 
 
 def seed_cache(domain_cache: Path, results: Path) -> None:
-    """The tiny recipe's domain encoder, trained once per session (`domain_cache`), copied into `results`."""
-    shutil.copytree(domain_cache / "cache", results / "cache", dirs_exist_ok=True)
+    """The tiny recipe's domain encoder, trained once per session (`domain_cache`), copied into genbench's cache
+    (this process's BENCH_CACHE, which the suite in `results` uses)."""
+    from bench.storage import cache_dir
+
+    shutil.copytree(domain_cache / "cache", cache_dir(), dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def own_cache(folder: Path):
+    """BENCH_CACHE set to `folder` while the block runs (for a suite whose cache a test looks into)."""
+    before = os.environ["BENCH_CACHE"]
+    os.environ["BENCH_CACHE"] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ["BENCH_CACHE"] = before
 
 
 # A subprocess suite of the tests gets this xdist worker's share of the cores (all of them in one process), as the

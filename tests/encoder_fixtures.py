@@ -56,11 +56,12 @@ def vit_run(domain_cache, local_ray, mlflow_server, dinov2_s_weights, tmp_path_f
     from bench.schema import ENCODERS
 
     results, suite = tmp_path_factory.mktemp("vit"), "vit"
-    seed_cache(domain_cache, results)
-    seed_vit_features(results)
     config = suite_config(results, suite)
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE", str(results / "cache"))  # its own: the seeded ViT features are no one else's
+        seed_cache(domain_cache, results)
+        seed_vit_features(results)
         mp.setenv(ENCODERS["dinov2"].weights.env, str(dinov2_s_weights))  # the driver's preflight finds them
         outcomes = run_suite(
             tiny_config(*VIT, path=config, suite=suite), suite, tracking_uri=mlflow_server, results=results,
@@ -102,7 +103,7 @@ class _Projection(torch.nn.Module):
 
 
 def seed_vit_features(results: Path) -> None:
-    """The digits splits in dinov2-vits14 features, in `results`' cache under their real key (weights from
+    """The digits splits in dinov2-vits14 features, in `results / "cache"` under their real key (weights from
     $BENCH_DINOV2_WEIGHTS): a suite's preflight would spend minutes of a 2-core CPU computing them through the ViT;
     its cells' samples still go through the real ViT."""
     import dataclasses

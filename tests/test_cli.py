@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -94,6 +95,31 @@ def test_unwritable_results_or_report_directory_is_a_clear_error(tmp_path, monke
     monkeypatch.setenv("BENCH_RESULTS", str(tmp_path / "results"))
     result = CliRunner().invoke(main, ["report", "--suite", "quick", "--out", str(blocker / "report")])
     assert result.exit_code == 2 and "error: cannot write the report to" in result.output
+    monkeypatch.setenv("BENCH_CACHE", str(blocker / "cache"))
+    result = CliRunner().invoke(main, ["run", "--suite", "quick"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: cannot write to genbench's cache {blocker / 'cache'}")
+    assert "set BENCH_CACHE" in result.output
+
+
+def test_caches_live_in_the_users_cache_directory_whatever_folder_runs(tmp_path, monkeypatch):
+    """The domain encoders and real features go to $BENCH_CACHE, else platformdirs' user cache (on Linux
+    $XDG_CACHE_HOME/genbench), datasets to its data/ unless $BENCH_DATA: the same wherever genbench runs from;
+    results stay under ./results."""
+    from bench.data import data_root
+    from bench.storage import cache_dir
+
+    monkeypatch.delenv("BENCH_CACHE")
+    monkeypatch.delenv("BENCH_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for folder in (tmp_path, REPO):
+        monkeypatch.chdir(folder)
+        assert cache_dir() == tmp_path / "xdg" / "genbench" / "features"
+        assert data_root() == tmp_path / "xdg" / "genbench" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "genbench" / "features"
+    monkeypatch.setenv("BENCH_CACHE", "~/elsewhere")
+    assert cache_dir() == Path.home() / "elsewhere"
 
 
 def test_dry_run_says_what_would_happen_to_each_cell(quick_run, tmp_path, monkeypatch):

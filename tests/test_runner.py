@@ -60,7 +60,7 @@ def test_four_finished_child_runs_with_the_design_layout(quick_run):
     log = quick_run["log"]
     ready = [i for i, line in enumerate(log) if line.startswith("copying-test cells of digits in domain features")]
     assert len(ready) == 1 and ready[0] < min(i for i, line in enumerate(log) if line.startswith("[1/4]")), log[:12]
-    assert len(list((quick_run["results"] / "cache").glob("copying-*.pt"))) == 1
+    assert len(list(quick_run["cache"].glob("copying-*.pt"))) == 1
     # where each evaluation's time went: every phase timed, the phases within the whole (the GPU check's table)
     phases = ["time/eval_generate_s", "time/eval_features_s", "time/eval_sample_metrics_s", "time/ais_s"]
     for _, run in runs.iterrows():
@@ -99,7 +99,7 @@ def test_best_is_selected_honestly_and_its_numbers_are_a_full_evaluation(quick_r
     assert not any((quick_run["results"] / "checkpoints").iterdir())  # no checkpoints left behind
     run = runs[runs["tags.bench.model"] == "gan-mlp"].iloc[0]
     client = mlflow.MlflowClient(quick_run["uri"])
-    cfg, cache = quick_run["config"], quick_run["results"] / "cache"
+    cfg, cache = quick_run["config"], quick_run["cache"]
     suite = cfg.suite("quick")
     best = torch.load(client.download_artifacts(run["run_id"], "checkpoints/best.pt", str(tmp_path)), weights_only=True)
     final = torch.load(

@@ -182,6 +182,7 @@ def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evalu
     from bench.data import load
     from bench.eval.encoders import build_encoder
     from bench.run.sweep import run_sweep
+    from bench.storage import cache_dir
 
     cfg = tune("models=['vae-mlp']", "sweep.trials=2", "train.steps=20")
     dataset = load("digits", validation=cfg.suite("tune").eval.validation_images)
@@ -211,7 +212,7 @@ def test_trials_are_scored_on_the_validation_split_disjoint_from_the_final_evalu
     logged = {k[len("metrics.") :] for k, v in trial.items() if k.startswith("metrics.") and pd.notna(v)}
     scored = {k for k in logged if not k.startswith(("time/", "throughput/", "train/", "periodic/", "system/"))}
     assert scored == {schema.SWEEP_SCORE}  # nothing scored on the test or reference split
-    encoder = build_encoder("domain", dataset, cfg.domain, results / "cache", torch.device("cpu"))
+    encoder = build_encoder("domain", dataset, cfg.domain, cache_dir(), torch.device("cpu"))
     expected = encoder(dataset.validation_images, 500)["features"].double()  # the validation images' own features
     assert seen["real"].shape == expected.shape
     torch.testing.assert_close(seen["real"], expected, rtol=1e-5, atol=1e-5)

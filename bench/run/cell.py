@@ -88,7 +88,7 @@ def prepare_real(
     names: tuple[str, ...],
     cfg: EvalConfig,
     domain: DomainConfig,
-    results: Path,
+    cache: Path,
     device: torch.device,
     *,
     scoring: tuple[str, ...],
@@ -98,21 +98,21 @@ def prepare_real(
 ) -> dict[tuple[str, str], RealFeatures]:
     """The real features of `dataset` in each encoder of `names` (built, or taken from `loaded`, a worker's memory
     of earlier cells); the copying test's cells only for the encoders in `scoring`. `check` sees each encoder once
-    it is built, before its features are computed (the suite's preflight: seconds, not minutes, to an error). With
-    `echo`, says what each took."""
+    it is built, before its features are computed (the suite's preflight: seconds, not minutes, to an error). The
+    encoders and features are cached in `cache` (`storage.cache_dir()`). With `echo`, says what each took."""
     loaded = {} if loaded is None else loaded
     out = {}
     for name in names:
-        key = ("real", dataset.name, dataset.digest, name, repr(cfg), repr(domain), str(results), str(device))
+        key = ("real", dataset.name, dataset.digest, name, repr(cfg), repr(domain), str(cache), str(device))
         if key not in loaded:
             if echo:
                 echo(f"encoder {name} for {dataset.name} ...")
-            encoder = build_encoder(name, dataset, domain, results / "cache", device)
+            encoder = build_encoder(name, dataset, domain, cache, device)
             if echo and "test_accuracy" in encoder.info:
                 echo(f"  test accuracy {encoder.info['test_accuracy']:.4f}")
             if check:
                 check(encoder)
-            loaded[key] = real_features(encoder, dataset, cfg, results / "cache", copying=name in scoring)
+            loaded[key] = real_features(encoder, dataset, cfg, cache, copying=name in scoring)
             if echo:
                 r = loaded[key]
                 how = "loaded from the cache" if r.reference.cached else "computed"

@@ -35,6 +35,7 @@ from bench.run import checkpoints
 from bench.run.cell import CellContext, CellJob, Outcome, execute, prepare_real
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell
+from bench.storage import cache_dir
 
 
 class LocalExecutor:
@@ -306,6 +307,7 @@ def detached_spec(job: CellJob, ctx: CellContext, cells_at_once: int) -> dict:
         "run_id": job.run.run_id,
         "uri": ctx.uri,
         "results": str(ctx.results.resolve()),
+        "cache": os.environ.get("BENCH_CACHE"),  # the driver's, when set; else each node's own user cache
         "device": str(ctx.device),
         "progress": ctx.progress and cells_at_once == 1,  # several cells' bars would garble one terminal
         "label": job.label,
@@ -327,8 +329,9 @@ def run_detached_cell(spec: dict, loaded: dict | None = None) -> dict:
     if ("dataset", cell.dataset) not in loaded:
         loaded[("dataset", cell.dataset)] = load_dataset(cell.dataset, validation=cell.eval.validation_images)
     dataset = loaded[("dataset", cell.dataset)]
+    cache = Path(spec["cache"]) if spec.get("cache") else cache_dir()
     real = prepare_real(
-        dataset, cell.encoders(), cell.eval, cell.domain, results, device, scoring=cell.eval.encoders, loaded=loaded
+        dataset, cell.encoders(), cell.eval, cell.domain, cache, device, scoring=cell.eval.encoders, loaded=loaded
     )
     run = tracking.attach_run(spec["uri"], spec["run_id"])
     echo = functools.partial(print, flush=True)

@@ -33,7 +33,7 @@ from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand
 from bench.run.record import flatten, open_run, record
-from bench.storage import bytes_digest
+from bench.storage import bytes_digest, cache_dir, unwritable
 
 
 def run_suite(
@@ -56,7 +56,11 @@ def run_suite(
         suite = config.suite(suite_name)
         cells = expand(config, suite)
         results = Path(results)
-        _check_writable(results)
+        for folder, what, env in ((results, "the results directory", "BENCH_RESULTS"),
+                                  (cache_dir(), "genbench's cache", "BENCH_CACHE")):  # fmt: skip
+            if why := unwritable(folder):  # before anything starts: the store, checkpoints, caches
+                raise ConfigError(f"cannot write to {what} {folder} ({why}); run from a directory where you can "
+                                  f"write, or set {env} to one")  # fmt: skip
         uri = tracking.resolve_uri(tracking_uri, results)
         tracking.check_reachable(uri)  # seconds, before data, encoders or training
         cell_executor = build_executor(executor, cells_per_gpu, ray_address, uri)
@@ -123,7 +127,7 @@ def _preflight(
                 needed[name],
                 suite.eval,
                 config.domain,
-                results,
+                cache_dir(),
                 device,
                 scoring=scoring,
                 echo=echo,
@@ -328,20 +332,6 @@ def _held(runs: pd.DataFrame) -> dict[str, str]:
 def _number(value) -> float:
     """A logged metric as a number: 0 where a run lacks it."""
     return 0.0 if value is None or pd.isna(value) else float(value)
-
-
-def _check_writable(results: Path) -> None:
-    """The results directory holds the store, caches and checkpoints: fail before anything starts if it cannot."""
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-        probe = results / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot write to the results directory {results} ({e.strerror or type(e).__name__}); run from a "
-            "directory where you can write, or set BENCH_RESULTS to one"
-        ) from None
 
 
 def _check_sample_counts(cfg, dataset: Dataset, encoder) -> None:

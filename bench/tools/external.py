@@ -15,7 +15,7 @@ from bench.data import Dataset
 from bench.eval.pipeline import evaluate_samples
 from bench.run.cell import prepare_real
 from bench.run.record import flatten, grid, open_run, record
-from bench.storage import bytes_digest
+from bench.storage import bytes_digest, cache_dir
 from bench.tools.images import (
     RESIZER,
     FolderImages,
@@ -53,7 +53,7 @@ def score_and_log(
     if len(samples) > cfg.num_samples:
         echo(f"using the first {cfg.num_samples} of {len(samples)} samples (the suite's eval.num_samples)")
     tracking.check_reachable(uri)
-    real = prepare_real(dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders)
+    real = prepare_real(dataset, cfg.encoders, cfg, config.domain, cache_dir(), device, scoring=cfg.encoders)
     bundles = tuple(real[(dataset.name, name)] for name in cfg.encoders)
     echo(f"scoring {len(used)} samples of {dataset.name} with the {', '.join(cfg.encoders)} encoder(s) ...")
     ev = evaluate_samples(used, dataset, cfg, bundles, device)
@@ -261,7 +261,7 @@ def score(
             )
         images = _tensor(images, cfg.num_samples)
         if reference is None or (named is not None and named == (dataset.name, cfg.reference_split)):
-            real = prepare_real(dataset, cfg.encoders, cfg, config.domain, results, device, scoring=cfg.encoders,
+            real = prepare_real(dataset, cfg.encoders, cfg, config.domain, cache_dir(), device, scoring=cfg.encoders,
                                 echo=echo)  # fmt: skip
             bundles = tuple(real[(dataset.name, e)] for e in cfg.encoders)
             ev = evaluate_samples(images, dataset, cfg, bundles, device)
@@ -295,7 +295,7 @@ def score(
     out = {schema.GENERATED_IMAGES: float(len(images)), schema.REFERENCE_IMAGES: float(len(ref_images))}
     parts = []
     for i, name in enumerate(cfg.encoders):
-        encoder = build_encoder(name, dataset, config.domain, results / "cache", device)
+        encoder = build_encoder(name, dataset, config.domain, cache_dir(), device)
         dim = encoder.feature_dim
         small = min(len(images), len(ref_images)) <= dim and (which is None or bool(which & {"fid", "fid_inf"}))
         if small and not allow_small_n:  # before the encoder's passes: seconds, not minutes, to the error
