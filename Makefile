@@ -14,7 +14,7 @@ PIP := $(BIN)/python -m pip install -q -c constraints.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test check lint clean browser gpu-check
+.PHONY: run test check lint clean browser gpu-check test-oldest
 
 PYTEST := $(BIN)/python -m pytest -q
 
@@ -52,6 +52,10 @@ test: $(DEV_STAMP) browser
 
 check: lint
 	$(PYTEST) -n 2 -m "not integration and not slow"
+
+# genbench at the oldest versions its ranges admit, beside a lab's older torch (scripts/test-oldest; ~6 GB of packages).
+test-oldest:
+	PYTHON=$(PYTHON) scripts/test-oldest
 
 # The browser tests drive Debian's headless Chromium through its chromedriver; install both when missing.
 browser:

@@ -273,3 +273,21 @@ def test_a_claim_is_won_once_whatever_the_interleaving(tmp_path):
         lease.beat()  # c wakes up
         assert lease.lost() in ("another process took the cell over",
                                 "another process claimed the cell after this one (claim 3, this 2)")  # fmt: skip
+
+
+def test_the_beat_authenticates_as_mlflows_client_does(monkeypatch):
+    """The fail-fast beat goes to the REST API by requests, with what MLflow's documented environment variables
+    give its own client: a bearer token over basic auth, the server's CA bundle or no TLS check, a client cert."""
+    from bench.tracking.lease import rest_auth
+
+    for name in ("TOKEN", "USERNAME", "PASSWORD", "INSECURE_TLS", "SERVER_CERT_PATH", "CLIENT_CERT_PATH"):
+        monkeypatch.delenv(f"MLFLOW_TRACKING_{name}", raising=False)
+    assert rest_auth() == {}
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ada")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", "/ca.pem")
+    assert rest_auth() == {"auth": ("ada", "secret"), "verify": "/ca.pem"}
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k")
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", "/me.pem")
+    assert rest_auth() == {"headers": {"Authorization": "Bearer t0k"}, "verify": False, "cert": "/me.pem"}

@@ -98,3 +98,26 @@ def test_installing_the_wheel_keeps_a_labs_older_torch(tmp_path):
     }
     assert "genbench" in install and "torch_fidelity" in {n.replace("-", "_") for n in install}
     assert "torch" not in install and "torchvision" not in install, {n: install[n] for n in install if "torch" in n}
+
+
+def test_the_oldest_constraints_are_the_floors_of_the_ranges():
+    """constraints-oldest.txt (what `make test-oldest` installs) pins every dependency of pyproject.toml at its
+    range's lower bound: a floor raised in one and not the other fails here, not in a lab's environment."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        (low,) = [s.version for s in req.specifier if s.operator == ">="]  # every dependency states its floor
+        floors[req.name.lower().replace("_", "-")] = Version(low)
+    pins = {}
+    for line in (REPO / "constraints-oldest.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            pins[req.name.lower().replace("_", "-")] = Version(spec.version)
+    assert pins == floors

@@ -159,27 +159,44 @@ RENEW_S = schema.LEASE_S - 2 * schema.HEARTBEAT_S
 BEAT_TIMEOUT_S = 10.0  # one beat's calls to a tracking server: no retries, so a beat never sleeps past the lease
 
 
+def rest_auth() -> dict:
+    """The request options MLflow's client takes from its documented environment variables: a bearer token
+    (MLFLOW_TRACKING_TOKEN) or basic auth (MLFLOW_TRACKING_USERNAME / _PASSWORD), the server's CA bundle
+    (MLFLOW_TRACKING_SERVER_CERT_PATH) or no TLS check (MLFLOW_TRACKING_INSECURE_TLS=true), a client certificate
+    (MLFLOW_TRACKING_CLIENT_CERT_PATH)."""
+    env = os.environ
+    out: dict = {}
+    if env.get("MLFLOW_TRACKING_TOKEN"):
+        out["headers"] = {"Authorization": f"Bearer {env['MLFLOW_TRACKING_TOKEN']}"}
+    elif env.get("MLFLOW_TRACKING_USERNAME") or env.get("MLFLOW_TRACKING_PASSWORD"):
+        out["auth"] = (env.get("MLFLOW_TRACKING_USERNAME", ""), env.get("MLFLOW_TRACKING_PASSWORD", ""))
+    if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        out["verify"] = False
+    elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        out["verify"] = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    if env.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"):
+        out["cert"] = env["MLFLOW_TRACKING_CLIENT_CERT_PATH"]
+    return out
+
+
 class Beats:
     """The two calls a beat makes: read the run (status, tags) and write the heartbeat tag. To a tracking server
-    they go straight to its REST API with one attempt and a BEAT_TIMEOUT_S timeout (MLflow's client retries for
-    minutes, which would hide a lost lease); to a local store through the client."""
+    they go straight to its documented REST API (requests: one attempt, a BEAT_TIMEOUT_S timeout; MLflow's client
+    retries for minutes, which would hide a lost lease), authenticated as MLflow's client is, by its environment
+    variables (`rest_auth`); to a local store through the client."""
 
     def __init__(self, client):
         self.client = client
-        uri = client._tracking_client.tracking_uri
-        self.creds = None
-        if uri.startswith(("http://", "https://")):
-            from mlflow.tracking._tracking_service.utils import get_default_host_creds
-
-            self.creds = get_default_host_creds(uri)
+        uri = client.tracking_uri
+        self.base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+        self.creds = self.base  # None for a local store: the client's own calls
 
     def _call(self, endpoint: str, method: str, **kwargs) -> dict:
-        from mlflow.utils.rest_utils import http_request
+        import requests
 
-        response = http_request(
-            self.creds, f"/api/2.0/mlflow/{endpoint}", method, max_retries=0, backoff_factor=0,
-            timeout=BEAT_TIMEOUT_S, retry_timeout_seconds=BEAT_TIMEOUT_S, **kwargs,
-        )  # fmt: skip
+        response = requests.request(
+            method, f"{self.base}/api/2.0/mlflow/{endpoint}", timeout=BEAT_TIMEOUT_S, **rest_auth(), **kwargs
+        )
         response.raise_for_status()
         return response.json()
 
