@@ -81,6 +81,9 @@ def pytest_configure(config):
     )
     config.addinivalue_line("markers", "ray: uses Ray (run on its own, after the others: `make test`)")
     config.addinivalue_line("markers", "slow: pure computation of more than ten seconds (not in `make check`)")
+    config.addinivalue_line(
+        "markers", "long: longer than the test budget by what it tests (an outage past MLflow's retries): make test-long"
+    )
 
 
 # Modules whose tests share a module-scoped fixture (a trained model, a browser, a killed sweep): one xdist worker
@@ -124,6 +127,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_runtest_logreport(report):
     """Runs in the process that reports (the controller under xdist): remember phases over the budget."""
+    if "long" in report.keywords:  # `make test-long`: minutes by design, outside make test
+        return
     if report.duration > (SETUP_BUDGET_S if report.when == "setup" else TEST_BUDGET_S):
         _over_budget.append(f"{report.nodeid} ({report.when}): {report.duration:.0f} s")
 

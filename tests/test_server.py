@@ -10,12 +10,23 @@ import subprocess
 import time
 
 import mlflow
+import pytest
 import torch
 from click.testing import CliRunner
 
+from bench import schema, tracking
 from bench.cli import main
 from tests.components import SERVER_ENV, RunsCode, free_port, server_command, wait_healthy
-from tests.conftest import REPO, TINY, bench_run, seed_cache, suite_config, wait_until
+from tests.conftest import (
+    REPO,
+    RESUME,
+    RESUME_THREADS,
+    TINY,
+    bench_run,
+    seed_cache,
+    suite_config,
+    wait_until,
+)
 
 
 def test_quick_suite_and_report_against_a_tracking_server(mlflow_server, domain_cache, tmp_path, monkeypatch):
@@ -172,3 +183,57 @@ def test_a_tracking_server_down_for_20_s_in_the_middle_of_a_cell_loses_nothing(d
         if suite.poll() is None:
             os.killpg(suite.pid, signal.SIGKILL)
         os.killpg(server.pid, signal.SIGTERM)
+
+
+@pytest.mark.long  # MLflow's client retries for about 4 minutes: the outage must outlast them (`make test-long`)
+def test_a_server_away_longer_than_the_retries_stops_the_suite_and_the_next_run_resumes(
+    domain_cache, uninterrupted, tmp_path, monkeypatch
+):
+    """The server killed after the cell's first checkpoint and kept away past MLflow's retries: `bench run` exits
+    with 1 within the retry window plus a minute, with one line that says the server stopped answering and where the
+    checkpoint is, and writes nothing after it. With the server back, the same `bench run` resumes the cell: one
+    FINISHED run whose FID equals an uninterrupted run's."""
+    root, port = tmp_path / "server", free_port()
+    root.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(server_command(root, port), env=SERVER_ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        wait_healthy(proc, uri)
+        return proc
+
+    server = start()
+    results = tmp_path / "results"
+    seed_cache(domain_cache, results)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    suite = bench_run(results, *RESUME, threads=RESUME_THREADS)
+    try:
+        wait_until(lambda: any((results / "checkpoints").glob("*/last.pt")), 300, "the first checkpoint")
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        gone = time.monotonic()
+        out = suite.communicate(timeout=600)[0]
+        took = time.monotonic() - gone
+        assert suite.returncode == 1, out[-3000:]
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"the tracking server at {uri} stopped answering" in errors[0], out[-3000:]
+        assert "run the same command once the server is back" in errors[0] and "Traceback" not in out
+        assert took < 300 + 60, took  # MLflow's retries (about 4 minutes), then a minute at most
+        assert any((results / "checkpoints").glob("*/last.pt"))  # kept for the resume
+        server = start()
+        again = bench_run(results, *RESUME, threads=RESUME_THREADS)
+        out = again.communicate(timeout=600)[0]
+        assert again.returncode == 0 and "done: 1 finished" in out, out[-3000:]
+        client = mlflow.MlflowClient(uri)
+        exp = client.get_experiment_by_name("quick")
+        cells = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("bench.model") == "gan-mlp"]
+        assert [r.info.status for r in cells] == ["FINISHED"] and cells[0].data.tags.get(schema.RESUMES) == "1"
+        reference = mlflow.MlflowClient(tracking.default_uri(uninterrupted))
+        (ref,) = reference.search_runs([reference.get_experiment_by_name("quick").experiment_id],
+                                       "tags.`bench.model` = 'gan-mlp'")  # fmt: skip
+        assert cells[0].data.metrics["fid"] == pytest.approx(ref.data.metrics["fid"], rel=1e-9)
+    finally:
+        for proc in (suite, server):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)

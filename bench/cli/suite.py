@@ -75,7 +75,7 @@ def run(
     from bench.data import DataError
     from bench.eval.encoders import EncoderError
     from bench.run.suite import plan_suite, run_suite
-    from bench.tracking import TrackingError
+    from bench.tracking import StoreUnreachable, TrackingError
 
     if dry_run:
         try:
@@ -110,6 +110,9 @@ def run(
             echo=click.echo,
             cells_per_gpu=cells_per_gpu,
         )
+    except StoreUnreachable as e:  # not bad input: the cells are unfinished, as failed ones are
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_FAILED_CELLS)
     except (ConfigError, DataError, EncoderError, TrackingError) as e:
         fail(str(e))
     except KeyboardInterrupt:

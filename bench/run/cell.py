@@ -81,6 +81,7 @@ class CellJob:
 
 
 ELSEWHERE = "ELSEWHERE"  # an Outcome's status while another process trains the cell (run_suite waits for it)
+UNREACHABLE = "UNREACHABLE"  # the tracking server stopped answering: nothing more written, the checkpoint kept
 
 
 def prepare_real(
@@ -137,6 +138,8 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
             metrics = train_and_evaluate(job, ctx)
             job.lease.check()  # FINISHED only while this process holds the cell
     except tracking.LeaseLost as e:  # another process holds the cell now: write nothing more to its run
+        if job.lease.unreachable and not tracking.answers(ctx.uri):
+            return _unreachable(job, ctx, str(e), start)
         ctx.echo(f"{label} {cell.name}: stopped, writing nothing more: {e}; its holder finishes it")
         return Outcome(cell, ELSEWHERE, run.run_id, str(e), seconds=time.perf_counter() - start)
     except KeyboardInterrupt as e:
@@ -145,6 +148,8 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
         raise
     except Exception as e:
         message = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        if not tracking.answers(ctx.uri):  # recording FAILED would wait minutes in retries, then fail too
+            return _unreachable(job, ctx, message, start)
         run.set_tags({schema.ERROR: message})
         run.log_text(traceback.format_exc(), schema.ERROR_ARTIFACT)
         run.end("FAILED")
@@ -157,6 +162,13 @@ def execute(job: CellJob, ctx: CellContext) -> Outcome:
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in schema.SHOWN if k in metrics)
     ctx.echo(f"{label} {cell.name}: FINISHED in {seconds:.0f}s — {summary}")
     return Outcome(cell, "FINISHED", run.run_id, metrics=metrics, seconds=seconds)
+
+
+def _unreachable(job: CellJob, ctx: CellContext, why: str, start: float) -> Outcome:
+    """The tracking server stopped answering: the cell stops writing; its local checkpoint stays for a resume."""
+    ctx.echo(f"{job.label} {job.cell.name}: stopped: the tracking server does not answer ({why}); its checkpoint is "
+             "kept")  # fmt: skip
+    return Outcome(job.cell, UNREACHABLE, job.run.run_id, why, seconds=time.perf_counter() - start)
 
 
 def train_and_evaluate(job: CellJob, ctx: CellContext) -> dict:

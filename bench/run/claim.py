@@ -10,7 +10,7 @@ import time
 import baselines
 from bench import schema, tracking
 from bench.run import checkpoints
-from bench.run.cell import ELSEWHERE, CellContext, CellJob, Outcome, SuiteRun
+from bench.run.cell import ELSEWHERE, UNREACHABLE, CellContext, CellJob, Outcome, SuiteRun
 from bench.run.matrix import Cell
 from bench.run.record import open_run
 from bench.tracking.lease import generation_of, holder_id
@@ -134,3 +134,41 @@ def wait_elsewhere(outcomes: list[Outcome], suite_run: SuiteRun, run_here, echo)
                 if outcomes[i].status == ELSEWHERE:
                     pending.append(i)
     return outcomes
+
+
+class CellRunner:
+    """One numbered cell of a suite, run: claimed (`open_cell`), then held by its lease from the claim while the
+    executor queues, starts and runs it. Once the tracking server stops answering (longer than MLflow's retries
+    wait), no later cell calls it: `outage` says so, and `stop_if_unreachable` ends the suite with one line."""
+
+    def __init__(self, total: int, suite_run: SuiteRun, ctx: CellContext, executor):
+        self.total, self.suite_run, self.ctx, self.executor = total, suite_run, ctx, executor
+        self.outage: list[str] = []
+
+    def __call__(self, numbered: tuple[int, Cell]) -> Outcome:
+        index, cell = numbered
+        if self.outage:
+            return Outcome(cell, UNREACHABLE, "", self.outage[0])
+        try:
+            opened = open_cell(cell, self.suite_run, self.ctx, f"[{index}/{self.total}]")
+            if isinstance(opened, Outcome):
+                return opened
+            with opened.run.heartbeat(opened.holder):  # held from the claim: queued, starting, or running
+                outcome = self.executor.run(opened, self.ctx)
+        except Exception as e:
+            if tracking.answers(self.ctx.uri):
+                raise
+            outcome = Outcome(cell, UNREACHABLE, "", f"{type(e).__name__}: {str(e)[:300]}")
+        if outcome.status == UNREACHABLE:  # the cell's line said the error in full
+            self.outage.append(f"while {cell.name} ran: {outcome.error.split(':')[0]} after MLflow's retries")
+        return outcome
+
+    def stop_if_unreachable(self, outcomes: list[Outcome]) -> None:
+        """Nothing more can be recorded: the next `bench run` closes this one's runs and resumes the cells."""
+        if self.outage:
+            raise tracking.StoreUnreachable(
+                f"the tracking server at {self.ctx.uri} stopped answering ({self.outage[0]}); "
+                f"{sum(o.status == 'FINISHED' for o in outcomes)} cell(s) finished before it, and each unfinished "
+                f"cell's checkpoint is kept under {self.ctx.results / 'checkpoints'}: run the same command once "
+                "the server is back to resume them"
+            )

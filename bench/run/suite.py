@@ -28,7 +28,7 @@ from bench.eval.pipeline import evaluate_real
 from bench.eval.protocol import fingerprint, protocol
 from bench.run import checkpoints
 from bench.run.cell import CellContext, Outcome, SuiteRun, prepare_real
-from bench.run.claim import open_cell, wait_elsewhere
+from bench.run.claim import CellRunner, wait_elsewhere
 from bench.run.executors import build_executor
 from bench.run.interrupts import interrupt_on
 from bench.run.matrix import Cell, encoders_by_dataset, expand
@@ -70,19 +70,14 @@ def run_suite(
             for dataset in ctx.datasets.values():
                 run_real_row(dataset, suite, ctx, suite_run)
 
-            def run_numbered(numbered: tuple[int, Cell]) -> Outcome:
-                index, cell = numbered
-                opened = open_cell(cell, suite_run, ctx, f"[{index}/{len(cells)}]")
-                if isinstance(opened, Outcome):
-                    return opened
-                with opened.run.heartbeat(opened.holder):  # held from the claim: queued, starting, or running
-                    return cell_executor.run(opened, ctx)
-
+            run_numbered = CellRunner(len(cells), suite_run, ctx, cell_executor)
             start = time.perf_counter()
             outcomes = cell_executor.map(run_numbered, enumerate(cells, 1))
-            outcomes = wait_elsewhere(
-                outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo
-            )
+            if not run_numbered.outage:
+                outcomes = wait_elsewhere(
+                    outcomes, suite_run, lambda item: cell_executor.map(run_numbered, [item])[0], echo
+                )
+            run_numbered.stop_if_unreachable(outcomes)
             wall = time.perf_counter() - start
         except KeyboardInterrupt:
             suite_run.parent.end("KILLED")

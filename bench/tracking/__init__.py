@@ -21,7 +21,9 @@ from bench.tracking.query import (
 )
 from bench.tracking.runs import Holder, Run, Tracker, attach_run, owner_tags, provenance_tags
 from bench.tracking.store import (
+    StoreUnreachable,
     TrackingError,
+    answers,
     check_reachable,
     default_uri,
     experiment_id,
@@ -41,6 +43,8 @@ __all__ = [
     "Run",
     "Tracker",
     "TrackingError",
+    "StoreUnreachable",
+    "answers",
     "attach_report",
     "attach_run",
     "check_reachable",

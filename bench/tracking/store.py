@@ -25,6 +25,20 @@ class TrackingError(RuntimeError):
     """The tracking store cannot be used; the message says which store and what to do."""
 
 
+class StoreUnreachable(TrackingError):
+    """The tracking server stopped answering while a suite ran (longer than MLflow's retries wait): the suite
+    stopped without writing more; each cell's local checkpoint is kept for the next `bench run` to resume."""
+
+
+def answers(uri: str, timeout: float = 5.0) -> bool:
+    """Whether the tracking store answers now (one request, no retries; a local store always does)."""
+    try:
+        check_reachable(uri, timeout)
+    except TrackingError:
+        return False
+    return True
+
+
 def default_uri(results: Path) -> str:
     return f"sqlite:///{(Path(results) / 'mlflow.db').resolve()}"
 
