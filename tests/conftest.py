@@ -82,7 +82,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ray: uses Ray (run on its own, after the others: `make test`)")
     config.addinivalue_line("markers", "slow: pure computation of more than ten seconds (not in `make check`)")
     config.addinivalue_line(
-        "markers", "long: longer than the test budget by what it tests (an outage past MLflow's retries): make test-long"
+        "markers", "long: longer than the budget by what it tests (an outage past MLflow's retries; make test-long)"
     )
 
 
